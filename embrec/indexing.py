@@ -1,0 +1,459 @@
+"""The write path: every change to vectors goes through this module.
+
+Signals, :func:`mark_dirty`, the reindex command, admin actions and Celery tasks are thin adapters
+around four functions:
+
+* :func:`enqueue` — write outbox rows for objects (inside the caller's transaction) and, after
+  commit, kick one drain task.
+* :func:`drain` — claim outbox rows with ``FOR UPDATE SKIP LOCKED``, encode what changed, write
+  vectors in bulk and delete the claimed rows, all in one transaction per batch. Many workers can
+  drain at once; none processes a row another is holding.
+* :func:`reindex` — enqueue every indexable object of a model, by keyset pages.
+* :func:`sweep` — re-kick rows that have waited too long (the broker was down, a worker died).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+from embrec.conf import embrec_settings
+from embrec.encoders import get_encoder
+from embrec.items import Recommendable
+from embrec.models import Embedding, OutboxEntry
+from embrec.registry import registry
+from embrec.storage import (
+    IndexSpec,
+    VectorRow,
+    delete_vectors,
+    ensure_index,
+    write_vectors,
+)
+
+logger = logging.getLogger("embrec")
+
+
+# --------------------------------------------------------------------------- enqueue side
+
+
+def enqueue(
+    model: type[models.Model],
+    pks: Iterable,
+    *,
+    action: str = OutboxEntry.INDEX,
+    encoder: str | None = None,
+    force: bool = False,
+    kick: bool = True,
+) -> int:
+    """Write one outbox row per pk; kick a drain task after the transaction commits."""
+    ct = ContentType.objects.get_for_model(model, for_concrete_model=False)
+    rows = [
+        OutboxEntry(
+            content_type_id=ct.id,
+            object_pk=str(pk),
+            action=action,
+            encoder=encoder or "",
+            force=force,
+        )
+        for pk in pks
+    ]
+    if not rows:
+        return 0
+    OutboxEntry.objects.bulk_create(rows, batch_size=5000)
+    if kick:
+        schedule_kick()
+    return len(rows)
+
+
+def mark_dirty(
+    queryset_or_objects,
+    *,
+    encoder: str | None = None,
+    force: bool = False,
+    batch_size: int = 5000,
+) -> int:
+    """Queue objects for re-embedding: for ``QuerySet.update``, ``bulk_create``, raw SQL.
+
+    Accepts a queryset (read by keyset pages, never loaded whole) or an iterable of instances.
+    Returns the number of objects queued.
+    """
+    if isinstance(queryset_or_objects, models.QuerySet):
+        model = queryset_or_objects.model
+        registry.get(model)
+        total = 0
+        for chunk in iter_pk_chunks(queryset_or_objects, batch_size):
+            total += enqueue(model, chunk, encoder=encoder, force=force, kick=False)
+    else:
+        objects = list(queryset_or_objects)
+        total = 0
+        by_model: dict[type, list] = defaultdict(list)
+        for obj in objects:
+            by_model[type(obj)].append(obj.pk)
+        for model, pks in by_model.items():
+            registry.get(model)
+            total += enqueue(model, pks, encoder=encoder, force=force, kick=False)
+    if total:
+        schedule_kick()
+    return total
+
+
+def iter_pk_chunks(queryset: models.QuerySet, size: int) -> Iterable[list]:
+    """Yield lists of pks by keyset pagination (``pk > last``), never by offset."""
+    qs = queryset.order_by("pk").values_list("pk", flat=True)
+    last = None
+    while True:
+        page = qs.filter(pk__gt=last) if last is not None else qs
+        chunk = list(page[:size])
+        if not chunk:
+            return
+        yield chunk
+        last = chunk[-1]
+
+
+def reindex(
+    recommendable: Recommendable,
+    *,
+    encoder: str | None = None,
+    force: bool = False,
+    batch_size: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Enqueue every indexable object of a registration, and remove vectors of vanished ones."""
+    ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
+    total = 0
+    for chunk in iter_pk_chunks(recommendable.get_queryset(), batch_size):
+        with transaction.atomic():
+            total += enqueue(recommendable.model, chunk, encoder=encoder, force=force, kick=False)
+        if progress:
+            progress(len(chunk))
+    # Vectors whose object no longer exists (deleted with signals off, or filtered out).
+    orphans = list(
+        Embedding.objects.filter(content_type=ct)
+        .exclude(object_pk__in=_pk_strings(recommendable.get_queryset()))
+        .values_list("object_pk", flat=True)
+        .distinct()
+    )
+    if orphans:
+        with transaction.atomic():
+            enqueue(recommendable.model, orphans, action=OutboxEntry.DELETE, kick=False)
+    schedule_kick()
+    return total
+
+
+def _pk_strings(queryset: models.QuerySet):
+    from django.db.models.functions import Cast
+
+    return queryset.annotate(_pk_str=Cast("pk", models.CharField())).values("_pk_str")
+
+
+def _has_pending_kick(conn) -> bool:
+    return any(
+        getattr(func, "__name__", "") == "_kick_after_commit" for *_, func, _ in _callbacks(conn)
+    )
+
+
+def _callbacks(conn):
+    # Django stores (savepoint ids, func, robust) tuples; tolerate older two-tuple forms.
+    for entry in conn.run_on_commit:
+        if len(entry) == 3:
+            yield entry
+        else:
+            yield (*entry, False)
+
+
+def _kick_after_commit() -> None:
+    kick()
+
+
+def schedule_kick() -> None:
+    """Kick one drain task after the current transaction commits (once per transaction)."""
+    if not embrec_settings.AUTO_KICK:
+        return
+    if connection.in_atomic_block and _has_pending_kick(connection):
+        return
+    transaction.on_commit(_kick_after_commit, robust=True)
+
+
+def kick() -> bool:
+    """Send a drain task to the encoding queue. Never raises: a broker outage only delays work
+    (the rows wait in the outbox and the sweeper re-kicks them)."""
+    from embrec.tasks import drain_outbox
+
+    try:
+        drain_outbox.apply_async(queue=embrec_settings.QUEUE, retry=False)
+    except Exception as exc:  # broker down or misconfigured: the outbox keeps the work
+        logger.warning("embrec: could not queue a drain task (%s); the sweeper will retry.", exc)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- drain side
+
+
+@dataclass
+class DrainResult:
+    """What one call to :func:`drain` did."""
+
+    batches: int = 0
+    claimed: int = 0
+    encoded: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: DrainResult) -> None:
+        self.batches += other.batches
+        self.claimed += other.claimed
+        self.encoded += other.encoded
+        self.unchanged += other.unchanged
+        self.deleted += other.deleted
+        self.failed += other.failed
+        self.errors.extend(other.errors)
+
+
+def _index_spec(ct_id: int, alias: str) -> IndexSpec:
+    encoder = get_encoder(alias)
+    return IndexSpec(ct_id, alias, encoder.dimensions, bool(encoder.options.get("halfvec")))
+
+
+def drain(
+    *,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    max_seconds: float | None = None,
+) -> DrainResult:
+    """Process pending outbox rows until none are left (or a limit is reached)."""
+    batch_size = batch_size or embrec_settings.BATCH_SIZE
+    total = DrainResult()
+    started = time.monotonic()
+    while max_batches is None or total.batches < max_batches:
+        if max_seconds is not None and time.monotonic() - started > max_seconds:
+            break
+        result = drain_batch(batch_size)
+        if result is None:
+            break
+        total.merge(result)
+    total.seconds = time.monotonic() - started
+    return total
+
+
+def drain_batch(batch_size: int) -> DrainResult | None:
+    """Claim and process one batch in one transaction; ``None`` when nothing is pending."""
+    with transaction.atomic():
+        entries = list(
+            OutboxEntry.objects.select_for_update(skip_locked=True)
+            .filter(state=OutboxEntry.PENDING)
+            .order_by("id")[:batch_size]
+        )
+        if not entries:
+            return None
+        result = DrainResult(batches=1, claimed=len(entries))
+        by_ct: dict[int, list[OutboxEntry]] = defaultdict(list)
+        for entry in entries:
+            by_ct[entry.content_type_id].append(entry)
+        done_ids: list[int] = []
+        failed: dict[int, str] = {}
+        for ct_id, group in by_ct.items():
+            _process_group(ct_id, group, result, done_ids, failed)
+        if done_ids:
+            OutboxEntry.objects.filter(id__in=done_ids).delete()
+        if failed:
+            _mark_failed(failed)
+        result.failed = len(failed)
+    return result
+
+
+def _mark_failed(failed: dict[int, str]) -> None:
+    for entry_id, error in failed.items():
+        OutboxEntry.objects.filter(id=entry_id).update(
+            state=OutboxEntry.FAILED,
+            last_error=error[:4000],
+            attempts=models.F("attempts") + 1,
+        )
+
+
+def _process_group(
+    ct_id: int,
+    entries: list[OutboxEntry],
+    result: DrainResult,
+    done_ids: list[int],
+    failed: dict[int, str],
+) -> None:
+    ct = ContentType.objects.get_for_id(ct_id)
+    model = ct.model_class()
+    if model is None or not registry.is_registered(model):
+        # The model was unregistered or removed: its vectors are no longer wanted.
+        pks = sorted({e.object_pk for e in entries})
+        result.deleted += delete_vectors(ct_id, pks)
+        done_ids.extend(e.id for e in entries)
+        return
+    rec = registry.get(model)
+    entries_by_pk: dict[str, list[OutboxEntry]] = defaultdict(list)
+    for entry in entries:
+        entries_by_pk[entry.object_pk].append(entry)
+
+    # The database is the truth: objects that exist and pass should_index() get vectors, all
+    # others lose theirs, whatever the row's action says. That makes replays idempotent.
+    pk_values = {}
+    bad_pks = []
+    for pk in entries_by_pk:
+        try:
+            pk_values[pk] = rec.pk_from_string(pk)
+        except Exception:
+            bad_pks.append(pk)
+    for pk in bad_pks:
+        result.deleted += delete_vectors(ct_id, [pk])
+        done_ids.extend(e.id for e in entries_by_pk.pop(pk))
+    objects = {
+        str(obj.pk): obj for obj in rec.get_queryset().filter(pk__in=list(pk_values.values()))
+    }
+    gone = []
+    texts: dict[str, str] = {}
+    for pk, group in entries_by_pk.items():
+        obj = objects.get(pk)
+        try:
+            if obj is None or not rec.should_index(obj):
+                gone.append(pk)
+                continue
+            text = rec.get_text(obj)
+            if not isinstance(text, str):
+                raise TypeError(f"get_text() returned {type(text).__name__}, expected str")
+            texts[pk] = text
+        except Exception as exc:  # a bad object must not sink the batch
+            for entry in group:
+                failed[entry.id] = _describe(exc)
+    if gone:
+        result.deleted += delete_vectors(ct_id, gone)
+
+    for alias in rec.get_encoders():
+        wanted = {
+            pk: text
+            for pk, text in texts.items()
+            if any(not e.encoder or e.encoder == alias for e in entries_by_pk[pk])
+        }
+        forced = {pk for pk in wanted if any(e.force for e in entries_by_pk[pk])}
+        _encode_and_write(ct_id, alias, rec, wanted, forced, entries_by_pk, result, failed)
+
+    for group in entries_by_pk.values():
+        for entry in group:
+            if entry.id not in failed:
+                done_ids.append(entry.id)
+
+
+def _encode_and_write(
+    ct_id: int,
+    alias: str,
+    rec: Recommendable,
+    texts: dict[str, str],
+    forced: set[str],
+    entries_by_pk: dict[str, list[OutboxEntry]],
+    result: DrainResult,
+    failed: dict[int, str],
+) -> None:
+    if not texts:
+        return
+    encoder = get_encoder(alias)
+    identity = encoder.identity.as_string()
+    spec = _index_spec(ct_id, alias)
+    existing = dict(
+        Embedding.objects.filter(
+            content_type_id=ct_id,
+            encoder=alias,
+            object_pk__in=list(texts),
+            identity=identity,
+        ).values_list("object_pk", "content_hash")
+    )
+    todo = []
+    for pk, text in texts.items():
+        digest = rec.content_hash(text)
+        if pk not in forced and existing.get(pk) == digest:
+            result.unchanged += 1
+            continue
+        todo.append((pk, text, digest))
+    if not todo:
+        return
+    vectors, errors = encode_isolating_failures(encoder, [t for _, t, _ in todo])
+    rows = []
+    for i, ((pk, _text, digest), vector) in enumerate(zip(todo, vectors, strict=True)):
+        if vector is None:
+            for entry in entries_by_pk[pk]:
+                failed[entry.id] = errors[i]
+            continue
+        rows.append(VectorRow(pk, vector, digest))
+    if rows:
+        ensure_index(spec)
+        result.encoded += write_vectors(ct_id, alias, identity, rows)
+
+
+def encode_isolating_failures(encoder, texts: Sequence[str]):
+    """Encode ``texts``; if the encoder raises, bisect to find the items that break it.
+
+    Returns ``(vectors, errors)``: ``vectors[i]`` is ``None`` for a failed text and ``errors[i]``
+    holds its error message. Transient errors (database, out of memory after the encoder's own
+    backoff) still propagate when a single item cannot be told apart from the rest.
+    """
+    vectors: list = [None] * len(texts)
+    errors: dict[int, str] = {}
+
+    def run(lo: int, hi: int) -> None:
+        try:
+            out = encoder.encode(list(texts[lo:hi]))
+        except Exception as exc:
+            if hi - lo == 1:
+                errors[lo] = _describe(exc)
+                return
+            mid = (lo + hi) // 2
+            run(lo, mid)
+            run(mid, hi)
+            return
+        for offset, vector in enumerate(out):
+            vectors[lo + offset] = vector
+
+    run(0, len(texts))
+    if errors and len(errors) == len(texts) and len(texts) > 1:
+        # Everything failed: more likely the encoder is broken than every item being poison.
+        first = next(iter(errors.values()))
+        raise RuntimeError(f"Encoder {encoder.alias!r} failed on every item: {first}")
+    return vectors, errors
+
+
+def _describe(exc: BaseException) -> str:
+    tail = traceback.format_exception_only(type(exc), exc)
+    return "".join(tail).strip()
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep(*, older_than: float | None = None) -> int:
+    """Re-kick pending rows older than ``older_than`` seconds; returns how many were waiting."""
+    age = embrec_settings.SWEEP_AFTER if older_than is None else older_than
+    cutoff = timezone.now() - timedelta(seconds=age)
+    stale = OutboxEntry.objects.filter(state=OutboxEntry.PENDING, created_at__lt=cutoff)
+    count = stale.count()
+    if count:
+        stale.update(kicked_at=timezone.now())
+        kick()
+    return count
+
+
+def retry_failed(content_type_id: int | None = None) -> int:
+    """Put failed outbox rows back to pending."""
+    qs = OutboxEntry.objects.filter(state=OutboxEntry.FAILED)
+    if content_type_id is not None:
+        qs = qs.filter(content_type_id=content_type_id)
+    count = qs.update(state=OutboxEntry.PENDING, last_error="")
+    if count:
+        schedule_kick()
+    return count

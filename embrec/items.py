@@ -1,0 +1,103 @@
+"""The :class:`Recommendable` base class: how one model becomes recommendable.
+
+Subclass it in ``<app>/recommendables.py`` and register it::
+
+    import embrec
+
+    @embrec.register(Movie)
+    class MovieRecommendable(embrec.Recommendable):
+        fields = ["title", "genres"]          # or override get_text()
+        encoders = ["default"]                # aliases from EMBREC["ENCODERS"]
+        filter_fields = ["year"]              # filters the API accepts
+
+        def get_queryset(self):               # which objects are indexed and shown
+            return Movie.objects.filter(published=True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import models
+
+from embrec.conf import embrec_settings
+
+
+class Recommendable:
+    """Describes one registered model. One instance per model, created by ``register``.
+
+    Attributes (all optional):
+
+    * ``fields`` — model fields (or attribute/method names) joined to make the item text.
+    * ``encoders`` — encoder aliases; default ``EMBREC["DEFAULT_ENCODERS"]``.
+    * ``filter_fields`` — fields the read path may filter on (exact, ``__gte``/``__lte`` …).
+    * ``serializer_class`` — dotted path or class of a DRF serializer for API results.
+    * ``text_separator`` — what joins the field values (default ``". "``).
+    """
+
+    fields: Sequence[str] = ()
+    encoders: Sequence[str] | None = None
+    filter_fields: Sequence[str] = ()
+    serializer_class: Any = None
+    text_separator: str = ". "
+
+    def __init__(self, model: type[models.Model]):
+        self.model = model
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """``"app_label.model_name"``, the key used in URLs and commands."""
+        return self.model._meta.label_lower
+
+    def get_encoders(self) -> list[str]:
+        """Encoder aliases used for this model."""
+        if self.encoders is not None:
+            return list(self.encoders)
+        return list(embrec_settings.DEFAULT_ENCODERS)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def get_queryset(self) -> models.QuerySet:
+        """Objects that are indexed and may be recommended. Default: all objects."""
+        return self.model._default_manager.all()
+
+    def get_visible_queryset(self, request=None) -> models.QuerySet:
+        """Objects this request may see in results. Default: :meth:`get_queryset`.
+
+        Override for per-user rules (tenants, drafts…); results never contain other objects.
+        """
+        return self.get_queryset()
+
+    def should_index(self, obj: models.Model) -> bool:
+        """Per-object veto evaluated by the worker. Default: index every object."""
+        return True
+
+    def get_text(self, obj: models.Model) -> str:
+        """The text that is embedded. Default: the values of ``fields`` joined."""
+        parts = []
+        for name in self.fields:
+            value = getattr(obj, name)
+            if callable(value):
+                value = value()
+            if value is None or value == "":
+                continue
+            if isinstance(value, (list, tuple, set)):
+                value = ", ".join(str(v) for v in value)
+            parts.append(str(value))
+        return self.text_separator.join(parts)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def content_hash(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def pk_from_string(self, value: str) -> Any:
+        return self.model._meta.pk.to_python(value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for {self.label}>"

@@ -1,0 +1,138 @@
+"""Database tables of embrec.
+
+* :class:`Embedding` — one vector per (object, encoder), with the content hash and the identity of
+  the encoder that produced it. Vectors of all models and encoders share one table; each
+  (model, encoder) pair gets its own partial HNSW index (see :mod:`embrec.storage`).
+* :class:`OutboxEntry` — work waiting for a worker: "this object changed". Written in the same
+  transaction as the change, deleted in the same transaction as the vector write.
+* :class:`Interaction` — a user's event on an object (view, like, purchase, dislike…).
+* :class:`UserEmbedding` — a user's taste vector per encoder, built from interactions.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models.functions import Now
+from pgvector.django import VectorField
+
+
+class Embedding(models.Model):
+    """The vector of one object under one encoder."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    object_pk = models.CharField(max_length=64)
+    encoder = models.CharField(max_length=64, help_text="Encoder alias from EMBREC['ENCODERS'].")
+    identity = models.CharField(max_length=255, help_text="Model, revision, dimensions, norm.")
+    dimensions = models.PositiveIntegerField()
+    vector = VectorField()
+    content_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["content_type", "object_pk", "encoder"],
+                name="embrec_embedding_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["content_type", "encoder"], name="embrec_emb_ct_enc")]
+
+    def __str__(self) -> str:
+        return f"{self.content_type.app_label}.{self.content_type.model}:{self.object_pk} [{self.encoder}]"
+
+
+class OutboxEntry(models.Model):
+    """An object whose vectors must be recomputed (or removed)."""
+
+    PENDING = "pending"
+    FAILED = "failed"
+    STATES = [(PENDING, "pending"), (FAILED, "failed")]
+
+    INDEX = "index"
+    DELETE = "delete"
+    ACTIONS = [(INDEX, "index"), (DELETE, "delete")]
+
+    id = models.BigAutoField(primary_key=True)
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    object_pk = models.CharField(max_length=64)
+    action = models.CharField(max_length=8, choices=ACTIONS, default=INDEX)
+    encoder = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Only this encoder; blank: all.",
+    )
+    force = models.BooleanField(default=False, help_text="Re-encode even if the text is unchanged.")
+    state = models.CharField(max_length=8, choices=STATES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    kicked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "embrec_outbox"
+        verbose_name = "outbox entry"
+        verbose_name_plural = "outbox entries"
+        indexes = [
+            models.Index(fields=["state", "id"], name="embrec_outbox_state_id"),
+            models.Index(fields=["content_type", "object_pk"], name="embrec_outbox_obj"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.content_type_id}:{self.object_pk} ({self.state})"
+
+
+class Interaction(models.Model):
+    """One event of a user on an object; its kind maps to a weight in EMBREC settings."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="embrec_interactions",
+    )
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    object_pk = models.CharField(max_length=64)
+    kind = models.CharField(max_length=32)
+    weight = models.FloatField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="embrec_inter_user_at"),
+            models.Index(fields=["content_type", "object_pk"], name="embrec_inter_obj"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.kind} {self.content_type_id}:{self.object_pk}"
+
+
+class UserEmbedding(models.Model):
+    """A user's taste vector under one encoder, for one registered model."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="embrec_embeddings",
+    )
+    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    encoder = models.CharField(max_length=64)
+    identity = models.CharField(max_length=255)
+    dimensions = models.PositiveIntegerField()
+    vector = VectorField()
+    interaction_count = models.PositiveIntegerField(default=0)
+    is_stale = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "content_type", "encoder"],
+                name="embrec_user_embedding_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} [{self.encoder}]"

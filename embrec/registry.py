@@ -1,0 +1,134 @@
+"""Which models are registered with embrec, keyed ``"app_label.model_name"``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.db import models
+
+from embrec.items import Recommendable
+
+
+class AlreadyRegistered(ImproperlyConfigured):
+    """A model was registered twice."""
+
+
+class NotRegistered(LookupError):
+    """A model or label that is not registered with embrec."""
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_label: dict[str, Recommendable] = {}
+
+    def register(
+        self,
+        model: type[models.Model],
+        recommendable_class: type[Recommendable] | None = None,
+    ) -> Recommendable:
+        if not (isinstance(model, type) and issubclass(model, models.Model)):
+            raise ImproperlyConfigured(f"embrec.register() expects a model class, got {model!r}.")
+        if model._meta.abstract:
+            raise ImproperlyConfigured(f"Cannot register abstract model {model.__name__}.")
+        recommendable_class = recommendable_class or Recommendable
+        if not issubclass(recommendable_class, Recommendable):
+            raise ImproperlyConfigured(
+                f"{recommendable_class.__name__} must subclass embrec.Recommendable."
+            )
+        label = model._meta.label_lower
+        if label in self._by_label:
+            raise AlreadyRegistered(
+                f"{label} is already registered with embrec "
+                f"(by {type(self._by_label[label]).__name__})."
+            )
+        instance = recommendable_class(model)
+        self._validate(instance)
+        self._by_label[label] = instance
+        from embrec.signals import connect_model
+
+        connect_model(model)
+        return instance
+
+    def _validate(self, instance: Recommendable) -> None:
+        model = instance.model
+        for name in instance.fields:
+            try:
+                model._meta.get_field(name)
+            except FieldDoesNotExist:
+                if not hasattr(model, name):
+                    raise ImproperlyConfigured(
+                        f"{type(instance).__name__}.fields names {name!r}, which is neither a "
+                        f"field nor an attribute of {model.__name__}."
+                    ) from None
+        if isinstance(instance.fields, str):
+            raise ImproperlyConfigured(
+                f"{type(instance).__name__}.fields must be a list of names, not a string."
+            )
+        if not instance.fields and type(instance).get_text is Recommendable.get_text:
+            raise ImproperlyConfigured(
+                f"{type(instance).__name__} must set `fields` or override get_text()."
+            )
+        for name in instance.filter_fields:
+            try:
+                model._meta.get_field(name)
+            except FieldDoesNotExist:
+                raise ImproperlyConfigured(
+                    f"{type(instance).__name__}.filter_fields names {name!r}, which is not a "
+                    f"field of {model.__name__}."
+                ) from None
+
+    def unregister(self, model: type[models.Model]) -> None:
+        label = model._meta.label_lower
+        if label not in self._by_label:
+            raise NotRegistered(f"{label} is not registered with embrec.")
+        del self._by_label[label]
+        from embrec.signals import disconnect_model
+
+        disconnect_model(model)
+
+    def get(self, model_or_label: type[models.Model] | models.Model | str) -> Recommendable:
+        """Return the registration for a model class, instance or ``"app_label.model"`` label."""
+        if isinstance(model_or_label, str):
+            label = model_or_label.lower()
+        else:
+            label = model_or_label._meta.label_lower
+        try:
+            return self._by_label[label]
+        except KeyError:
+            known = ", ".join(sorted(self._by_label)) or "none"
+            raise NotRegistered(
+                f"{label} is not registered with embrec (registered: {known})."
+            ) from None
+
+    def is_registered(self, model_or_label) -> bool:
+        try:
+            self.get(model_or_label)
+        except NotRegistered:
+            return False
+        return True
+
+    def all(self) -> list[Recommendable]:
+        return list(self._by_label.values())
+
+    def __contains__(self, item) -> bool:
+        return self.is_registered(item)
+
+
+registry = Registry()
+
+
+def register(
+    model: type[models.Model],
+) -> Callable[[type[Recommendable]], type[Recommendable]]:
+    """Class decorator registering a :class:`Recommendable` subclass for ``model``."""
+
+    def decorator(cls: type[Recommendable]) -> type[Recommendable]:
+        registry.register(model, cls)
+        return cls
+
+    return decorator
+
+
+def unregister(model: type[models.Model]) -> None:
+    registry.unregister(model)

@@ -1,0 +1,196 @@
+"""Low-level vector storage: bulk writes and per-(model, encoder) HNSW indexes.
+
+All vectors live in ``embrec_embedding.vector`` (a dimension-less pgvector column). Each
+(content type, encoder) pair gets a partial expression index::
+
+    CREATE INDEX ... USING hnsw ((vector::vector(384)) vector_cosine_ops)
+        WHERE content_type_id = 7 AND encoder = 'default'
+
+Queries use the same expression and predicate (:func:`distance_sql`) so the planner picks that
+index. With ``"halfvec": True`` in an encoder's ``OPTIONS`` the index stores half-precision
+vectors (half the memory; recall is unchanged in practice for normalised text embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import connection as default_connection
+from django.db import transaction
+
+from embrec.conf import embrec_settings
+
+_known_indexes: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    content_type_id: int
+    encoder: str
+    dimensions: int
+    halfvec: bool = False
+
+    @property
+    def vector_type(self) -> str:
+        return f"{'halfvec' if self.halfvec else 'vector'}({int(self.dimensions)})"
+
+    @property
+    def opclass(self) -> str:
+        return "halfvec_cosine_ops" if self.halfvec else "vector_cosine_ops"
+
+    @property
+    def name(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "_", self.encoder.lower())[:20]
+        digest = hashlib.sha1(f"{self.encoder}/{self.halfvec}".encode()).hexdigest()[:6]
+        kind = "h" if self.halfvec else "v"
+        return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}{kind}_{digest}"
+
+    def predicate_sql(self, alias: str = "") -> str:
+        prefix = f"{alias}." if alias else ""
+        encoder = self.encoder.replace("'", "''")
+        return f"{prefix}content_type_id = {int(self.content_type_id)} AND {prefix}encoder = '{encoder}'"
+
+    def distance_sql(self, alias: str = "") -> str:
+        """``vector::type <=> %s::type``: cosine distance to one bound query vector."""
+        prefix = f"{alias}." if alias else ""
+        return f"({prefix}vector::{self.vector_type}) <=> %s::{self.vector_type}"
+
+
+def vector_literal(vector: Sequence[float] | np.ndarray) -> str:
+    """pgvector's text form, ``[0.1,0.2,…]`` (for bound parameters)."""
+    return "[" + ",".join(repr(float(x)) for x in np.asarray(vector, dtype=np.float32)) + "]"
+
+
+def parse_vector(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32, copy=False)
+    if hasattr(value, "to_numpy"):
+        return value.to_numpy().astype(np.float32, copy=False)
+    if isinstance(value, str):
+        return np.array([float(x) for x in value.strip("[]").split(",")], dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+def ensure_index(spec: IndexSpec, using=None) -> bool:
+    """Create the HNSW index for ``spec`` if missing. Returns True when it was created."""
+    conn = using or default_connection
+    key = (conn.alias, spec.name)
+    if key in _known_indexes:
+        return False
+    with _lock:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
+            if cursor.fetchone():
+                _known_indexes.add(key)
+                return False
+            with transaction.atomic(using=conn.alias):
+                # Serialise creators: two workers must not build the same index at once.
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+                cursor.execute(
+                    f"CREATE INDEX IF NOT EXISTS {spec.name} ON embrec_embedding "
+                    f"USING hnsw ((vector::{spec.vector_type}) {spec.opclass}) "
+                    f"WITH (m = {int(embrec_settings.HNSW_M)}, "
+                    f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
+                    f"WHERE {spec.predicate_sql()}"
+                )
+        _known_indexes.add(key)
+    return True
+
+
+def forget_indexes() -> None:
+    """Clear the per-process cache of known indexes (tests that drop tables)."""
+    _known_indexes.clear()
+
+
+def _register_vector(conn) -> None:
+    raw = conn.connection
+    if getattr(raw, "_embrec_vector_registered", False):
+        return
+    from pgvector.psycopg import register_vector
+
+    register_vector(raw)
+    raw._embrec_vector_registered = True
+
+
+@dataclass
+class VectorRow:
+    object_pk: str
+    vector: np.ndarray
+    content_hash: str
+
+
+def write_vectors(
+    content_type_id: int,
+    encoder: str,
+    identity: str,
+    rows: Iterable[VectorRow] | Sequence[VectorRow],
+    *,
+    using=None,
+) -> int:
+    """Upsert vectors in bulk: binary COPY into a temp table, then one INSERT … ON CONFLICT.
+
+    Must run inside a transaction (the staging table is emptied on commit).
+    """
+    conn = using or default_connection
+    rows = list(rows)
+    if not rows:
+        return 0
+    conn.ensure_connection()
+    _register_vector(conn)
+    dims = int(rows[0].vector.shape[0])
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS embrec_stage "
+            "(object_pk text, vector vector, content_hash text) ON COMMIT DELETE ROWS"
+        )
+        raw = cursor.cursor
+        with raw.copy(
+            "COPY embrec_stage (object_pk, vector, content_hash) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "vector", "text"])
+            for row in rows:
+                copy.write_row((row.object_pk, row.vector, row.content_hash))
+        cursor.execute(
+            """
+            INSERT INTO embrec_embedding
+                (content_type_id, object_pk, encoder, identity, dimensions, vector, content_hash,
+                 created_at, updated_at)
+            SELECT %s, object_pk, %s, %s, %s, vector, content_hash, now(), now()
+              FROM embrec_stage
+            ON CONFLICT (content_type_id, object_pk, encoder) DO UPDATE SET
+                identity = EXCLUDED.identity,
+                dimensions = EXCLUDED.dimensions,
+                vector = EXCLUDED.vector,
+                content_hash = EXCLUDED.content_hash,
+                updated_at = now()
+            """,
+            [content_type_id, encoder, identity, dims],
+        )
+        written = cursor.rowcount
+        cursor.execute("TRUNCATE embrec_stage")
+    return written
+
+
+def delete_vectors(
+    content_type_id: int,
+    object_pks: Sequence[str],
+    encoder: str | None = None,
+    using=None,
+) -> int:
+    conn = using or default_connection
+    if not object_pks:
+        return 0
+    with conn.cursor() as cursor:
+        sql = "DELETE FROM embrec_embedding WHERE content_type_id = %s AND object_pk = ANY(%s)"
+        params: list = [content_type_id, list(object_pks)]
+        if encoder is not None:
+            sql += " AND encoder = %s"
+            params.append(encoder)
+        cursor.execute(sql, params)
+        return cursor.rowcount

@@ -1,0 +1,20 @@
+import pytest
+
+from embrec.encoders import reset_encoders
+from embrec.storage import forget_indexes
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    """Indexes are dropped with the test database between tests that flush it."""
+    forget_indexes()
+    yield
+    forget_indexes()
+
+
+@pytest.fixture
+def hashing_encoder():
+    from embrec.encoders import get_encoder
+
+    reset_encoders()
+    return get_encoder("hashing")

@@ -1,0 +1,38 @@
+"""Test settings: the demo project's, plus a test app and a fast deterministic encoder.
+
+The database is the same as the demo's (embedded PostgreSQL + pgvector, or ``DATABASE_URL``);
+pytest-django creates a separate test database on it. ``EMBREC_TEST_DB_NAME`` picks its name, so
+several test runs can share one server.
+"""
+
+import os
+
+from project.settings import *  # noqa: F403
+from project.settings import BASE_DIR, INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+
+# Unit tests run Celery tasks in-process; tests that need a real worker start one explicitly
+# with a real broker (see tests/worker.py).
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BROKER_URL = os.environ.get("EMBREC_TEST_BROKER_URL", "memory://")
+
+EMBREC = {
+    "ENCODERS": {
+        # The demo's registration uses "default": the real MiniLM model.
+        "default": {
+            "CLASS": "embrec.encoders.sentence_transformer.SentenceTransformerEncoder",
+            "OPTIONS": {},
+        },
+        # Test-app registrations use this deterministic encoder: fast and exact.
+        "hashing": {
+            "CLASS": "embrec.encoders.hashing.HashingEncoder",
+            "OPTIONS": {"dimensions": 64},
+        },
+    },
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING = {"version": 1, "disable_existing_loggers": False}
+TEST_BASE_DIR = BASE_DIR
