@@ -45,16 +45,16 @@ class EmbeddedDatabaseError(ImproperlyConfigured):
 def database_settings(base_dir: str | os.PathLike, *, conn_max_age: int = 60) -> dict:
     """Return a Django ``DATABASES['default']`` dict (see module docstring)."""
     url = os.environ.get("DATABASE_URL", "").strip()
+    # EMBREC_DATABASE_NAME picks another database on the same server (a worker started by the
+    # test suite uses the test database; benchmarks use their own).
+    name_override = os.environ.get("EMBREC_DATABASE_NAME", "").strip()
     if url:
         config = parse_database_url(url)
     else:
         server = EmbeddedPostgres.for_base_dir(base_dir)
-        server.start()
+        server.start(extra_databases=[name_override] if name_override else [])
         config = server.django_settings()
     config.setdefault("CONN_MAX_AGE", conn_max_age)
-    # Lets a helper process (e.g. a worker started by the test suite) use another database on
-    # the same server.
-    name_override = os.environ.get("EMBREC_DATABASE_NAME")
     if name_override:
         config["NAME"] = name_override
     test_name = os.environ.get("EMBREC_TEST_DB_NAME")
@@ -149,7 +149,7 @@ class EmbeddedPostgres:
             return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
         return f"postgresql://{SUPERUSER}@/{dbname}?host={self.socket_dir}&port={self.port}"
 
-    def start(self) -> None:
+    def start(self, extra_databases: list[str] | tuple = ()) -> None:
         """Start the server unless it runs already, and register this process as a user."""
         if self._registered:
             return
@@ -161,7 +161,7 @@ class EmbeddedPostgres:
                 self._initdb()
             if not self._is_running():
                 self._start_server()
-            self._ensure_database()
+            self._ensure_databases([DATABASE_NAME, *extra_databases])
             (self.clients / str(os.getpid())).touch()
             self._registered = True
         atexit.register(self.release)
@@ -362,10 +362,13 @@ class EmbeddedPostgres:
                     raise
                 time.sleep(0.2)
 
-    def _ensure_database(self) -> None:
+    def _ensure_databases(self, names: list[str]) -> None:
+        from psycopg import sql
+
         with self._connect("postgres") as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-            ).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+            for name in names:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+                ).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
