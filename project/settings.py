@@ -113,6 +113,14 @@ EMBREC = {
             "OPTIONS": {},
         },
     },
+    # MovieLens star ratings are loaded as these kinds (see project/catalog/management/commands/demo.py).
+    "INTERACTION_WEIGHTS": {
+        "view": 1.0,
+        "like": 3.0,
+        "love": 5.0,
+        "purchase": 5.0,
+        "dislike": -3.0,
+    },
 }
 
 LOGGING = {

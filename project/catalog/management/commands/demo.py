@@ -1,0 +1,226 @@
+"""``manage.py demo``: load MovieLens-100k, embed the movies, and serve the demo site.
+
+Steps (each safe to re-run; unchanged rows are neither duplicated nor re-embedded):
+
+1. apply migrations;
+2. fetch the ``recbole==1.2.1`` wheel (cached under ``.embrec/cache``) and load its 1,682 movies,
+   943 users and 100,000 ratings (as embrec interactions);
+3. embed every new or changed movie with the configured encoder (MiniLM by default);
+4. create the demo superuser ``admin`` / ``admin``;
+5. start a Celery worker for the ``embrec`` queue and serve http://127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from embrec import indexing
+from embrec.models import Interaction
+from embrec.registry import registry
+from project.catalog.models import Movie
+from project.catalog.movielens import MovieLensUnavailable, load_ml100k
+
+DEMO_USERNAME = "admin"
+DEMO_PASSWORD = "admin"
+USER_PREFIX = "ml"
+
+#: MovieLens star ratings as interaction kinds (weights in settings.EMBREC).
+RATING_KINDS = {5: "love", 4: "like", 3: "view", 2: "dislike", 1: "dislike"}
+
+
+class Command(BaseCommand):
+    help = "Load MovieLens-100k, embed the movies, and serve the demo site with a worker."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--source", help="Path to a recbole wheel (default: download it).")
+        parser.add_argument("--addrport", default="127.0.0.1:8000", help="Where to serve.")
+        parser.add_argument(
+            "--no-serve", action="store_true", help="Load and embed, then exit (no server)."
+        )
+        parser.add_argument(
+            "--no-worker", action="store_true", help="Serve without starting a Celery worker."
+        )
+
+    def handle(self, *args, **options):
+        verbosity = options["verbosity"]
+        call_command("migrate", interactive=False, verbosity=0)
+        try:
+            data = load_ml100k(options["source"])
+        except MovieLensUnavailable as exc:
+            raise CommandError(str(exc)) from exc
+        self.log(
+            f"MovieLens-100k: {len(data.movies)} movies, {len(data.users)} users, "
+            f"{len(data.ratings)} ratings"
+        )
+        changed = self.load_movies(data.movies)
+        self.log(f"Movies: {changed} new or changed")
+        users = self.load_users(data.users)
+        added = self.load_ratings(data.ratings, users)
+        self.log(f"Interactions: {added} loaded" if added else "Interactions: up to date")
+        self.embed(verbosity)
+        self.refresh_user_vectors()
+        self.ensure_superuser()
+        if options["no_serve"]:
+            return
+        self.serve(options["addrport"], start_worker=not options["no_worker"])
+
+    def log(self, message: str) -> None:
+        self.stdout.write(message)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load_movies(self, movies: list[dict]) -> int:
+        """Insert new movies and update changed ones; returns how many changed."""
+        existing = {m.movielens_id: m for m in Movie.objects.all()}
+        to_create, to_update = [], []
+        for row in movies:
+            movie = existing.get(row["movielens_id"])
+            if movie is None:
+                to_create.append(Movie(**row))
+                continue
+            if (movie.title, movie.year, movie.genres) != (
+                row["title"],
+                row["year"],
+                row["genres"],
+            ):
+                movie.title, movie.year, movie.genres = row["title"], row["year"], row["genres"]
+                to_update.append(movie)
+        with transaction.atomic():
+            created = Movie.objects.bulk_create(to_create, batch_size=1000)
+            Movie.objects.bulk_update(to_update, ["title", "year", "genres"], batch_size=1000)
+            # bulk_create/bulk_update skip signals: queue the changed movies explicitly.
+            if created or to_update:
+                indexing.mark_dirty([*created, *to_update])
+        return len(to_create) + len(to_update)
+
+    def load_users(self, users: list[dict]) -> dict[int, int]:
+        User = get_user_model()
+        names = {u["user_id"]: f"{USER_PREFIX}{u['user_id']}" for u in users}
+        have = set(
+            User.objects.filter(username__in=names.values()).values_list("username", flat=True)
+        )
+        new = [User(username=name) for name in names.values() if name not in have]
+        for user in new:
+            user.set_unusable_password()
+        User.objects.bulk_create(new, batch_size=1000)
+        by_name = dict(
+            User.objects.filter(username__in=names.values()).values_list("username", "id")
+        )
+        return {ml_id: by_name[name] for ml_id, name in names.items()}
+
+    def load_ratings(self, ratings, users: dict[int, int]) -> int:
+        """Load ratings as interactions unless exactly these are already loaded."""
+        ct = ContentType.objects.get_for_model(Movie)
+        demo = Interaction.objects.filter(content_type=ct, user_id__in=users.values())
+        if demo.count() == len(ratings):
+            return 0
+        movie_pks = dict(Movie.objects.values_list("movielens_id", "pk"))
+        weights = settings.EMBREC.get("INTERACTION_WEIGHTS", {})
+        rows = []
+        for user_id, item_id, rating, ts in ratings:
+            kind = RATING_KINDS[int(rating)]
+            rows.append(
+                Interaction(
+                    user_id=users[user_id],
+                    content_type=ct,
+                    object_pk=str(movie_pks[item_id]),
+                    kind=kind,
+                    weight=float(weights.get(kind, rating)),
+                    created_at=datetime.fromtimestamp(ts, tz=UTC),
+                )
+            )
+        with transaction.atomic():
+            demo.delete()
+            Interaction.objects.bulk_create(rows, batch_size=5000)
+        return len(rows)
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    def embed(self, verbosity: int) -> None:
+        rec = registry.get(Movie)
+        started = time.monotonic()
+        result = indexing.drain()
+        if result.claimed == 0 and not self._all_embedded(rec):
+            indexing.reindex(rec)
+            result = indexing.drain()
+        self.log(
+            f"Embeddings: {result.encoded} computed, {result.unchanged} unchanged, "
+            f"{result.failed} failed in {time.monotonic() - started:.1f}s"
+        )
+
+    def _all_embedded(self, rec) -> bool:
+        from embrec.models import Embedding
+
+        ct = ContentType.objects.get_for_model(Movie)
+        expected = rec.get_queryset().count() * len(rec.get_encoders())
+        return Embedding.objects.filter(content_type=ct).count() >= expected
+
+    def refresh_user_vectors(self) -> None:
+        try:
+            from embrec.interactions import rebuild_user_vectors
+        except ImportError:
+            return
+        count = rebuild_user_vectors(Movie)
+        self.log(f"User vectors: {count} built")
+
+    def ensure_superuser(self) -> None:
+        User = get_user_model()
+        if not User.objects.filter(username=DEMO_USERNAME).exists():
+            User.objects.create_superuser(DEMO_USERNAME, "admin@example.com", DEMO_PASSWORD)
+        self.log(
+            f"Admin: http://127.0.0.1:8000/admin/ (user {DEMO_USERNAME!r}, password {DEMO_PASSWORD!r})"
+        )
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def serve(self, addrport: str, start_worker: bool) -> None:
+        worker = None
+        if start_worker:
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "project",
+                    "worker",
+                    "-B",
+                    "-Q",
+                    "embrec,celery",
+                    "--pool",
+                    "solo",
+                    "--loglevel",
+                    "WARNING",
+                    "--schedule",
+                    str(Path(settings.BASE_DIR) / ".embrec" / "celerybeat-schedule"),
+                ],
+                cwd=settings.BASE_DIR,
+                start_new_session=True,
+            )
+            self.log("Worker: started (queue 'embrec', with the sweeper's beat schedule)")
+        self.log(
+            "API: http://127.0.0.1:8000/api/embrec/items/catalog.movie/1/similar/ · "
+            "docs: http://127.0.0.1:8000/api/docs/"
+        )
+        try:
+            call_command("runserver", addrport, use_reloader=False)
+        finally:
+            if worker is not None and worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
