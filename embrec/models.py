@@ -5,6 +5,8 @@
   (model, encoder) pair gets its own partial HNSW index (see :mod:`embrec.storage`).
 * :class:`OutboxEntry` — work waiting for a worker: "this object changed". Written in the same
   transaction as the change, deleted in the same transaction as the vector write.
+* :class:`DrainSignal` — one row recording that a drain task is queued and not yet started, so
+  that a burst of saves queues one task instead of thousands.
 * :class:`Interaction` — a user's event on an object (view, like, purchase, dislike…).
 * :class:`UserEmbedding` — a user's taste vector per encoder, built from interactions.
 """
@@ -83,6 +85,24 @@ class OutboxEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.content_type_id}:{self.object_pk} ({self.state})"
+
+
+class DrainSignal(models.Model):
+    """Deduplicates drain tasks across processes (a single row, ``id = 1``).
+
+    ``queued_at`` is set when a drain task is sent and cleared when a worker starts it. While it
+    is set (and younger than ``EMBREC["SWEEP_AFTER"]``), saves do not queue another task: the
+    queued one will see their outbox rows when it starts.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    queued_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "embrec_drain_signal"
+
+    def __str__(self) -> str:
+        return f"drain queued at {self.queued_at}" if self.queued_at else "no drain queued"
 
 
 class Interaction(models.Model):

@@ -1,13 +1,15 @@
 """Low-level vector storage: bulk writes and per-(model, encoder) HNSW indexes.
 
 All vectors live in ``embrec_embedding.vector`` (a dimension-less pgvector column). Each
-(content type, encoder) pair gets a partial expression index::
+(content type, encoder, dimensions) gets a partial expression index::
 
     CREATE INDEX ... USING hnsw ((vector::vector(384)) vector_cosine_ops)
-        WHERE content_type_id = 7 AND encoder = 'default'
+        WHERE content_type_id = 7 AND encoder = 'default' AND dimensions = 384
 
 Queries use the same expression and predicate (:func:`distance_sql`) so the planner picks that
-index. With ``"halfvec": True`` in an encoder's ``OPTIONS`` the index stores half-precision
+index. The dimensions are part of the predicate so that switching an alias to a model with
+other dimensions never breaks the old index: old rows stay in it until they are re-encoded. With
+``"halfvec": True`` in an encoder's ``OPTIONS`` the index stores half-precision
 vectors (half the memory; recall is unchanged in practice for normalised text embeddings).
 """
 
@@ -47,14 +49,17 @@ class IndexSpec:
     @property
     def name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "_", self.encoder.lower())[:20]
-        digest = hashlib.sha1(f"{self.encoder}/{self.halfvec}".encode()).hexdigest()[:6]
+        digest = hashlib.sha1(f"{self.encoder}/{self.halfvec}/dims".encode()).hexdigest()[:6]
         kind = "h" if self.halfvec else "v"
         return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}{kind}_{digest}"
 
     def predicate_sql(self, alias: str = "") -> str:
         prefix = f"{alias}." if alias else ""
         encoder = self.encoder.replace("'", "''")
-        return f"{prefix}content_type_id = {int(self.content_type_id)} AND {prefix}encoder = '{encoder}'"
+        return (
+            f"{prefix}content_type_id = {int(self.content_type_id)} AND {prefix}encoder = "
+            f"'{encoder}' AND {prefix}dimensions = {int(self.dimensions)}"
+        )
 
     def distance_sql(self, alias: str = "") -> str:
         """``vector::type <=> %s::type``: cosine distance to one bound query vector."""
@@ -78,7 +83,12 @@ def parse_vector(value) -> np.ndarray:
 
 
 def ensure_index(spec: IndexSpec, using=None) -> bool:
-    """Create the HNSW index for ``spec`` if missing. Returns True when it was created."""
+    """Create the HNSW index for ``spec`` if missing. Returns True when it was created.
+
+    Inside a transaction the index becomes visible (and is remembered as existing) only when that
+    transaction commits; call it before writing rows to ``embrec_embedding`` in the same
+    transaction, so that the table lock ``CREATE INDEX`` takes cannot wait on a lock we hold.
+    """
     conn = using or default_connection
     key = (conn.alias, spec.name)
     if key in _known_indexes:
@@ -99,7 +109,8 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
                     f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
                     f"WHERE {spec.predicate_sql()}"
                 )
-        _known_indexes.add(key)
+    # A rolled-back transaction takes the index with it: only remember it once committed.
+    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
     return True
 
 
