@@ -14,6 +14,8 @@ around four functions:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import time
 import traceback
@@ -23,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection, models, transaction
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.items import Recommendable
-from embrec.models import Embedding, OutboxEntry
+from embrec.models import DrainSignal, Embedding, OutboxEntry
 from embrec.registry import registry
 from embrec.storage import (
     IndexSpec,
@@ -88,7 +91,7 @@ def mark_dirty(
     """
     if isinstance(queryset_or_objects, models.QuerySet):
         model = queryset_or_objects.model
-        registry.get(model)
+        check_encoder(registry.get(model), encoder)
         total = 0
         for chunk in iter_pk_chunks(queryset_or_objects, batch_size):
             total += enqueue(model, chunk, encoder=encoder, force=force, kick=False)
@@ -98,12 +101,22 @@ def mark_dirty(
         by_model: dict[type, list] = defaultdict(list)
         for obj in objects:
             by_model[type(obj)].append(obj.pk)
+        for model in by_model:
+            check_encoder(registry.get(model), encoder)
         for model, pks in by_model.items():
-            registry.get(model)
             total += enqueue(model, pks, encoder=encoder, force=force, kick=False)
     if total:
         schedule_kick()
     return total
+
+
+def check_encoder(recommendable: Recommendable, encoder: str | None) -> None:
+    """Raise ``ImproperlyConfigured`` unless ``encoder`` is None or one the model uses."""
+    if encoder is not None and encoder not in recommendable.get_encoders():
+        raise ImproperlyConfigured(
+            f"{recommendable.label} does not use encoder {encoder!r} "
+            f"(it uses: {', '.join(recommendable.get_encoders())})."
+        )
 
 
 def iter_pk_chunks(queryset: models.QuerySet, size: int) -> Iterable[list]:
@@ -126,8 +139,15 @@ def reindex(
     force: bool = False,
     batch_size: int = 5000,
     progress: Callable[[int], None] | None = None,
+    kick: bool = True,
 ) -> int:
-    """Enqueue every indexable object of a registration, and remove vectors of vanished ones."""
+    """Enqueue every object of ``recommendable.get_queryset()`` by keyset pages.
+
+    Unchanged objects cost a hash comparison in the worker, not an encode (unless ``force``).
+    Vectors of objects that left the queryset are queued for removal. With ``kick=False`` no
+    drain task is sent (the caller drains in the foreground). Returns the number queued.
+    """
+    check_encoder(recommendable, encoder)
     ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
     total = 0
     for chunk in iter_pk_chunks(recommendable.get_queryset(), batch_size):
@@ -145,7 +165,8 @@ def reindex(
     if orphans:
         with transaction.atomic():
             enqueue(recommendable.model, orphans, action=OutboxEntry.DELETE, kick=False)
-    schedule_kick()
+    if kick:
+        schedule_kick()
     return total
 
 
@@ -157,17 +178,8 @@ def _pk_strings(queryset: models.QuerySet):
 
 def _has_pending_kick(conn) -> bool:
     return any(
-        getattr(func, "__name__", "") == "_kick_after_commit" for *_, func, _ in _callbacks(conn)
+        getattr(entry[1], "__name__", "") == "_kick_after_commit" for entry in conn.run_on_commit
     )
-
-
-def _callbacks(conn):
-    # Django stores (savepoint ids, func, robust) tuples; tolerate older two-tuple forms.
-    for entry in conn.run_on_commit:
-        if len(entry) == 3:
-            yield entry
-        else:
-            yield (*entry, False)
 
 
 def _kick_after_commit() -> None:
@@ -183,15 +195,52 @@ def schedule_kick() -> None:
     transaction.on_commit(_kick_after_commit, robust=True)
 
 
-def kick() -> bool:
-    """Send a drain task to the encoding queue. Never raises: a broker outage only delays work
-    (the rows wait in the outbox and the sweeper re-kicks them)."""
+def _reserve_kick() -> bool:
+    """Claim the right to queue a drain task: False while another queued one has not started.
+
+    A reservation older than ``SWEEP_AFTER`` seconds is considered lost (its message vanished)
+    and is taken over.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO embrec_drain_signal (id, queued_at) VALUES (1, now())
+            ON CONFLICT (id) DO UPDATE SET queued_at = now()
+             WHERE embrec_drain_signal.queued_at IS NULL
+                OR embrec_drain_signal.queued_at < now() - make_interval(secs => %s)
+            RETURNING id
+            """,
+            [float(embrec_settings.SWEEP_AFTER)],
+        )
+        return cursor.fetchone() is not None
+
+
+def release_kick() -> None:
+    """Mark the queued drain task as started (a worker calls this before draining)."""
+    DrainSignal.objects.filter(id=1).update(queued_at=None)
+
+
+def kick(*, force: bool = False) -> bool:
+    """Send a drain task to the encoding queue, unless one is already queued and not started.
+
+    ``force`` sends one regardless (the sweeper). Never raises for a broker outage: the rows wait
+    in the outbox and the sweeper re-kicks them. Returns whether a task was sent.
+    """
     from embrec.tasks import drain_outbox
 
+    try:
+        if not _reserve_kick() and not force:
+            return False
+    except DatabaseError as exc:
+        # Called after commit: the save itself already succeeded; the sweeper catches up.
+        logger.warning("embrec: could not reserve a drain task (%s).", exc)
+        return False
     try:
         drain_outbox.apply_async(queue=embrec_settings.QUEUE, retry=False)
     except Exception as exc:  # broker down or misconfigured: the outbox keeps the work
         logger.warning("embrec: could not queue a drain task (%s); the sweeper will retry.", exc)
+        with contextlib.suppress(DatabaseError):
+            release_kick()
         return False
     return True
 
@@ -232,9 +281,16 @@ def drain(
     batch_size: int | None = None,
     max_batches: int | None = None,
     max_seconds: float | None = None,
+    on_batch: Callable[[DrainResult], None] | None = None,
 ) -> DrainResult:
-    """Process pending outbox rows until none are left (or a limit is reached)."""
-    batch_size = batch_size or embrec_settings.BATCH_SIZE
+    """Process pending outbox rows until none are left (or a limit is reached).
+
+    Each batch is one transaction (see :func:`drain_batch`). ``on_batch`` is called after each
+    committed batch (progress bars, fan-out to more workers).
+    """
+    batch_size = int(batch_size or embrec_settings.BATCH_SIZE)
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
     total = DrainResult()
     started = time.monotonic()
     while max_batches is None or total.batches < max_batches:
@@ -244,12 +300,42 @@ def drain(
         if result is None:
             break
         total.merge(result)
+        if on_batch is not None:
+            on_batch(result)
     total.seconds = time.monotonic() - started
     return total
 
 
 def drain_batch(batch_size: int) -> DrainResult | None:
-    """Claim and process one batch in one transaction; ``None`` when nothing is pending."""
+    """Claim and process one batch in one transaction; ``None`` when nothing is pending.
+
+    1. Claim up to ``batch_size`` pending rows with ``FOR UPDATE SKIP LOCKED`` (workers never
+       wait for each other's rows), plus any other pending rows of the same objects (an object
+       saved ten times is encoded once).
+    2. Take a transaction-scoped advisory lock per object, in a fixed order: two workers holding
+       different rows of the same object are serialised, so the later one reads the newer text
+       and an older vector can never overwrite a newer one.
+    3. Create missing HNSW indexes, load the objects, encode changed texts, upsert the vectors in
+       bulk, delete vectors of objects that are gone or filtered out.
+    4. Delete the claimed rows (and older failure records of those objects) and mark the rows of
+       poison objects failed, in the same transaction as the vector writes.
+
+    A crash anywhere rolls the whole batch back; the rows become claimable again. A crash that is
+    not a database error (say, the encoder fails on every text) counts an attempt on the claimed
+    rows; after ``EMBREC["MAX_ATTEMPTS"]`` they are marked failed instead of retried forever.
+    """
+    claimed_ids: list[int] = []
+    try:
+        return _drain_batch(batch_size, claimed_ids)
+    except DatabaseError:
+        raise  # transient (or the database is gone): the task retries with backoff
+    except Exception as exc:
+        if claimed_ids:
+            record_attempt(claimed_ids, _describe(exc))
+        raise
+
+
+def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
     with transaction.atomic():
         entries = list(
             OutboxEntry.objects.select_for_update(skip_locked=True)
@@ -262,43 +348,130 @@ def drain_batch(batch_size: int) -> DrainResult | None:
         by_ct: dict[int, list[OutboxEntry]] = defaultdict(list)
         for entry in entries:
             by_ct[entry.content_type_id].append(entry)
+        claimed_ids.extend(e.id for e in entries)
+        for ct_id, group in by_ct.items():
+            extra = list(
+                OutboxEntry.objects.select_for_update(skip_locked=True)
+                .filter(
+                    state=OutboxEntry.PENDING,
+                    content_type_id=ct_id,
+                    object_pk__in={e.object_pk for e in group},
+                )
+                .exclude(id__in=claimed_ids)
+            )
+            group.extend(extra)
+            claimed_ids.extend(e.id for e in extra)
+            result.claimed += len(extra)
+        _lock_objects(by_ct)
+
+        plans = [_plan_group(ct_id, group) for ct_id, group in by_ct.items()]
+        # Indexes first: CREATE INDEX locks the table against writers, which must not be us.
+        for plan in plans:
+            for alias in plan.aliases:
+                ensure_index(_index_spec(plan.ct_id, alias))
         done_ids: list[int] = []
         failed: dict[int, str] = {}
-        for ct_id, group in by_ct.items():
-            _process_group(ct_id, group, result, done_ids, failed)
+        for plan in plans:
+            _process_group(plan, result, done_ids, failed)
         if done_ids:
             OutboxEntry.objects.filter(id__in=done_ids).delete()
+            _forget_failures(by_ct, failed)
         if failed:
             _mark_failed(failed)
         result.failed = len(failed)
     return result
 
 
+def _object_key(object_pk: str) -> int:
+    digest = hashlib.blake2b(object_pk.encode("utf-8"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _lock_objects(by_ct: dict[int, list[OutboxEntry]]) -> None:
+    keys = sorted({(ct_id, _object_key(e.object_pk)) for ct_id, g in by_ct.items() for e in g})
+    with connection.cursor() as cursor:
+        # unnest() yields in array order, so every worker locks in the same (sorted) order.
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(c, k)) FROM unnest(%s::int[], %s::int[]) AS t(c, k)",
+            [[c for c, _ in keys], [k for _, k in keys]],
+        )
+
+
+def _forget_failures(by_ct: dict[int, list[OutboxEntry]], failed: dict[int, str]) -> None:
+    """Older failure records of objects that were just processed successfully are obsolete."""
+    for ct_id, group in by_ct.items():
+        ok = {e.object_pk for e in group if e.id not in failed}
+        if ok:
+            OutboxEntry.objects.filter(
+                state=OutboxEntry.FAILED, content_type_id=ct_id, object_pk__in=ok
+            ).delete()
+
+
 def _mark_failed(failed: dict[int, str]) -> None:
-    for entry_id, error in failed.items():
-        OutboxEntry.objects.filter(id=entry_id).update(
+    """Mark rows failed, keeping one failure record per object (the newest error)."""
+    rows = OutboxEntry.objects.filter(id__in=list(failed)).only(
+        "id", "content_type_id", "object_pk"
+    )
+    for entry in rows:
+        OutboxEntry.objects.filter(
             state=OutboxEntry.FAILED,
-            last_error=error[:4000],
+            content_type_id=entry.content_type_id,
+            object_pk=entry.object_pk,
+        ).exclude(id=entry.id).delete()
+    by_error: dict[str, list[int]] = defaultdict(list)
+    for entry_id, error in failed.items():
+        by_error[error[:4000]].append(entry_id)
+    for error, ids in by_error.items():
+        OutboxEntry.objects.filter(id__in=ids).update(
+            state=OutboxEntry.FAILED,
+            last_error=error,
             attempts=models.F("attempts") + 1,
         )
 
 
+def record_attempt(entry_ids: Sequence[int], error: str) -> int:
+    """Count a failed attempt on rows whose batch crashed; fail them after ``MAX_ATTEMPTS``."""
+    with transaction.atomic():
+        OutboxEntry.objects.filter(id__in=list(entry_ids), state=OutboxEntry.PENDING).update(
+            attempts=models.F("attempts") + 1, last_error=error[:4000]
+        )
+        return OutboxEntry.objects.filter(
+            id__in=list(entry_ids),
+            state=OutboxEntry.PENDING,
+            attempts__gte=int(embrec_settings.MAX_ATTEMPTS),
+        ).update(state=OutboxEntry.FAILED)
+
+
+@dataclass
+class _GroupPlan:
+    ct_id: int
+    entries: list[OutboxEntry]
+    rec: Recommendable | None
+    aliases: list[str]
+
+
+def _plan_group(ct_id: int, entries: list[OutboxEntry]) -> _GroupPlan:
+    ct = ContentType.objects.get_for_id(ct_id)
+    model = ct.model_class()
+    if model is None or not registry.is_registered(model):
+        return _GroupPlan(ct_id, entries, None, [])
+    rec = registry.get(model)
+    return _GroupPlan(ct_id, entries, rec, rec.get_encoders())
+
+
 def _process_group(
-    ct_id: int,
-    entries: list[OutboxEntry],
+    plan: _GroupPlan,
     result: DrainResult,
     done_ids: list[int],
     failed: dict[int, str],
 ) -> None:
-    ct = ContentType.objects.get_for_id(ct_id)
-    model = ct.model_class()
-    if model is None or not registry.is_registered(model):
+    ct_id, entries, rec = plan.ct_id, plan.entries, plan.rec
+    if rec is None:
         # The model was unregistered or removed: its vectors are no longer wanted.
         pks = sorted({e.object_pk for e in entries})
         result.deleted += delete_vectors(ct_id, pks)
         done_ids.extend(e.id for e in entries)
         return
-    rec = registry.get(model)
     entries_by_pk: dict[str, list[OutboxEntry]] = defaultdict(list)
     for entry in entries:
         entries_by_pk[entry.object_pk].append(entry)
@@ -310,7 +483,7 @@ def _process_group(
     for pk in entries_by_pk:
         try:
             pk_values[pk] = rec.pk_from_string(pk)
-        except Exception:
+        except (ValidationError, ValueError, TypeError):
             bad_pks.append(pk)
     for pk in bad_pks:
         result.deleted += delete_vectors(ct_id, [pk])
@@ -330,19 +503,23 @@ def _process_group(
             if not isinstance(text, str):
                 raise TypeError(f"get_text() returned {type(text).__name__}, expected str")
             texts[pk] = text
-        except Exception as exc:  # a bad object must not sink the batch
+        except Exception as exc:  # a bad object must not sink the batch; recorded on its row
             for entry in group:
                 failed[entry.id] = _describe(exc)
     if gone:
         result.deleted += delete_vectors(ct_id, gone)
 
-    for alias in rec.get_encoders():
+    for alias in plan.aliases:
         wanted = {
             pk: text
             for pk, text in texts.items()
             if any(not e.encoder or e.encoder == alias for e in entries_by_pk[pk])
         }
-        forced = {pk for pk in wanted if any(e.force for e in entries_by_pk[pk])}
+        forced = {
+            pk
+            for pk in wanted
+            if any(e.force and (not e.encoder or e.encoder == alias) for e in entries_by_pk[pk])
+        }
         _encode_and_write(ct_id, alias, rec, wanted, forced, entries_by_pk, result, failed)
 
     for group in entries_by_pk.values():
@@ -365,7 +542,6 @@ def _encode_and_write(
         return
     encoder = get_encoder(alias)
     identity = encoder.identity.as_string()
-    spec = _index_spec(ct_id, alias)
     existing = dict(
         Embedding.objects.filter(
             content_type_id=ct_id,
@@ -388,11 +564,10 @@ def _encode_and_write(
     for i, ((pk, _text, digest), vector) in enumerate(zip(todo, vectors, strict=True)):
         if vector is None:
             for entry in entries_by_pk[pk]:
-                failed[entry.id] = errors[i]
+                failed[entry.id] = f"[{alias}] {errors[i]}"
             continue
         rows.append(VectorRow(pk, vector, digest))
     if rows:
-        ensure_index(spec)
         result.encoded += write_vectors(ct_id, alias, identity, rows)
 
 
@@ -444,7 +619,7 @@ def sweep(*, older_than: float | None = None) -> int:
     count = stale.count()
     if count:
         stale.update(kicked_at=timezone.now())
-        kick()
+        kick(force=True)
     return count
 
 

@@ -1,8 +1,13 @@
 """Celery tasks: thin adapters around :mod:`embrec.indexing`.
 
-Run encoding workers on their own queue (``EMBREC["QUEUE"]``, default ``embrec``)::
+Run encoding workers on their own queue (``EMBREC["QUEUE"]``, default ``embrec``), one process per
+GPU::
 
-    celery -A project worker -Q embrec --concurrency 1        # one process per GPU
+    celery -A project worker -Q embrec --concurrency 1
+
+Tasks take only primitives, re-read everything from the database, and are idempotent: the outbox
+rows are the unit of work, claimed with ``SKIP LOCKED`` and deleted in the same transaction as the
+vectors they produce, so a redelivered or duplicated task finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -12,24 +17,41 @@ from django.db import InterfaceError, OperationalError
 
 from embrec import indexing
 
+#: Errors worth retrying with backoff: the database or the network blinked.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 
 @shared_task(
     name="embrec.drain",
     acks_late=True,
+    reject_on_worker_lost=True,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     retry_backoff_max=300,
+    retry_jitter=True,
     max_retries=8,
     ignore_result=True,
 )
 def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None) -> dict:
-    """Drain the outbox. Idempotent: rows are claimed with SKIP LOCKED and processed once."""
-    result = indexing.drain(batch_size=batch_size, max_seconds=max_seconds)
+    """Drain the outbox until it is empty (or ``max_seconds`` have passed).
+
+    While batches come back full, one more drain task is queued (deduplicated), so that idle
+    workers join in on a large backlog; they stop as soon as the outbox is empty.
+    """
+    indexing.release_kick()
+    size = int(batch_size or indexing.embrec_settings.BATCH_SIZE)
+
+    def fan_out(batch: indexing.DrainResult) -> None:
+        if batch.claimed >= size and not drain_outbox.app.conf.task_always_eager:
+            indexing.kick()
+
+    result = indexing.drain(batch_size=size, max_seconds=max_seconds, on_batch=fan_out)
     return {
+        "batches": result.batches,
         "claimed": result.claimed,
         "encoded": result.encoded,
+        "unchanged": result.unchanged,
+        "deleted": result.deleted,
         "failed": result.failed,
     }
 
