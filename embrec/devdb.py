@@ -157,9 +157,15 @@ class EmbeddedPostgres:
         self.clients.mkdir(exist_ok=True)
         with self._locked():
             self._check_version()
+            running = (self.pgdata / "PG_VERSION").exists() and self._is_running()
+            if not running and self.tcp_port and self._port_taken(self.tcp_port):
+                raise EmbeddedDatabaseError(
+                    f"Port {self.tcp_port} on 127.0.0.1 is already taken by another program: "
+                    "set EMBREC_PG_PORT to a free port, or unset it to use a Unix socket."
+                )
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
-            if not self._is_running():
+            if not running:
                 self._start_server()
             self._ensure_databases([DATABASE_NAME, *extra_databases])
             (self.clients / str(os.getpid())).touch()
@@ -262,7 +268,7 @@ class EmbeddedPostgres:
         """As root, let the server's system user reach the binaries and the data folder."""
         if os.geteuid() != 0:
             return
-        for folder in [*self.root.parents, *_bin_dir().parents]:
+        for folder in [self.root, *self.root.parents, *_bin_dir().parents]:
             mode = folder.stat().st_mode
             if not mode & 0o001:
                 with contextlib.suppress(PermissionError):
@@ -325,11 +331,6 @@ class EmbeddedPostgres:
         if not self.logfile.exists():
             self.logfile.touch()
         self._chown(self.logfile)
-        if self.tcp_port and self._port_taken(self.tcp_port):
-            raise EmbeddedDatabaseError(
-                f"Port {self.tcp_port} on 127.0.0.1 is already taken by another program: set "
-                "EMBREC_PG_PORT to a free port, or unset it to use a Unix socket."
-            )
         listen = "127.0.0.1" if self.tcp_port else ""
         options = f"-k {self.socket_dir} -p {self.port} -h '{listen}' -c max_connections=200"
         result = self._pg_ctl(

