@@ -161,7 +161,7 @@ def test_two_processes_share_one_server_and_the_last_one_stops_it(tmp_path):
         for delay in ("2", "3")
     ]
     outputs = [proc.communicate(timeout=180) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     # Both wrote into the same database, so the later reader saw both rows.
     assert outputs[1][0].strip() == "2"
