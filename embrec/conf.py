@@ -48,7 +48,23 @@ DEFAULTS: dict[str, Any] = {
     "INTERACTION_WEIGHTS": {"view": 1.0, "like": 3.0, "purchase": 5.0, "dislike": -3.0},
     # Half-life of an interaction's weight in user vectors, in days (None: no decay).
     "USER_VECTOR_HALF_LIFE_DAYS": 30.0,
+    # User vectors are built from at most this many of a user's latest interactions per model.
+    "USER_VECTOR_MAX_INTERACTIONS": 1000,
+    # pgvector iterative index scans ("relaxed_order", "strict_order" or "off"): keep scanning
+    # the HNSW index until `limit` rows pass the filters and exclusions (pgvector >= 0.8).
+    "ITERATIVE_SCAN": "relaxed_order",
+    # hnsw.max_scan_tuples for iterative scans (None: pgvector's default, 20000).
+    "MAX_SCAN_TUPLES": None,
+    # Re-ranking (MMR, popularity/recency blend) picks from limit * this many nearest candidates.
+    "RERANK_POOL_FACTOR": 4,
+    # Popularity counts positive interaction weights of the last N days (None: all time).
+    "POPULARITY_WINDOW_DAYS": 90,
+    # Half-life of the recency bonus, in days since an item was first embedded.
+    "RECENCY_HALF_LIFE_DAYS": 30.0,
+    # Most events one POST to the interactions endpoint may carry.
+    "MAX_INTERACTION_BATCH": 100,
     # DRF permission and throttle classes for the API (dotted paths); None keeps DRF's defaults.
+    # Personal endpoints (recommendations, interactions) always add IsAuthenticated.
     "API_PERMISSION_CLASSES": None,
     "API_THROTTLE_CLASSES": None,
 }

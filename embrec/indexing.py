@@ -569,6 +569,10 @@ def _encode_and_write(
         rows.append(VectorRow(pk, vector, digest))
     if rows:
         result.encoded += write_vectors(ct_id, alias, identity, rows)
+        # Read path hook: user vectors built from these items are now stale.
+        from embrec.interactions import on_items_embedded
+
+        on_items_embedded(ct_id, alias, [row.object_pk for row in rows])
 
 
 def encode_isolating_failures(encoder, texts: Sequence[str]):

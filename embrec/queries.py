@@ -1,49 +1,386 @@
-"""The read path: similar items (and, built on the same search, personal and text queries).
+"""The read path: similar items, personal recommendations, semantic search and popularity.
 
-Every query runs one ordered ANN search over the HNSW index of its (model, encoder), restricted to
-what the caller may see, then hydrates the host objects in one query, keeping the order.
+Every vector query runs one ordered ANN search over the partial HNSW index of its (model, encoder)
+(:class:`embrec.storage.IndexSpec`), restricted in the same SQL statement to what the caller may
+see (the registration's :meth:`~embrec.Recommendable.get_visible_queryset` plus validated filters)
+and to what the user has not disliked (or seen). pgvector's iterative index scans
+(``hnsw.iterative_scan``, pgvector >= 0.8) keep scanning the index until ``limit`` rows pass those
+conditions. An optional re-ranking step blends in popularity and recency and/or diversifies the
+list (maximal marginal relevance); host objects are then loaded in one query, keeping the order.
+
+Public functions: :func:`similar`, :func:`recommend`, :func:`search`, :func:`popular`. Each returns
+a list of :class:`Result`; each result says where it came from (``source``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection, models, transaction
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import connections, models, router, transaction
+from django.db.models import Q, Sum
+from django.db.models.functions import Cast
+from django.utils import timezone
 
 from embrec.conf import embrec_settings
-from embrec.models import Embedding
+from embrec.items import Recommendable
+from embrec.models import Embedding, Interaction, OutboxEntry
 from embrec.registry import registry
 from embrec.storage import IndexSpec, parse_vector, vector_literal
 
+#: Lookups a filter may use, on fields listed in ``Recommendable.filter_fields``.
+FILTER_LOOKUPS = ("exact", "iexact", "in", "gt", "gte", "lt", "lte", "isnull")
+
+#: Result sources.
+SOURCE_SIMILAR = "similar"
+SOURCE_PERSONAL = "personal"
+SOURCE_SEARCH = "search"
+SOURCE_POPULAR = "popular"
+SOURCE_RECENT = "recent"
+
+#: How many interacted items an explanation lists.
+EXPLANATION_SIZE = 3
+
+
+class QueryError(ValueError):
+    """Bad query input (limit, filters, text, re-ranking options); the API answers 400.
+
+    ``code`` is a short machine-readable reason, ``field`` the parameter at fault.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
 
 class NotEmbedded(LookupError):
-    """The object has no vector yet (pending, failed, or not indexable)."""
+    """The object has no vector yet. ``state`` is ``"pending"`` (queued for a worker),
+    ``"failed"`` (the worker gave up; see the outbox) or ``"missing"`` (never queued or not
+    indexable)."""
+
+    def __init__(self, message: str, *, state: str = "missing"):
+        super().__init__(message)
+        self.state = state
+
+
+@dataclass
+class Explanation:
+    """An interacted item that contributed to a personal result."""
+
+    object: Any
+    pk: str
+    kind: str
+    weight: float
+    contribution: float
 
 
 @dataclass
 class Result:
-    """One recommended object with its score (cosine similarity) and where it came from."""
+    """One ranked object.
+
+    ``score`` is the final ranking score (the cosine ``similarity`` unless popularity or recency
+    were blended in; for popularity results, the normalised popularity). ``source`` is one of
+    ``"similar"``, ``"personal"``, ``"search"``, ``"popular"``, ``"recent"``.
+    """
 
     object: Any
     score: float
     source: str
-    explanation: list | None = None
+    similarity: float | None = None
+    explanation: list[Explanation] | None = None
+
+    @property
+    def pk(self) -> str:
+        return str(self.object.pk)
 
 
-def _clean_limit(limit: int | None) -> int:
-    if limit is None:
-        return int(embrec_settings.DEFAULT_LIMIT)
-    limit = int(limit)
-    if limit <= 0 or limit > int(embrec_settings.MAX_LIMIT):
-        raise ValueError(f"limit must be between 1 and {embrec_settings.MAX_LIMIT}")
-    return limit
+@dataclass
+class Candidate:
+    """One row of an ANN search."""
+
+    pk: str
+    distance: float
+    created_at: datetime | None = None
+    vector: np.ndarray | None = None
+    score: float = 0.0
+
+    @property
+    def similarity(self) -> float:
+        return 1.0 - self.distance
 
 
-def _default_encoder(rec) -> str:
-    return rec.get_encoders()[0]
+@dataclass
+class Exclusions:
+    """Objects left out of a query: explicit pks, and a user's disliked (or all seen) items."""
+
+    pks: list[str] = field(default_factory=list)
+    user_id: Any = None
+    content_type_id: int | None = None
+    seen: bool = False
+
+    def sql(self, alias: str = "e") -> list[tuple[str, list]]:
+        """``NOT`` conditions for the ANN query. ``NOT IN (subquery)`` stays a hashed filter on
+        the index scan (PostgreSQL never turns it into an anti-join), so the HNSW order is kept."""
+        parts: list[tuple[str, list]] = []
+        if self.pks:
+            parts.append((f"NOT ({alias}.object_pk = ANY(%s))", [list(self.pks)]))
+        if self.user_id is not None:
+            weight = "" if self.seen else " AND i.weight < 0"
+            parts.append(
+                (
+                    f"{alias}.object_pk NOT IN (SELECT i.object_pk FROM "
+                    f"{Interaction._meta.db_table} i WHERE i.user_id = %s "
+                    f"AND i.content_type_id = %s{weight})",
+                    [self.user_id, self.content_type_id],
+                )
+            )
+        return parts
+
+    def q(self, field_name: str = "object_pk") -> Q:
+        """The same exclusions for ORM queries over a table with an ``object_pk`` column."""
+        q = Q()
+        if self.pks:
+            q |= Q(**{f"{field_name}__in": list(self.pks)})
+        if self.user_id is not None:
+            inter = Interaction.objects.filter(
+                user_id=self.user_id, content_type_id=self.content_type_id
+            )
+            if not self.seen:
+                inter = inter.filter(weight__lt=0)
+            q |= Q(**{f"{field_name}__in": inter.values("object_pk")})
+        return q
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+def clean_limit(limit: Any) -> int:
+    """``limit`` as an int in ``1..EMBREC["MAX_LIMIT"]``; ``None`` gives ``DEFAULT_LIMIT``."""
+    maximum = int(embrec_settings.MAX_LIMIT)
+    if limit is None or limit == "":
+        return min(int(embrec_settings.DEFAULT_LIMIT), maximum)
+    if isinstance(limit, bool):
+        raise QueryError("limit must be an integer.", code="invalid_limit", field="limit")
+    try:
+        value = int(limit) if not isinstance(limit, float) or limit.is_integer() else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None:
+        raise QueryError(
+            f"limit must be an integer, got {limit!r}.", code="invalid_limit", field="limit"
+        )
+    if value <= 0 or value > maximum:
+        raise QueryError(
+            f"limit must be between 1 and {maximum}, got {value}.",
+            code="invalid_limit",
+            field="limit",
+        )
+    return value
+
+
+def clean_fraction(value: Any, name: str, *, allow_none: bool = False) -> float | None:
+    """A float in ``[0, 1]`` (``mmr_lambda``, ``popularity``, ``recency``)."""
+    if value is None or value == "":
+        return None if allow_none else 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (0.0 <= number <= 1.0):
+        raise QueryError(f"{name} must be a number between 0 and 1, got {value!r}.", field=name)
+    return number
+
+
+def clean_text(text: Any) -> str:
+    """Search text: non-blank and at most ``EMBREC["SEARCH_MAX_LENGTH"]`` characters."""
+    if not isinstance(text, str) or not text.strip():
+        raise QueryError("The search text must not be empty.", code="empty_query", field="q")
+    maximum = int(embrec_settings.SEARCH_MAX_LENGTH)
+    if len(text) > maximum:
+        raise QueryError(
+            f"The search text is longer than {maximum} characters ({len(text)}).",
+            code="query_too_long",
+            field="q",
+        )
+    return text.strip()
+
+
+def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
+    """Validate ``{"field__lookup": value}`` against ``rec.filter_fields`` and return a ``Q``.
+
+    Only fields the registration declares are accepted, with the lookups in
+    :data:`FILTER_LOOKUPS`; values are converted by the model field (``"12.5"`` for a decimal),
+    ``in`` takes a list or a comma-separated string. Anything else raises :class:`QueryError`;
+    nothing unvalidated reaches SQL, and values are always bound parameters.
+    """
+    q = Q()
+    if not filters:
+        return q
+    allowed = list(rec.filter_fields)
+    for key, raw in filters.items():
+        name, _, lookup = str(key).partition("__")
+        lookup = lookup or "exact"
+        if name not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise QueryError(
+                f"Unknown filter {key!r} for {rec.label} (filterable fields: {known}).",
+                code="unknown_filter",
+                field=str(key),
+            )
+        if lookup not in FILTER_LOOKUPS:
+            raise QueryError(
+                f"Unsupported lookup {lookup!r} in filter {key!r} "
+                f"(supported: {', '.join(FILTER_LOOKUPS)}).",
+                code="unknown_filter",
+                field=str(key),
+            )
+        model_field = rec.model._meta.get_field(name)
+        try:
+            if lookup == "isnull":
+                value: Any = _to_bool(raw, str(key))
+            elif lookup == "in":
+                items = raw.split(",") if isinstance(raw, str) else list(raw)
+                value = [_convert(model_field, item) for item in items]
+            else:
+                value = _convert(model_field, raw)
+        except (ValidationError, TypeError, ValueError) as exc:
+            message = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+            raise QueryError(
+                f"Invalid value {raw!r} for filter {key!r}: {message}",
+                code="invalid_filter",
+                field=str(key),
+            ) from None
+        q &= Q(**{f"{name}__{lookup}": value})
+    return q
+
+
+def _convert(model_field: models.Field, value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+    if getattr(model_field, "remote_field", None) is not None:
+        model_field = model_field.target_field
+    converted = model_field.to_python(value)
+    if converted is None and not model_field.null:
+        raise ValidationError("a value is required")
+    return converted
+
+
+def _to_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise QueryError(f"{name} must be true or false, got {value!r}.", field=name)
+
+
+def get_registration(model: Any = None) -> Recommendable:
+    """The registration for a model, instance or label; with ``None``, the only one there is."""
+    if model is not None:
+        return model if isinstance(model, Recommendable) else registry.get(model)
+    registrations = registry.all()
+    if len(registrations) == 1:
+        return registrations[0]
+    known = ", ".join(sorted(r.label for r in registrations)) or "none"
+    raise QueryError(
+        f"Say which registered model to query (registered: {known}).",
+        code="type_required",
+        field="type",
+    )
+
+
+# --------------------------------------------------------------------------- pgvector
+
+
+_pgvector_versions: dict[str, tuple[int, ...]] = {}
+
+
+def pgvector_version(using: str = "default") -> tuple[int, ...]:
+    """The installed pgvector extension version, e.g. ``(0, 8, 0)`` (cached per database)."""
+    if using not in _pgvector_versions:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            row = cursor.fetchone()
+        if row is None:
+            raise ImproperlyConfigured(f"The pgvector extension is not installed in {using!r}.")
+        _pgvector_versions[using] = tuple(int(p) for p in row[0].split(".") if p.isdigit())
+    return _pgvector_versions[using]
+
+
+def _check_pgvector(using: str) -> None:
+    version = pgvector_version(using)
+    if version < (0, 8):
+        raise ImproperlyConfigured(
+            f"embrec needs pgvector >= 0.8 for iterative index scans; database {using!r} has "
+            f"{'.'.join(map(str, version))}. Run ALTER EXTENSION vector UPDATE after upgrading."
+        )
+
+
+def _scan_settings(cursor, limit: int, ef_search: int | None) -> None:
+    ef = max(int(ef_search or embrec_settings.EF_SEARCH), int(limit))
+    cursor.execute(f"SET LOCAL hnsw.ef_search = {min(ef, 1000)}")
+    mode = str(embrec_settings.ITERATIVE_SCAN)
+    if mode not in {"off", "strict_order", "relaxed_order"}:
+        raise ImproperlyConfigured(
+            "EMBREC['ITERATIVE_SCAN'] must be 'off', 'strict_order' or 'relaxed_order'."
+        )
+    cursor.execute(f"SET LOCAL hnsw.iterative_scan = {mode}")
+    max_tuples = embrec_settings.MAX_SCAN_TUPLES
+    if max_tuples:
+        cursor.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(max_tuples)}")
+
+
+def _visible_sql(visible: models.QuerySet | None) -> tuple[str, list] | None:
+    if visible is None or not visible.query.where:
+        return None
+    sub_sql, sub_params = (
+        visible.order_by()
+        .annotate(_embrec_pk=Cast("pk", models.CharField()))
+        .values("_embrec_pk")
+        .query.sql_with_params()
+    )
+    return sub_sql, list(sub_params)
+
+
+def nearest_sql(
+    spec: IndexSpec,
+    vector: np.ndarray,
+    limit: int,
+    *,
+    exclusions: Exclusions | None = None,
+    visible: models.QuerySet | None = None,
+    with_vectors: bool = False,
+) -> tuple[str, list]:
+    """The SQL and parameters of one ANN query (see :func:`nearest`)."""
+    where = [spec.predicate_sql("e")]
+    params: list[Any] = []
+    for sql, sql_params in (exclusions or Exclusions()).sql("e"):
+        where.append(sql)
+        params.extend(sql_params)
+    restriction = _visible_sql(visible)
+    if restriction is not None:
+        # ``= ANY(ARRAY(subquery))`` would be evaluated once but scanned linearly per row; an
+        # ``IN`` sub-select wrapped so that it is not pulled up into a join stays a hashed
+        # SubPlan filter on the index scan, which keeps the HNSW order (a join would need a sort).
+        where.append(f"(e.object_pk IN ({restriction[0]})) IS TRUE")
+        params.extend(restriction[1])
+    columns = "e.object_pk, {dist} AS distance, e.created_at".format(dist=spec.distance_sql("e"))
+    if with_vectors:
+        columns += ", e.vector"
+    sql = (
+        f"SELECT {columns} FROM embrec_embedding e WHERE {' AND '.join(where)} "
+        f"ORDER BY distance LIMIT %s"
+    )
+    return sql, [vector_literal(vector), *params, int(limit)]
 
 
 def nearest(
@@ -51,56 +388,91 @@ def nearest(
     vector: np.ndarray,
     limit: int,
     *,
-    exclude_pks: list[str] | None = None,
+    exclusions: Exclusions | None = None,
     visible: models.QuerySet | None = None,
     ef_search: int | None = None,
-) -> list[tuple[str, float]]:
-    """``(object_pk, distance)`` of the ``limit`` nearest vectors, via the HNSW index.
+    with_vectors: bool = False,
+    using: str | None = None,
+) -> list[Candidate]:
+    """The ``limit`` nearest vectors to ``vector`` (cosine distance), via the HNSW index.
 
-    ``visible`` (a queryset of the host model) restricts results; iterative index scans keep
-    the result full when the restriction or exclusions remove candidates.
+    ``visible`` (a queryset of the host model) and ``exclusions`` restrict the rows inside the
+    same statement; iterative index scans keep the result full when they remove candidates.
     """
-    where = [spec.predicate_sql("e")]
-    params: list[Any] = [vector_literal(vector)]
-    if exclude_pks:
-        where.append("NOT (e.object_pk = ANY(%s))")
-        params.append(list(exclude_pks))
-    if visible is not None and visible.query.where:
-        sub_sql, sub_params = (
-            visible.annotate(_embrec_pk=models.functions.Cast("pk", models.CharField()))
-            .values("_embrec_pk")
-            .query.sql_with_params()
-        )
-        where.append(f"e.object_pk IN ({sub_sql})")
-        params.extend(sub_params)
-    sql = (
-        f"SELECT e.object_pk, {spec.distance_sql('e')} AS distance FROM embrec_embedding e "
-        f"WHERE {' AND '.join(where)} ORDER BY distance LIMIT %s"
+    using = using or router.db_for_read(Embedding)
+    _check_pgvector(using)
+    sql, params = nearest_sql(
+        spec, vector, limit, exclusions=exclusions, visible=visible, with_vectors=with_vectors
     )
-    params.append(limit)
-    ef = int(ef_search or embrec_settings.EF_SEARCH)
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {max(ef, limit)}")
-        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    conn = connections[using]
+    with transaction.atomic(using=using), conn.cursor() as cursor:
+        if with_vectors:
+            from embrec.storage import _register_vector
+
+            _register_vector(conn)
+        _scan_settings(cursor, limit, ef_search)
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    # relaxed_order may return rows slightly out of order; restore it.
-    return sorted(((pk, float(d)) for pk, d in rows), key=lambda row: row[1])
-
-
-def hydrate(rec, rows: list[tuple[str, float]], source: str, visible=None) -> list[Result]:
-    """Load host objects for ``rows`` in one query, in rank order, dropping invisible ones."""
-    qs = visible if visible is not None else rec.get_queryset()
-    objects = qs.in_bulk([rec.pk_from_string(pk) for pk, _ in rows])
-    by_str = {str(pk): obj for pk, obj in objects.items()}
-    return [
-        Result(object=by_str[pk], score=1.0 - distance, source=source)
-        for pk, distance in rows
-        if pk in by_str
+    candidates = [
+        Candidate(
+            pk=row[0],
+            distance=float(row[1]),
+            created_at=row[2],
+            vector=parse_vector(row[3]) if with_vectors else None,
+        )
+        for row in rows
     ]
+    # relaxed_order may return rows slightly out of order; restore it.
+    candidates.sort(key=lambda c: (c.distance, c.pk))
+    return candidates
+
+
+def explain(
+    spec: IndexSpec,
+    vector: np.ndarray,
+    limit: int,
+    *,
+    exclusions: Exclusions | None = None,
+    visible: models.QuerySet | None = None,
+    ef_search: int | None = None,
+    analyze: bool = False,
+    using: str | None = None,
+) -> str:
+    """PostgreSQL's plan for the query :func:`nearest` runs (to check the HNSW index is used)."""
+    using = using or router.db_for_read(Embedding)
+    sql, params = nearest_sql(spec, vector, limit, exclusions=exclusions, visible=visible)
+    prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        _scan_settings(cursor, limit, ef_search)
+        cursor.execute(prefix + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
+    """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
+    from embrec.encoders import get_encoder
+
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
+    return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
+
+
+def _encoder_for(rec: Recommendable, encoder: str | None) -> str:
+    encoders = rec.get_encoders()
+    if encoder is None:
+        return encoders[0]
+    if encoder not in encoders:
+        raise QueryError(
+            f"{rec.label} is not embedded with encoder {encoder!r} (it uses {', '.join(encoders)}).",
+            code="unknown_encoder",
+            field="encoder",
+        )
+    return encoder
 
 
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
+    """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
+    rec = registry.get(obj)
     ct = ContentType.objects.get_for_model(obj, for_concrete_model=False)
     row = (
         Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
@@ -108,11 +480,239 @@ def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
         .first()
     )
     if row is None:
-        raise NotEmbedded(f"{obj._meta.label_lower} {obj.pk} has no {encoder!r} embedding yet.")
-    from embrec.encoders import get_encoder
+        outbox = OutboxEntry.objects.filter(content_type=ct, object_pk=str(obj.pk))
+        if outbox.filter(state=OutboxEntry.PENDING).exists():
+            state, why = "pending", "it is queued for embedding; try again shortly"
+        elif outbox.filter(state=OutboxEntry.FAILED).exists():
+            state, why = "failed", "embedding it failed; see the embrec outbox"
+        else:
+            state, why = "missing", "it has not been queued for embedding (run embrec_reindex)"
+        raise NotEmbedded(
+            f"{obj._meta.label_lower} {obj.pk} has no {encoder!r} embedding yet: {why}.",
+            state=state,
+        )
+    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]))
 
-    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
-    return parse_vector(row[0]), IndexSpec(ct.id, encoder, int(row[1]), halfvec)
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _user_id(user) -> Any:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user.pk
+
+
+def _request_user(request) -> Any:
+    return getattr(request, "user", None) if request is not None else None
+
+
+def _visible(rec: Recommendable, request, filters: Mapping[str, Any] | None) -> models.QuerySet:
+    q = parse_filters(rec, filters)
+    visible = rec.get_visible_queryset(request)
+    return visible.filter(q) if q else visible
+
+
+def popularity_scores(content_type_id: int, pks: Iterable[str]) -> dict[str, float]:
+    """Sum of positive interaction weights per object (within ``POPULARITY_WINDOW_DAYS``)."""
+    qs = _popularity_qs(content_type_id).filter(object_pk__in=list(pks))
+    return {pk: float(score) for pk, score in qs.values_list("object_pk", "popularity")}
+
+
+def _popularity_qs(content_type_id: int) -> models.QuerySet:
+    qs = Interaction.objects.filter(content_type_id=content_type_id, weight__gt=0)
+    window = embrec_settings.POPULARITY_WINDOW_DAYS
+    if window:
+        qs = qs.filter(created_at__gte=timezone.now() - timedelta(days=float(window)))
+    return qs.values("object_pk").annotate(popularity=Sum("weight"))
+
+
+def _blend(
+    candidates: list[Candidate], content_type_id: int, popularity: float, recency: float
+) -> None:
+    for c in candidates:
+        c.score = c.similarity
+    if not candidates or (not popularity and not recency):
+        return
+    if popularity + recency > 1.0:
+        raise QueryError(
+            "popularity + recency must not exceed 1 (the rest is the similarity's share).",
+            field="popularity",
+        )
+    pops = popularity_scores(content_type_id, [c.pk for c in candidates]) if popularity else {}
+    top = max(pops.values(), default=0.0)
+    half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
+    now = timezone.now()
+    for c in candidates:
+        pop = math.log1p(pops.get(c.pk, 0.0)) / math.log1p(top) if top > 0 else 0.0
+        fresh = 0.0
+        if recency and c.created_at is not None and half_life > 0:
+            age_days = max((now - c.created_at).total_seconds(), 0.0) / 86400.0
+            fresh = 0.5 ** (age_days / half_life)
+        c.score = (1.0 - popularity - recency) * c.similarity + popularity * pop + recency * fresh
+
+
+def mmr(candidates: Sequence[Candidate], limit: int, lambda_: float) -> list[Candidate]:
+    """Maximal marginal relevance: greedily pick ``argmax λ·score − (1−λ)·max sim(selected)``.
+
+    ``λ = 1`` keeps the relevance order; lower values favour items unlike those already picked.
+    Candidates need ``vector`` set.
+    """
+    if not candidates:
+        return []
+    vectors = np.stack([c.vector for c in candidates]).astype(np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    vectors /= norms
+    relevance = np.array([c.score for c in candidates])
+    chosen: list[int] = []
+    max_sim = np.full(len(candidates), -np.inf)
+    remaining = np.ones(len(candidates), dtype=bool)
+    for _ in range(min(limit, len(candidates))):
+        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        value = lambda_ * relevance - (1.0 - lambda_) * penalty
+        value[~remaining] = -np.inf
+        best = int(np.argmax(value))
+        chosen.append(best)
+        remaining[best] = False
+        max_sim = np.maximum(max_sim, vectors @ vectors[best])
+    return [candidates[i] for i in chosen]
+
+
+def _rank(
+    rec: Recommendable,
+    spec: IndexSpec,
+    vector: np.ndarray,
+    limit: int,
+    *,
+    visible: models.QuerySet,
+    exclusions: Exclusions,
+    mmr_lambda: float | None,
+    popularity: float,
+    recency: float,
+    ef_search: int | None,
+) -> list[Candidate]:
+    if not np.isfinite(vector).all() or not np.any(vector):
+        raise QueryError("The query has nothing to compare with (an all-zero vector).")
+    rerank = mmr_lambda is not None or popularity or recency
+    pool = limit * max(int(embrec_settings.RERANK_POOL_FACTOR), 1) if rerank else limit
+    candidates = nearest(
+        spec,
+        vector,
+        pool,
+        exclusions=exclusions,
+        visible=visible,
+        ef_search=ef_search,
+        with_vectors=mmr_lambda is not None,
+    )
+    _blend(candidates, spec.content_type_id, popularity, recency)
+    if mmr_lambda is not None:
+        return mmr(candidates, limit, mmr_lambda)
+    candidates.sort(key=lambda c: (-c.score, c.distance, c.pk))
+    return candidates[:limit]
+
+
+def hydrate(
+    rec: Recommendable,
+    candidates: Sequence[Candidate],
+    source: str,
+    visible: models.QuerySet | None = None,
+) -> list[Result]:
+    """Load host objects for ``candidates`` in one query, in rank order, dropping invisible ones."""
+    qs = visible if visible is not None else rec.get_queryset()
+    objects = _in_bulk(rec, qs, [c.pk for c in candidates])
+    return [
+        Result(object=objects[c.pk], score=c.score, source=source, similarity=c.similarity)
+        for c in candidates
+        if c.pk in objects
+    ]
+
+
+def _in_bulk(rec: Recommendable, qs: models.QuerySet, pks: Sequence[str]) -> dict[str, Any]:
+    values = []
+    for pk in pks:
+        try:
+            values.append(rec.pk_from_string(pk))
+        except (ValidationError, ValueError, TypeError):
+            continue
+    if not values:
+        return {}
+    return {str(obj.pk): obj for obj in qs.filter(pk__in=values)}
+
+
+def _exclusions(rec, user_id, *, pks=(), seen: bool = False) -> Exclusions:
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    return Exclusions(pks=[str(p) for p in pks], user_id=user_id, content_type_id=ct.id, seen=seen)
+
+
+def _fill(
+    rec: Recommendable,
+    results: list[Result],
+    limit: int,
+    *,
+    visible: models.QuerySet,
+    exclusions: Exclusions,
+    encoder: str,
+) -> list[Result]:
+    """Top up a short list with popular, then recent, items (each labelled as such)."""
+    if len(results) >= limit:
+        return results
+    taken = Exclusions(
+        pks=[*exclusions.pks, *(r.pk for r in results)],
+        user_id=exclusions.user_id,
+        content_type_id=exclusions.content_type_id,
+        seen=exclusions.seen,
+    )
+    extra = _popular_results(rec, limit - len(results), visible, taken, encoder)
+    return results + extra
+
+
+def _popular_results(
+    rec: Recommendable,
+    limit: int,
+    visible: models.QuerySet,
+    exclusions: Exclusions,
+    encoder: str,
+) -> list[Result]:
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    visible_pks = visible.order_by().annotate(_pk_str=Cast("pk", models.CharField()))
+    visible_pks = visible_pks.values("_pk_str")
+    rows = list(
+        _popularity_qs(ct.id)
+        .filter(object_pk__in=visible_pks)
+        .exclude(exclusions.q())
+        .order_by("-popularity", "object_pk")
+        .values_list("object_pk", "popularity")[:limit]
+    )
+    top = max((float(p) for _, p in rows), default=0.0)
+    candidates = [
+        Candidate(pk=pk, distance=1.0, score=math.log1p(float(p)) / math.log1p(top))
+        for pk, p in rows
+    ]
+    results = hydrate(rec, candidates, SOURCE_POPULAR, visible)
+    for r in results:
+        r.similarity = None
+    if len(results) < limit:
+        # Nothing (or too little) is popular yet: newest embedded items.
+        taken = [*exclusions.pks, *(r.pk for r in results)]
+        recent = list(
+            Embedding.objects.filter(content_type=ct, encoder=encoder, object_pk__in=visible_pks)
+            .exclude(object_pk__in=taken)
+            .exclude(exclusions.q())
+            .order_by("-created_at", "-id")
+            .values_list("object_pk", flat=True)[: limit - len(results)]
+        )
+        extra = hydrate(
+            rec, [Candidate(pk=pk, distance=1.0) for pk in recent], SOURCE_RECENT, visible
+        )
+        for r in extra:
+            r.similarity = None
+            r.score = 0.0
+        results += extra
+    return results
+
+
+# --------------------------------------------------------------------------- public API
 
 
 def similar(
@@ -121,16 +721,227 @@ def similar(
     limit: int | None = None,
     encoder: str | None = None,
     request=None,
+    user=None,
+    filters: Mapping[str, Any] | None = None,
+    exclude_seen: bool = False,
+    mmr_lambda: float | None = None,
+    popularity: float = 0.0,
+    recency: float = 0.0,
+    ef_search: int | None = None,
 ) -> list[Result]:
     """Objects most similar to ``obj`` (itself excluded), visible to ``request``.
 
-    Raises :class:`embrec.NotRegistered` for an unregistered model and :class:`NotEmbedded` when
-    ``obj`` has no vector yet.
+    ``user`` (default: ``request.user``) never sees items they disliked, nor items they
+    interacted with at all when ``exclude_seen``. ``filters`` are validated against
+    ``filter_fields``; ``mmr_lambda`` (0–1) diversifies; ``popularity`` and ``recency`` (0–1,
+    shares of the score) blend those in. Raises :class:`embrec.NotRegistered`,
+    :class:`NotEmbedded` (no vector yet) and :class:`QueryError` (bad input).
     """
     rec = registry.get(obj)
-    limit = _clean_limit(limit)
-    encoder = encoder or _default_encoder(rec)
+    limit = clean_limit(limit)
+    mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
+    popularity = clean_fraction(popularity, "popularity")
+    recency = clean_fraction(recency, "recency")
+    encoder = _encoder_for(rec, encoder)
+    visible = _visible(rec, request, filters)
     vector, spec = get_vector(obj, encoder)
-    visible = rec.get_visible_queryset(request)
-    rows = nearest(spec, vector, limit, exclude_pks=[str(obj.pk)], visible=visible)
-    return hydrate(rec, rows, "similar", visible)
+    user_id = _user_id(user if user is not None else _request_user(request))
+    exclusions = _exclusions(rec, user_id, pks=[obj.pk], seen=exclude_seen)
+    candidates = _rank(
+        rec,
+        spec,
+        vector,
+        limit,
+        visible=visible,
+        exclusions=exclusions,
+        mmr_lambda=mmr_lambda,
+        popularity=popularity,
+        recency=recency,
+        ef_search=ef_search,
+    )
+    return hydrate(rec, candidates, SOURCE_SIMILAR, visible)
+
+
+def search(
+    text: str,
+    *,
+    model: Any = None,
+    limit: int | None = None,
+    encoder: str | None = None,
+    request=None,
+    user=None,
+    filters: Mapping[str, Any] | None = None,
+    exclude_seen: bool = False,
+    mmr_lambda: float | None = None,
+    popularity: float = 0.0,
+    recency: float = 0.0,
+    ef_search: int | None = None,
+) -> list[Result]:
+    """Objects of ``model`` whose vectors are nearest to the encoded ``text``.
+
+    The text is encoded with the registration's encoder in this process (for a
+    sentence-transformers encoder, the model loads on the first search). Other arguments as in
+    :func:`similar`.
+    """
+    rec = get_registration(model)
+    text = clean_text(text)
+    limit = clean_limit(limit)
+    mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
+    popularity = clean_fraction(popularity, "popularity")
+    recency = clean_fraction(recency, "recency")
+    encoder = _encoder_for(rec, encoder)
+    visible = _visible(rec, request, filters)
+    from embrec.encoders import get_encoder
+
+    vector = get_encoder(encoder).encode([text])[0]
+    if not np.any(vector):
+        raise QueryError(
+            "The search text has no words the encoder knows.", code="empty_query", field="q"
+        )
+    spec = index_spec(rec, encoder, vector.shape[0])
+    user_id = _user_id(user if user is not None else _request_user(request))
+    exclusions = _exclusions(rec, user_id, seen=exclude_seen)
+    candidates = _rank(
+        rec,
+        spec,
+        vector,
+        limit,
+        visible=visible,
+        exclusions=exclusions,
+        mmr_lambda=mmr_lambda,
+        popularity=popularity,
+        recency=recency,
+        ef_search=ef_search,
+    )
+    return hydrate(rec, candidates, SOURCE_SEARCH, visible)
+
+
+def popular(
+    model: Any = None,
+    *,
+    limit: int | None = None,
+    request=None,
+    user=None,
+    filters: Mapping[str, Any] | None = None,
+    exclude_seen: bool = False,
+    encoder: str | None = None,
+) -> list[Result]:
+    """The most popular visible objects (sum of positive interaction weights within
+    ``POPULARITY_WINDOW_DAYS``), topped up with the newest embedded objects (``"recent"``)."""
+    rec = get_registration(model)
+    limit = clean_limit(limit)
+    encoder = _encoder_for(rec, encoder)
+    visible = _visible(rec, request, filters)
+    user_id = _user_id(user if user is not None else _request_user(request))
+    return _popular_results(
+        rec, limit, visible, _exclusions(rec, user_id, seen=exclude_seen), encoder
+    )
+
+
+def recommend(
+    user,
+    *,
+    model: Any = None,
+    limit: int | None = None,
+    encoder: str | None = None,
+    request=None,
+    filters: Mapping[str, Any] | None = None,
+    exclude_seen: bool = True,
+    mmr_lambda: float | None = None,
+    popularity: float = 0.0,
+    recency: float = 0.0,
+    explain: bool = True,
+    ef_search: int | None = None,
+) -> list[Result]:
+    """Personal recommendations for ``user`` among the visible objects of ``model``.
+
+    Ranked by the user's vector (weighted, time-decayed mean of the vectors of interacted items;
+    negative kinds subtract), excluding disliked items and, with ``exclude_seen`` (default),
+    everything the user already interacted with. Each ``"personal"`` result carries an
+    ``explanation``: the interacted items that contributed most. Anonymous users and users
+    without a usable vector get :func:`popular` results; a short list is topped up with them.
+    """
+    from embrec.interactions import user_profile, user_vector
+
+    rec = get_registration(model)
+    limit = clean_limit(limit)
+    mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
+    popularity = clean_fraction(popularity, "popularity")
+    recency = clean_fraction(recency, "recency")
+    encoder = _encoder_for(rec, encoder)
+    visible = _visible(rec, request, filters)
+    user_id = _user_id(user)
+    exclusions = _exclusions(rec, user_id, seen=exclude_seen)
+    if user_id is None:
+        return _popular_results(rec, limit, visible, exclusions, encoder)
+    profile = user_profile(user_id, rec, encoder) if explain else None
+    vector = profile.vector if profile is not None else None
+    if vector is None and not explain:
+        vector = user_vector(user_id, rec, encoder)
+    if vector is None:
+        return _popular_results(rec, limit, visible, exclusions, encoder)
+    spec = index_spec(rec, encoder, vector.shape[0])
+    candidates = _rank(
+        rec,
+        spec,
+        vector,
+        limit,
+        visible=visible,
+        exclusions=exclusions,
+        mmr_lambda=mmr_lambda,
+        popularity=popularity,
+        recency=recency,
+        ef_search=ef_search,
+    )
+    results = hydrate(rec, candidates, SOURCE_PERSONAL, visible)
+    if profile is not None:
+        # Explanations may name items outside the filters, never items the request cannot see.
+        _explain(rec, results, candidates, profile, rec.get_visible_queryset(request))
+    return _fill(rec, results, limit, visible=visible, exclusions=exclusions, encoder=encoder)
+
+
+def _explain(rec, results: list[Result], candidates: list[Candidate], profile, visible) -> None:
+    """Attach to each result the interacted items whose weighted similarity to it is largest."""
+    positive = [pk for pk, w in profile.weights.items() if w > 0 and pk in profile.vectors]
+    if not positive or not results:
+        return
+    item_vectors = np.stack([profile.vectors[pk] for pk in positive]).astype(np.float64)
+    item_vectors /= np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    weights = np.array([profile.weights[pk] for pk in positive])
+    by_pk = {c.pk: c for c in candidates}
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    result_vectors = dict(
+        Embedding.objects.filter(
+            content_type=ct, encoder=profile.encoder, object_pk__in=[r.pk for r in results]
+        ).values_list("object_pk", "vector")
+    )
+    chosen: dict[str, list[tuple[str, float]]] = {}
+    for r in results:
+        raw = by_pk[r.pk].vector if by_pk[r.pk].vector is not None else result_vectors.get(r.pk)
+        if raw is None:
+            continue
+        v = parse_vector(raw).astype(np.float64)
+        if v.shape[0] != item_vectors.shape[1]:
+            continue
+        v /= max(float(np.linalg.norm(v)), 1e-12)
+        contributions = weights * (item_vectors @ v)
+        order = np.argsort(-contributions)
+        chosen[r.pk] = [
+            (positive[i], float(contributions[i])) for i in order if contributions[i] > 0
+        ]
+    # Only items this request may see appear in explanations.
+    wanted = {pk for pairs in chosen.values() for pk, _ in pairs[: EXPLANATION_SIZE * 3]}
+    objects = _in_bulk(rec, visible, sorted(wanted))
+    for r in results:
+        items = [
+            Explanation(
+                object=objects[pk],
+                pk=pk,
+                kind=profile.kinds.get(pk, ""),
+                weight=round(profile.weights[pk], 6),
+                contribution=round(c, 6),
+            )
+            for pk, c in chosen.get(r.pk, [])
+            if pk in objects
+        ]
+        r.explanation = items[:EXPLANATION_SIZE]

@@ -60,3 +60,41 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
 def sweep() -> int:
     """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds."""
     return indexing.sweep()
+
+
+# --------------------------------------------------------------------------- user vectors
+
+
+@shared_task(
+    name="embrec.refresh_user_vectors",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=5,
+    ignore_result=True,
+)
+def refresh_user_vectors(user_id, content_type_id: int | None = None) -> int:
+    """Recompute one user's vectors (after new interactions). Idempotent."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from embrec import interactions
+
+    model = None
+    if content_type_id is not None:
+        model = ContentType.objects.get_for_id(content_type_id).model_class()
+        if model is None or not interactions.registry.is_registered(model):
+            return 0
+    return interactions.refresh_user_vector(user_id, model)
+
+
+@shared_task(
+    name="embrec.refresh_user_vectors_for_items",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=5,
+    ignore_result=True,
+)
+def refresh_user_vectors_for_items(content_type_id: int, encoder: str, object_pks: list) -> int:
+    """Recompute the vectors of users who interacted with re-embedded items. Idempotent."""
+    from embrec import interactions
+
+    return interactions.refresh_for_items(content_type_id, encoder, object_pks)

@@ -1,0 +1,400 @@
+"""Interactions and user vectors.
+
+:func:`record_interaction` stores one event (``view``, ``like``, ``purchase``, ``dislike``… with
+weights from ``EMBREC["INTERACTION_WEIGHTS"]``), marks the user's vectors stale and, after the
+transaction commits, queues a Celery task that recomputes them: the request never waits for it.
+
+A user's vector (one :class:`~embrec.models.UserEmbedding` per registered model and encoder) is the
+weighted, time-decayed mean of the vectors of the items the user interacted with::
+
+    u = Σ wᵢ · 0.5^(ageᵢ / half_life) · vᵢ  /  Σ |wᵢ · 0.5^(ageᵢ / half_life)|
+
+Several events on one item add up; negative kinds (dislikes) subtract, pushing the vector away
+from those items. Decay is relative to the time of computation, but since every weight is scaled
+by the same factor as time passes, the direction of a stored vector (all cosine search uses) stays
+valid until new events arrive. A user with no positive contribution has no vector (popularity
+fallback). When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
+dependent user vectors stale and queues their refresh. Stale or missing vectors are computed on
+the fly by the read path, so results never use a vector known to be outdated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+from django.utils import timezone
+
+from embrec.conf import embrec_settings
+from embrec.items import Recommendable
+from embrec.models import Embedding, Interaction, UserEmbedding
+from embrec.registry import registry
+from embrec.storage import parse_vector
+
+logger = logging.getLogger("embrec")
+
+
+class InteractionError(ValueError):
+    """An event that cannot be recorded (unknown kind, bad weight or time)."""
+
+    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+def interaction_weight(kind: str) -> float:
+    """The configured weight of an interaction kind; :class:`InteractionError` if unknown."""
+    weights = embrec_settings.INTERACTION_WEIGHTS
+    if kind not in weights:
+        known = ", ".join(sorted(weights)) or "none"
+        raise InteractionError(
+            f"Unknown interaction kind {kind!r} (configured kinds: {known}).",
+            code="unknown_kind",
+            field="kind",
+        )
+    return float(weights[kind])
+
+
+@dataclass
+class Event:
+    """One event to record with :func:`record_interactions`."""
+
+    obj: models.Model
+    kind: str
+    weight: float | None = None
+    at: datetime | None = None
+
+
+def record_interaction(
+    user,
+    obj: models.Model,
+    kind: str,
+    weight: float | None = None,
+    at: datetime | None = None,
+) -> Interaction:
+    """Record that ``user`` did ``kind`` on ``obj`` (a registered model instance).
+
+    ``weight`` defaults to ``EMBREC["INTERACTION_WEIGHTS"][kind]``; ``at`` (default: now) may
+    back-date imported events. The user's vector is refreshed by a task after commit.
+    """
+    return record_interactions(user, [Event(obj, kind, weight, at)])[0]
+
+
+def record_interactions(user, events: Iterable[Event]) -> list[Interaction]:
+    """Record several events of one user in one transaction; one refresh task per model."""
+    if user is None or not getattr(user, "is_authenticated", False) or user.pk is None:
+        raise InteractionError("Interactions need a saved, authenticated user.", field="user")
+    now = timezone.now()
+    rows: list[Interaction] = []
+    for event in events:
+        rec = registry.get(event.obj)  # NotRegistered for other models
+        if event.obj.pk is None:
+            raise InteractionError("Cannot record an interaction on an unsaved object.")
+        weight = interaction_weight(event.kind) if event.weight is None else event.weight
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise InteractionError(f"weight must be a number, got {weight!r}.") from None
+        if not np.isfinite(weight):
+            raise InteractionError("weight must be finite.", field="weight")
+        at = event.at or now
+        if timezone.is_naive(at):
+            at = timezone.make_aware(at)
+        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        rows.append(
+            Interaction(
+                user_id=user.pk,
+                content_type_id=ct.id,
+                object_pk=str(event.obj.pk),
+                kind=event.kind,
+                weight=weight,
+                created_at=at,
+            )
+        )
+    if not rows:
+        return []
+    ct_ids = sorted({row.content_type_id for row in rows})
+    with transaction.atomic():
+        Interaction.objects.bulk_create(rows)
+        UserEmbedding.objects.filter(user_id=user.pk, content_type_id__in=ct_ids).update(
+            is_stale=True
+        )
+        for ct_id in ct_ids:
+            _after_commit(_queue_user_refresh, user.pk, ct_id)
+    return rows
+
+
+def _after_commit(func, *args) -> None:
+    transaction.on_commit(lambda: func(*args), robust=True)
+
+
+def _queue_user_refresh(user_id: Any, content_type_id: int) -> None:
+    from embrec.tasks import refresh_user_vectors
+
+    try:
+        refresh_user_vectors.apply_async(
+            args=[user_id, content_type_id], queue=embrec_settings.QUEUE, retry=False
+        )
+    except Exception as exc:  # broker down: the vector stays stale and reads compute it
+        logger.warning("embrec: could not queue a user-vector refresh (%s).", exc)
+
+
+def _queue_items_refresh(content_type_id: int, encoder: str, object_pks: list[str]) -> None:
+    from embrec.tasks import refresh_user_vectors_for_items
+
+    try:
+        refresh_user_vectors_for_items.apply_async(
+            args=[content_type_id, encoder, object_pks], queue=embrec_settings.QUEUE, retry=False
+        )
+    except Exception as exc:
+        logger.warning("embrec: could not queue user-vector refreshes (%s).", exc)
+
+
+# --------------------------------------------------------------------------- user vectors
+
+
+@dataclass
+class UserProfile:
+    """What a user's vector is made of: effective weight, vector and main kind per item."""
+
+    encoder: str
+    vector: np.ndarray | None
+    identity: str = ""
+    weights: dict[str, float] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    interaction_count: int = 0
+
+
+def _decay(at: datetime, now: datetime) -> float:
+    half_life = embrec_settings.USER_VECTOR_HALF_LIFE_DAYS
+    if not half_life:
+        return 1.0
+    age_days = max((now - at).total_seconds(), 0.0) / 86400.0
+    return 0.5 ** (age_days / float(half_life))
+
+
+def user_profile(
+    user_id: Any, rec: Recommendable, encoder: str, *, now: datetime | None = None
+) -> UserProfile:
+    """Compute a user's vector from their latest ``USER_VECTOR_MAX_INTERACTIONS`` events.
+
+    Items without a vector under ``encoder`` (not embedded yet) are skipped; when vectors of
+    several encoder identities coexist (a model change in progress) the newest one wins.
+    """
+    now = now or timezone.now()
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    events = list(
+        Interaction.objects.filter(user_id=user_id, content_type_id=ct.id)
+        .order_by("-created_at", "-id")
+        .values_list("object_pk", "kind", "weight", "created_at")[
+            : int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
+        ]
+    )
+    profile = UserProfile(encoder=encoder, vector=None, interaction_count=len(events))
+    if not events:
+        return profile
+    weights: dict[str, float] = defaultdict(float)
+    strongest: dict[str, tuple[float, str]] = {}
+    for pk, kind, weight, at in events:
+        weights[pk] += weight * _decay(at, now)
+        if pk not in strongest or abs(weight) > strongest[pk][0]:
+            strongest[pk] = (abs(weight), kind)
+    rows = list(
+        Embedding.objects.filter(
+            content_type_id=ct.id, encoder=encoder, object_pk__in=list(weights)
+        )
+        .order_by("-updated_at")
+        .values_list("object_pk", "vector", "identity")
+    )
+    if not rows:
+        return profile
+    identity = rows[0][2]
+    vectors = {pk: parse_vector(v) for pk, v, ident in rows if ident == identity}
+    profile.identity = identity
+    profile.vectors = vectors
+    profile.weights = {pk: w for pk, w in weights.items() if pk in vectors}
+    profile.kinds = {pk: strongest[pk][1] for pk in profile.weights}
+    if not any(w > 0 for w in profile.weights.values()):
+        return profile  # only dislikes: nothing to recommend from, popularity fallback
+    pks = list(profile.weights)
+    matrix = np.stack([vectors[pk] for pk in pks]).astype(np.float64)
+    w = np.array([profile.weights[pk] for pk in pks])
+    total = np.abs(w).sum()
+    mean = (w[:, None] * matrix).sum(axis=0) / total
+    norm = float(np.linalg.norm(mean))
+    if norm > 1e-9:
+        profile.vector = (mean / norm).astype(np.float32)
+    return profile
+
+
+def user_vector(user_id: Any, rec: Recommendable, encoder: str) -> np.ndarray | None:
+    """The user's current vector: the stored one when fresh, otherwise computed now."""
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    stored = (
+        UserEmbedding.objects.filter(
+            user_id=user_id, content_type_id=ct.id, encoder=encoder, is_stale=False
+        )
+        .values_list("vector", flat=True)
+        .first()
+    )
+    if stored is not None:
+        return parse_vector(stored)
+    return user_profile(user_id, rec, encoder).vector
+
+
+def refresh_user_vector(user_id: Any, model_or_label: Any = None) -> int:
+    """Recompute and store the vectors of one user (for one registered model, or all).
+
+    Writes one :class:`UserEmbedding` per encoder, or deletes it when the user no longer has a
+    usable vector. Returns the number of vectors written.
+    """
+    recs = [registry.get(model_or_label)] if model_or_label is not None else registry.all()
+    written = 0
+    for rec in recs:
+        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        for encoder in rec.get_encoders():
+            profile = user_profile(user_id, rec, encoder)
+            if profile.vector is None:
+                UserEmbedding.objects.filter(
+                    user_id=user_id, content_type_id=ct.id, encoder=encoder
+                ).delete()
+                continue
+            UserEmbedding.objects.bulk_create(
+                [
+                    UserEmbedding(
+                        user_id=user_id,
+                        content_type_id=ct.id,
+                        encoder=encoder,
+                        identity=profile.identity,
+                        dimensions=int(profile.vector.shape[0]),
+                        vector=profile.vector,
+                        interaction_count=profile.interaction_count,
+                        is_stale=False,
+                        updated_at=timezone.now(),
+                    )
+                ],
+                update_conflicts=True,
+                unique_fields=["user", "content_type", "encoder"],
+                update_fields=[
+                    "identity",
+                    "dimensions",
+                    "vector",
+                    "interaction_count",
+                    "is_stale",
+                    "updated_at",
+                ],
+            )
+            written += 1
+    return written
+
+
+def refresh_user_vectors(user_ids: Sequence[Any], model_or_label: Any = None) -> int:
+    """:func:`refresh_user_vector` for several users; returns vectors written."""
+    return sum(refresh_user_vector(user_id, model_or_label) for user_id in user_ids)
+
+
+def users_with_interactions(
+    content_type_id: int | None = None,
+    object_pks: Sequence[str] | None = None,
+    batch_size: int = 1000,
+) -> Iterable[list[Any]]:
+    """Distinct user ids with interactions (on given objects), by keyset pages of ``batch_size``."""
+    qs = Interaction.objects.all()
+    if content_type_id is not None:
+        qs = qs.filter(content_type_id=content_type_id)
+    if object_pks is not None:
+        qs = qs.filter(object_pk__in=list(object_pks))
+    qs = qs.order_by("user_id").values_list("user_id", flat=True).distinct()
+    last = None
+    while True:
+        page = list((qs.filter(user_id__gt=last) if last is not None else qs)[:batch_size])
+        if not page:
+            return
+        yield page
+        last = page[-1]
+
+
+def rebuild_user_vectors(
+    model_or_label: Any = None,
+    *,
+    user_ids: Sequence[Any] | None = None,
+    batch_size: int = 500,
+    progress=None,
+) -> int:
+    """Recompute every user vector (of one model, or all) from scratch; returns vectors written.
+
+    Users are read by keyset pages; vectors of users without interactions any more are removed.
+    """
+    recs = [registry.get(model_or_label)] if model_or_label is not None else registry.all()
+    written = 0
+    for rec in recs:
+        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        if user_ids is not None:
+            pages: Iterable[list[Any]] = [list(user_ids)]
+        else:
+            UserEmbedding.objects.filter(content_type_id=ct.id).exclude(
+                user_id__in=Interaction.objects.filter(content_type_id=ct.id).values("user_id")
+            ).delete()
+            pages = users_with_interactions(ct.id, batch_size=batch_size)
+        for page in pages:
+            with transaction.atomic():
+                count = refresh_user_vectors(page, rec.model)
+            written += count
+            if progress:
+                progress(len(page), count)
+    return written
+
+
+def on_items_embedded(content_type_id: int, encoder: str, object_pks: Sequence[str]) -> int:
+    """Called by the write path after it wrote vectors for ``object_pks``.
+
+    Marks the stored vectors of users who interacted with those items stale (so reads compute
+    fresh ones) and, after commit, queues a task that recomputes them. Returns how many stored
+    vectors were marked.
+    """
+    pks = [str(pk) for pk in object_pks]
+    if not pks:
+        return 0
+    users = Interaction.objects.filter(content_type_id=content_type_id, object_pk__in=pks)
+    if not users.exists():
+        return 0
+    marked = UserEmbedding.objects.filter(
+        content_type_id=content_type_id,
+        encoder=encoder,
+        user_id__in=users.values("user_id"),
+    ).update(is_stale=True)
+    _after_commit(_queue_items_refresh, content_type_id, encoder, pks)
+    return marked
+
+
+def refresh_for_items(content_type_id: int, encoder: str, object_pks: Sequence[str]) -> int:
+    """Recompute the vectors of every user who interacted with ``object_pks``."""
+    ct = ContentType.objects.get_for_id(content_type_id)
+    model = ct.model_class()
+    if model is None or not registry.is_registered(model):
+        return 0
+    written = 0
+    for page in users_with_interactions(content_type_id, object_pks):
+        with transaction.atomic():
+            written += refresh_user_vectors(page, model)
+    return written
+
+
+def parse_events(data: Any) -> list[Mapping[str, Any]]:
+    """Normalise an API body (one event, a list, or ``{"events": [...]}``) to a list."""
+    if isinstance(data, Mapping) and "events" in data:
+        data = data["events"]
+    if isinstance(data, Mapping):
+        return [data]
+    if isinstance(data, list):
+        return data
+    raise InteractionError("Send an event object, a list of events or {'events': [...]}.")
