@@ -636,3 +636,35 @@ def retry_failed(content_type_id: int | None = None) -> int:
     if count:
         schedule_kick()
     return count
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def pending_count() -> int:
+    """Outbox rows waiting for a worker."""
+    return OutboxEntry.objects.filter(state=OutboxEntry.PENDING).count()
+
+
+def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -> dict:
+    """Counts for one (model, encoder): objects, embedded, stale, pending, failed.
+
+    ``stale`` counts vectors written under another encoder identity; computing it loads the
+    encoder (``identity=False`` skips it and reports ``None``).
+    """
+    ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
+    vectors = Embedding.objects.filter(content_type=ct, encoder=alias)
+    outbox = OutboxEntry.objects.filter(content_type=ct, encoder__in=["", alias])
+    stale = None
+    if identity:
+        current = get_encoder(alias).identity.as_string()
+        stale = vectors.exclude(identity=current).count()
+    return {
+        "model": recommendable.label,
+        "encoder": alias,
+        "objects": recommendable.get_queryset().count(),
+        "embedded": vectors.count(),
+        "stale": stale,
+        "pending": outbox.filter(state=OutboxEntry.PENDING).values("object_pk").distinct().count(),
+        "failed": outbox.filter(state=OutboxEntry.FAILED).values("object_pk").distinct().count(),
+    }

@@ -1,0 +1,103 @@
+"""``manage.py embrec_reindex [app_label.Model ...] [--encoder ALIAS] [--sync] [--batch-size N]``.
+
+Queues every object of the given registered models (all of them by default) for embedding. Objects
+whose text and encoder are unchanged are not re-encoded (unless ``--force``). With ``--sync`` the
+outbox is drained in this process instead of by Celery workers.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+
+from embrec import indexing
+from embrec.conf import embrec_settings
+from embrec.management.commands._common import (
+    ProgressBar,
+    positive,
+    resolve_encoder,
+    resolve_labels,
+)
+
+
+class Command(BaseCommand):
+    help = "Queue registered objects for (re)embedding; --sync drains in the foreground."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("labels", nargs="*", metavar="app_label.Model")
+        parser.add_argument("--encoder", help="Only this encoder alias.")
+        parser.add_argument(
+            "--sync",
+            action="store_true",
+            help="Encode in this process instead of queueing work for Celery workers.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="Objects per page and per encoding batch (default: EMBREC['BATCH_SIZE']).",
+        )
+        parser.add_argument(
+            "--force", action="store_true", help="Re-encode even objects whose text is unchanged."
+        )
+
+    def handle(self, *labels: str, **options) -> None:
+        recs = resolve_labels(list(labels))
+        encoder = options["encoder"]
+        resolve_encoder(recs, encoder)
+        batch_size = options["batch_size"]
+        positive(batch_size, "--batch-size")
+        batch_size = batch_size or int(embrec_settings.BATCH_SIZE)
+        sync = options["sync"]
+        quiet = options["verbosity"] == 0
+
+        queued: dict[str, int] = {}
+        for rec in recs:
+            total = rec.get_queryset().count()
+            bar = None if quiet else ProgressBar(self.stdout, total, f"queue {rec.label}")
+            try:
+                queued[rec.label] = indexing.reindex(
+                    rec,
+                    encoder=encoder,
+                    force=options["force"],
+                    batch_size=batch_size,
+                    progress=bar.update if bar else None,
+                    kick=not sync,
+                )
+            except ImproperlyConfigured as exc:
+                raise CommandError(str(exc)) from None
+            if bar:
+                bar.close()
+
+        for label, count in queued.items():
+            self.stdout.write(f"{label}: {count} object(s) queued.")
+        if not sync:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Queued {sum(queued.values())} object(s); "
+                    f"workers on queue {embrec_settings.QUEUE!r} will embed them."
+                )
+            )
+            return
+
+        pending = indexing.pending_count()
+        bar = None if quiet else ProgressBar(self.stdout, pending, "encode")
+        try:
+            result = indexing.drain(
+                batch_size=batch_size,
+                on_batch=(lambda batch: bar.update(batch.claimed)) if bar else None,
+            )
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        if bar:
+            bar.close()
+        style = self.style.WARNING if result.failed else self.style.SUCCESS
+        self.stdout.write(
+            style(
+                f"Done in {result.seconds:.1f}s: {result.claimed} outbox row(s) processed, "
+                f"{result.encoded} vector(s) written, {result.unchanged} unchanged, "
+                f"{result.deleted} removed, {result.failed} failed."
+            )
+        )
+        if result.failed:
+            self.stdout.write("See `manage.py embrec_status` and the Embedding admin for errors.")
