@@ -1,0 +1,245 @@
+"""Admin integration.
+
+* :class:`EmbeddingAdminMixin` (alias :class:`ReindexAdminMixin`) adds a "Recompute embeddings"
+  action to the ``ModelAdmin`` of any registered model::
+
+      from embrec.admin import EmbeddingAdminMixin
+
+      @admin.register(Movie)
+      class MovieAdmin(EmbeddingAdminMixin, admin.ModelAdmin):
+          ...
+
+* :class:`EmbeddingAdmin` lists the stored vectors with filters by model, encoder and state
+  (fresh, stale, pending, failed) and a "Re-embed selected" action.
+* :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
+  with a "Retry" action.
+
+Actions only write outbox rows; workers do the encoding. Nothing here imports torch, except the
+"stale" filter, which needs each encoder's identity.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from django.contrib import admin, messages
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import HttpRequest
+from django.utils.translation import ngettext
+
+from embrec.encoders import get_encoder
+from embrec.models import Embedding, OutboxEntry
+from embrec.registry import registry
+
+
+class EmbeddingAdminMixin:
+    """Adds the "Recompute embeddings" action to a ``ModelAdmin`` of a registered model.
+
+    The action is offered to users with the change permission on the model (override
+    :meth:`has_recompute_embeddings_permission` for another rule). It queues the selected objects
+    with ``force=True`` (re-encoded even when their text is unchanged) and reports how many were
+    queued.
+    """
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        if self.actions is None or not registry.is_registered(self.model):
+            return actions
+        if self.has_recompute_embeddings_permission(request):
+            func = type(self).recompute_embeddings
+            actions.setdefault(
+                "recompute_embeddings",
+                (func, "recompute_embeddings", func.short_description),
+            )
+        return actions
+
+    def has_recompute_embeddings_permission(self, request: HttpRequest) -> bool:
+        """Who may recompute embeddings. Default: users who may change the objects."""
+        return self.has_change_permission(request)
+
+    @admin.action(description="Recompute embeddings")
+    def recompute_embeddings(self, request: HttpRequest, queryset: QuerySet) -> None:
+        if not self.has_recompute_embeddings_permission(request):  # direct POSTs too
+            self.message_user(request, "You may not recompute embeddings.", messages.ERROR)
+            return
+        from embrec.indexing import mark_dirty
+
+        count = mark_dirty(queryset, force=True)
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d object queued for recomputing its embeddings.",
+                "%(count)d objects queued for recomputing their embeddings.",
+                count,
+            )
+            % {"count": count},
+            messages.SUCCESS,
+        )
+
+
+#: Same mixin, named after what it does for the host model.
+ReindexAdminMixin = EmbeddingAdminMixin
+
+
+def _outbox_rows(state: str):
+    return OutboxEntry.objects.filter(
+        state=state,
+        content_type_id=OuterRef("content_type_id"),
+        object_pk=OuterRef("object_pk"),
+        encoder__in=["", OuterRef("encoder")],
+    )
+
+
+class EmbeddingStateFilter(admin.SimpleListFilter):
+    """fresh: nothing queued; pending: queued for a worker; failed: the last attempt failed;
+    stale: written by another encoder identity than the configured one."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("fresh", "fresh"),
+            ("pending", "pending"),
+            ("failed", "failed"),
+            ("stale", "stale (encoder changed)"),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        pending = Exists(_outbox_rows(OutboxEntry.PENDING))
+        failed = Exists(_outbox_rows(OutboxEntry.FAILED))
+        if value == "pending":
+            return queryset.filter(pending)
+        if value == "failed":
+            return queryset.filter(failed)
+        if value == "fresh":
+            return queryset.exclude(pending).exclude(failed)
+        if value == "stale":
+            aliases = queryset.values_list("encoder", flat=True).distinct()
+            stale_ids = queryset.none()
+            for alias in aliases:
+                try:
+                    current = get_encoder(alias).identity.as_string()
+                except Exception:  # an alias no longer configured: all of its vectors are stale
+                    stale_ids = stale_ids | queryset.filter(encoder=alias)
+                    continue
+                stale_ids = stale_ids | queryset.filter(encoder=alias).exclude(identity=current)
+            return queryset.filter(pk__in=stale_ids.values("pk"))
+        return queryset
+
+
+@admin.register(Embedding)
+class EmbeddingAdmin(admin.ModelAdmin):
+    """Read-only list of stored vectors with a "Re-embed selected" action."""
+
+    list_display = [
+        "object_link",
+        "content_type",
+        "encoder",
+        "dimensions",
+        "identity",
+        "updated_at",
+    ]
+    list_filter = ["content_type", "encoder", EmbeddingStateFilter]
+    search_fields = ["object_pk"]
+    list_select_related = ["content_type"]
+    show_full_result_count = False
+    actions = ["reembed_selected"]
+    fields = [
+        "content_type",
+        "object_pk",
+        "encoder",
+        "identity",
+        "dimensions",
+        "content_hash",
+        "vector_preview",
+        "created_at",
+        "updated_at",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Vectors are written by workers only (view-only); the change permission on Embedding
+        # gates the re-embed action instead.
+        return False
+
+    def has_reembed_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("embrec.change_embedding")
+
+    @admin.display(description="object")
+    def object_link(self, obj: Embedding) -> str:
+        return f"{obj.content_type.app_label}.{obj.content_type.model} #{obj.object_pk}"
+
+    @admin.display(description="vector")
+    def vector_preview(self, obj: Embedding) -> str:
+        values = list(obj.vector[:8]) if obj.vector is not None else []
+        more = ", …" if obj.dimensions > len(values) else ""
+        return "[" + ", ".join(f"{v:.4f}" for v in values) + more + "]"
+
+    @admin.action(description="Re-embed selected", permissions=["reembed"])
+    def reembed_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        from embrec.indexing import enqueue
+
+        groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+        for ct_id, object_pk, encoder in queryset.values_list(
+            "content_type_id", "object_pk", "encoder"
+        ):
+            groups[(ct_id, encoder)].append(object_pk)
+        count = 0
+        skipped = 0
+        for (ct_id, encoder), pks in groups.items():
+            model = ContentType.objects.get_for_id(ct_id).model_class()
+            if model is None or not registry.is_registered(model):
+                skipped += len(pks)
+                continue
+            count += enqueue(model, pks, encoder=encoder, force=True)
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d embedding queued for re-embedding.",
+                "%(count)d embeddings queued for re-embedding.",
+                count,
+            )
+            % {"count": count},
+            messages.SUCCESS,
+        )
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} embedding(s) belong to models no longer registered; not queued.",
+                messages.WARNING,
+            )
+
+
+@admin.register(OutboxEntry)
+class OutboxEntryAdmin(admin.ModelAdmin):
+    """Work waiting for encoding workers, and the errors of objects that failed."""
+
+    list_display = ["id", "content_type", "object_pk", "action", "encoder", "state", "attempts"]
+    list_filter = ["state", "content_type", "action"]
+    search_fields = ["object_pk", "last_error"]
+    readonly_fields = [f.name for f in OutboxEntry._meta.fields]
+    actions = ["retry_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("embrec.change_outboxentry")
+
+    @admin.action(description="Retry selected", permissions=["retry"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        from embrec.indexing import schedule_kick
+
+        count = queryset.update(state=OutboxEntry.PENDING, last_error="")
+        if count:
+            schedule_kick()
+        self.message_user(request, f"{count} outbox row(s) queued again.", messages.SUCCESS)
