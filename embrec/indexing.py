@@ -520,7 +520,9 @@ def _process_group(
             for pk in wanted
             if any(e.force and (not e.encoder or e.encoder == alias) for e in entries_by_pk[pk])
         }
-        _encode_and_write(ct_id, alias, rec, wanted, forced, entries_by_pk, result, failed)
+        _encode_and_write(
+            ct_id, alias, rec, wanted, forced, entries_by_pk, result, failed, objects=objects
+        )
 
     for group in entries_by_pk.values():
         for entry in group:
@@ -537,6 +539,7 @@ def _encode_and_write(
     entries_by_pk: dict[str, list[OutboxEntry]],
     result: DrainResult,
     failed: dict[int, str],
+    objects: dict | None = None,
 ) -> None:
     if not texts:
         return
@@ -559,14 +562,27 @@ def _encode_and_write(
         todo.append((pk, text, digest))
     if not todo:
         return
-    vectors, errors = encode_isolating_failures(encoder, [t for _, t, _ in todo])
+    vectors, errors = encode_isolating_failures(
+        encoder,
+        [t for _, t, _ in todo],
+        rec=rec,
+        objects=[objects.get(pk) for pk, _, _ in todo] if objects is not None else None,
+    )
     rows = []
+    no_vector = []
     for i, ((pk, _text, digest), vector) in enumerate(zip(todo, vectors, strict=True)):
         if vector is None:
+            if i not in errors:
+                # encode_objects() has no vector for this object (e.g. a behavioural encoder
+                # and an item without interactions): no row for this encoder, not a failure.
+                no_vector.append(pk)
+                continue
             for entry in entries_by_pk[pk]:
                 failed[entry.id] = f"[{alias}] {errors[i]}"
             continue
         rows.append(VectorRow(pk, vector, digest))
+    if no_vector:
+        delete_vectors(ct_id, no_vector, alias)
     if rows:
         result.encoded += write_vectors(ct_id, alias, identity, rows)
         # Read path hook: user vectors built from these items are now stale.
@@ -575,19 +591,24 @@ def _encode_and_write(
         on_items_embedded(ct_id, alias, [row.object_pk for row in rows])
 
 
-def encode_isolating_failures(encoder, texts: Sequence[str]):
+def encode_isolating_failures(encoder, texts: Sequence[str], *, rec=None, objects=None):
     """Encode ``texts``; if the encoder raises, bisect to find the items that break it.
 
     Returns ``(vectors, errors)``: ``vectors[i]`` is ``None`` for a failed text and ``errors[i]``
-    holds its error message. Transient errors (database, out of memory after the encoder's own
-    backoff) still propagate when a single item cannot be told apart from the rest.
+    holds its error message; ``vectors[i]`` is ``None`` without an error when the encoder's
+    :meth:`~embrec.encoders.base.BaseEncoder.encode_objects` (called when ``rec`` and ``objects``
+    are given) has no vector for that object. Transient errors (database, out of memory after the
+    encoder's own backoff) still propagate when a single item cannot be told apart from the rest.
     """
     vectors: list = [None] * len(texts)
     errors: dict[int, str] = {}
 
     def run(lo: int, hi: int) -> None:
         try:
-            out = encoder.encode(list(texts[lo:hi]))
+            if rec is not None and objects is not None:
+                out = encoder.encode_objects(rec, list(objects[lo:hi]), list(texts[lo:hi]))
+            else:
+                out = encoder.encode(list(texts[lo:hi]))
         except Exception as exc:
             if hi - lo == 1:
                 errors[lo] = _describe(exc)

@@ -77,6 +77,18 @@ class BaseEncoder:
             )
         return vectors
 
+    def encode_objects(self, rec, objects: Sequence, texts: Sequence[str]) -> Sequence:
+        """Vectors for ``objects`` of registration ``rec``; the write path calls this hook.
+
+        ``texts`` are the objects' :meth:`~embrec.Recommendable.get_text` values, in order.
+        Return one entry per object: a ``(dimensions,)`` vector, or ``None`` when this encoder has
+        no vector for that object (a behavioural encoder and an item nobody interacted with):
+        the write path then stores no vector for it under this encoder, and does not count it as
+        a failure. Default: :meth:`encode` on ``texts``. Override in encoders that do not work
+        from text (``uses_text = False``) or that combine other encoders.
+        """
+        return self.encode(texts)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} alias={self.alias!r}>"
 
