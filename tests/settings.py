@@ -5,6 +5,7 @@ pytest-django creates a separate test database on it. ``EMBREC_TEST_DB_NAME`` pi
 several test runs can share one server.
 """
 
+import json
 import os
 
 from project.settings import *  # noqa: F403
@@ -32,6 +33,12 @@ EMBREC = {
         },
     },
 }
+
+# Worker processes started by tests receive EMBREC changes as JSON (top-level keys replace the
+# defaults above; ENCODERS entries are replaced per alias), e.g. a slow or recording encoder.
+_overrides = json.loads(os.environ.get("EMBREC_TEST_OVERRIDES", "{}") or "{}")
+EMBREC["ENCODERS"].update(_overrides.pop("ENCODERS", {}))
+EMBREC.update(_overrides)
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False}

@@ -1,0 +1,42 @@
+"""Encoders for tests: the hashing encoder with knobs to make it slow, fragile or observable."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embrec.encoders.hashing import HashingEncoder
+
+
+class InstrumentedHashingEncoder(HashingEncoder):
+    """``HashingEncoder`` (same identity and vectors) plus test options:
+
+    * ``record_dir`` — append every encoded text to ``<record_dir>/<pid>.log``, one per line;
+    * ``sleep`` — seconds to sleep in every ``encode`` call, before encoding;
+    * ``poison`` — raise ``ValueError`` for any batch containing a text with this word.
+    """
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        poison = self.options.get("poison")
+        if poison and any(poison in text for text in texts):
+            raise ValueError(f"cannot encode a text containing {poison!r}")
+        if self.options.get("sleep"):
+            time.sleep(float(self.options["sleep"]))
+        vectors = super().encode_texts(texts)
+        record_dir = self.options.get("record_dir")
+        if record_dir:
+            with open(Path(record_dir) / f"{os.getpid()}.log", "a", encoding="utf-8") as log:
+                log.writelines(f"{text}\n" for text in texts)
+        return vectors
+
+
+def recorded_texts(record_dir: Path) -> dict[str, list[str]]:
+    """Texts encoded per process log file."""
+    return {
+        file.stem: file.read_text(encoding="utf-8").splitlines()
+        for file in sorted(Path(record_dir).glob("*.log"))
+    }
