@@ -52,6 +52,11 @@ class Registry:
 
     def _validate(self, instance: Recommendable) -> None:
         model = instance.model
+        for attr in ("fields", "encoders", "filter_fields"):
+            if isinstance(getattr(instance, attr), str):
+                raise ImproperlyConfigured(
+                    f"{type(instance).__name__}.{attr} must be a list of names, not a string."
+                )
         for name in instance.fields:
             try:
                 model._meta.get_field(name)
@@ -61,10 +66,6 @@ class Registry:
                         f"{type(instance).__name__}.fields names {name!r}, which is neither a "
                         f"field nor an attribute of {model.__name__}."
                     ) from None
-        if isinstance(instance.fields, str):
-            raise ImproperlyConfigured(
-                f"{type(instance).__name__}.fields must be a list of names, not a string."
-            )
         if not instance.fields and type(instance).get_text is Recommendable.get_text:
             raise ImproperlyConfigured(
                 f"{type(instance).__name__} must set `fields` or override get_text()."

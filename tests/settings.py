@@ -31,6 +31,8 @@ EMBREC = {
             "CLASS": "embrec.encoders.hashing.HashingEncoder",
             "OPTIONS": {"dimensions": 64},
         },
+        # Classical word vectors (GloVe 6B 50d from its package), used side by side with others.
+        "glove": {"CLASS": "embrec.encoders.static.StaticWordEncoder", "OPTIONS": {}},
     },
 }
 
