@@ -9,6 +9,9 @@ Public API::
         fields = ["title", "genres"]
 
     embrec.similar(movie, limit=10)
+    embrec.record_interaction(request.user, movie, "like")
+    embrec.recommend(request.user, model=Movie, limit=10, request=request)
+    embrec.search("space adventure", model=Movie, filters={"year__gte": 1990})
     embrec.mark_dirty(Movie.objects.filter(year=1995))
 """
 
@@ -26,8 +29,12 @@ __all__ = [
     "NotRegistered",
     "Recommendable",
     "mark_dirty",
+    "popular",
+    "recommend",
+    "record_interaction",
     "register",
     "registry",
+    "search",
     "similar",
     "unregister",
 ]
@@ -40,8 +47,36 @@ def mark_dirty(queryset_or_objects, *, encoder: str | None = None, force: bool =
     return _mark_dirty(queryset_or_objects, encoder=encoder, force=force)
 
 
-def similar(obj, *, limit: int | None = None, encoder: str | None = None, request=None):
+def similar(obj, **kwargs):
     """Objects most similar to ``obj`` (see :func:`embrec.queries.similar`)."""
     from embrec.queries import similar as _similar
 
-    return _similar(obj, limit=limit, encoder=encoder, request=request)
+    return _similar(obj, **kwargs)
+
+
+def recommend(user, **kwargs):
+    """Personal recommendations for ``user`` (see :func:`embrec.queries.recommend`)."""
+    from embrec.queries import recommend as _recommend
+
+    return _recommend(user, **kwargs)
+
+
+def search(text: str, **kwargs):
+    """Objects nearest to the encoded ``text`` (see :func:`embrec.queries.search`)."""
+    from embrec.queries import search as _search
+
+    return _search(text, **kwargs)
+
+
+def popular(model=None, **kwargs):
+    """Most popular visible objects (see :func:`embrec.queries.popular`)."""
+    from embrec.queries import popular as _popular
+
+    return _popular(model, **kwargs)
+
+
+def record_interaction(user, obj, kind: str, weight: float | None = None, at=None):
+    """Record a user's event on an object (see :func:`embrec.interactions.record_interaction`)."""
+    from embrec.interactions import record_interaction as _record
+
+    return _record(user, obj, kind, weight=weight, at=at)
