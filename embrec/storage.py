@@ -102,6 +102,9 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
             with transaction.atomic(using=conn.alias):
                 # Serialise creators: two workers must not build the same index at once.
                 cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+                # CREATE INDEX refuses to run while deferred foreign-key checks of earlier writes
+                # in this transaction are queued on the table: run those checks now.
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 cursor.execute(
                     f"CREATE INDEX IF NOT EXISTS {spec.name} ON embrec_embedding "
                     f"USING hnsw ((vector::{spec.vector_type}) {spec.opclass}) "
@@ -109,6 +112,7 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
                     f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
                     f"WHERE {spec.predicate_sql()}"
                 )
+                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     # A rolled-back transaction takes the index with it: only remember it once committed.
     transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
     return True
