@@ -1,0 +1,101 @@
+"""Results as a text table, JSON and a PNG bar chart (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from embrec.evaluation.runner import MethodResult
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain-text (Markdown-compatible) table of ``rows`` restricted to ``columns``."""
+    cells = [[_fmt(row.get(col, "")) for col in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for r in cells:
+        lines.append("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def results_table(results: Sequence[MethodResult]) -> str:
+    """The recommendation results as a table: one row per method, one column per metric."""
+    if not results:
+        return "(no results)"
+    metrics = list(results[0].metrics)
+    rows = [
+        {"method": r.name, **r.metrics, "fit s": r.fit_seconds, "description": r.description}
+        for r in results
+    ]
+    return format_table(rows, ["method", *metrics, "fit s", "description"])
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def bar_chart(
+    path: str | Path,
+    labels: Sequence[str],
+    series: dict[str, Sequence[float]],
+    *,
+    title: str = "",
+    ylabel: str = "",
+) -> None:
+    """Grouped bar chart: one group per label, one bar per series entry; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_series = max(len(series), 1)
+    width = 0.8 / n_series
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.5))
+    for s, (name, values) in enumerate(series.items()):
+        xs = [i + (s - (n_series - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, list(values), width=width, label=name)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def results_chart(path: str | Path, results: Sequence[MethodResult], *, title: str = "") -> None:
+    """PNG chart of the recommendation results (all metrics, one group per method)."""
+    metrics = list(results[0].metrics) if results else []
+    bar_chart(
+        path,
+        [r.name for r in results],
+        {m: [r.metrics[m] for r in results] for m in metrics},
+        title=title,
+        ylabel="score",
+    )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
