@@ -40,11 +40,23 @@ __all__ = [
 ]
 
 
-def mark_dirty(queryset_or_objects, *, encoder: str | None = None, force: bool = False) -> int:
-    """Queue objects for (re)embedding; for ``QuerySet.update``, ``bulk_create``, raw SQL."""
+def mark_dirty(
+    queryset_or_objects,
+    *,
+    encoder: str | None = None,
+    force: bool = False,
+    batch_size: int = 5000,
+) -> int:
+    """Queue objects for (re)embedding after changes that skip signals.
+
+    Call it after ``QuerySet.update``, ``bulk_create``, raw SQL or imports. Accepts a queryset
+    (read by keyset pages of ``batch_size`` pks) or an iterable of instances; ``encoder`` limits
+    the work to one alias; ``force`` re-encodes unchanged texts. Writes outbox rows in the current
+    transaction and queues one drain task after commit. Returns the number of objects queued.
+    """
     from embrec.indexing import mark_dirty as _mark_dirty
 
-    return _mark_dirty(queryset_or_objects, encoder=encoder, force=force)
+    return _mark_dirty(queryset_or_objects, encoder=encoder, force=force, batch_size=batch_size)
 
 
 def similar(obj, **kwargs):
