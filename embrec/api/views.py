@@ -1,46 +1,458 @@
-"""DRF views of the embrec API."""
+"""DRF views of the embrec API.
+
+All views share :class:`EmbrecAPIView`: permission and throttle classes come from
+``EMBREC["API_PERMISSION_CLASSES"]`` / ``EMBREC["API_THROTTLE_CLASSES"]`` (DRF's defaults when
+``None``), personal endpoints add ``IsAuthenticated``, and every error has the body
+``{"detail": "...", "code": "..."}`` (see :func:`exception_handler`).
+
+Query parameters common to the ranked lists: ``limit``; ``mmr_lambda`` (0–1, diversity
+re-ranking); ``popularity`` and ``recency`` (0–1, score shares); ``exclude_seen``; any other
+parameter is a filter on the registration's ``filter_fields`` (``category=scifi``,
+``price__gte=10``, ``year__in=1994,1995``); unknown names are rejected with 400.
+"""
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
-from django.utils.module_loading import import_string
-from rest_framework import status
+from collections import defaultdict
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
+from rest_framework import exceptions, status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from embrec import queries
-from embrec.api.serializers import ResultSerializer
+from embrec.api.serializers import (
+    ErrorSerializer,
+    InteractionBatchSerializer,
+    InteractionEventSerializer,
+    InteractionResultSerializer,
+    ResultListSerializer,
+    ResultSerializer,
+    object_serializer_for,
+)
+from embrec.conf import embrec_settings
+from embrec.interactions import Event, InteractionError, record_interactions
+from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
 
+#: Query parameters that are not filters.
+RESERVED_PARAMS = frozenset(
+    {
+        "limit",
+        "q",
+        "type",
+        "user",
+        "mmr_lambda",
+        "popularity",
+        "recency",
+        "exclude_seen",
+        "explain",
+        "format",
+    }
+)
 
-def object_serializer_for(rec):
-    cls = rec.serializer_class
-    if isinstance(cls, str):
-        cls = import_string(cls)
-    return cls
+
+# --------------------------------------------------------------------------- errors
 
 
-class SimilarItemsView(APIView):
-    """``GET items/<type>/<pk>/similar/?limit=N`` — nearest neighbours of one object."""
+class EmbrecAPIError(exceptions.APIException):
+    """An API error with a status, a message, a code and optional extra body fields."""
 
-    def get(self, request, type: str, pk: str):
-        try:
-            rec = registry.get(type)
-        except NotRegistered:
-            return Response({"detail": f"Unknown type {type!r}."}, status=status.HTTP_404_NOT_FOUND)
-        try:
-            obj = rec.get_visible_queryset(request).get(pk=rec.pk_from_string(pk))
-        except (rec.model.DoesNotExist, ValueError, TypeError, ValidationError):
-            return Response({"detail": f"No {type} with pk {pk!r}."}, status=404)
-        try:
-            limit = request.query_params.get("limit")
-            results = queries.similar(obj, limit=limit and int(limit), request=request)
-        except ValueError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        except queries.NotEmbedded as exc:
-            return Response(
-                {"detail": str(exc), "status": "not_embedded"},
-                status=status.HTTP_409_CONFLICT,
-            )
+    def __init__(self, detail: str, *, code: str, status_code: int = 400, **extra: Any):
+        super().__init__(detail, code)
+        self.status_code = status_code
+        self.extra = {k: v for k, v in extra.items() if v is not None}
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, NotRegistered):
+        return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
+    if isinstance(exc, (QueryError, InteractionError)):
+        return EmbrecAPIError(str(exc), code=exc.code, field=exc.field)
+    if isinstance(exc, NotEmbedded):
+        return EmbrecAPIError(str(exc), code="not_embedded", status_code=409, state=exc.state)
+    if isinstance(exc, Http404):
+        return exceptions.NotFound(str(exc) or None)
+    if isinstance(exc, DjangoPermissionDenied):
+        return exceptions.PermissionDenied(str(exc) or None)
+    return exc
+
+
+def _first_message(detail: Any) -> tuple[str, str]:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            message, code = _first_message(value)
+            return (f"{key}: {message}" if key != "non_field_errors" else message), code
+    if isinstance(detail, list):
+        for value in detail:
+            if value:
+                return _first_message(value)
+    return str(detail), getattr(detail, "code", "invalid") or "invalid"
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's handler, with embrec's exceptions mapped and one body shape for every error::
+
+        {"detail": "limit must be between 1 and 100, got 500.", "code": "invalid_limit",
+         "field": "limit"}
+
+    Validation errors of request bodies keep DRF's per-field details under ``errors``.
+    """
+    exc = _translate(exc)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, (dict, list)):
+        message, code = _first_message(detail)
+        body: dict[str, Any] = {"detail": message, "code": code, "errors": response.data}
+    else:
+        body = {"detail": str(detail), "code": getattr(detail, "code", None) or "error"}
+    body.update(getattr(exc, "extra", {}))
+    response.data = body
+    return response
+
+
+# --------------------------------------------------------------------------- base view
+
+
+class EmbrecAPIView(APIView):
+    """Base view: settings-driven permissions and throttles, consistent error bodies."""
+
+    #: Added in front of the configured permission classes (personal endpoints).
+    required_permission_classes: tuple = ()
+
+    def get_permissions(self):
+        configured = embrec_settings.API_PERMISSION_CLASSES
+        classes = self.permission_classes if configured is None else configured
+        return [cls() for cls in (*self.required_permission_classes, *classes)]
+
+    def get_throttles(self):
+        configured = embrec_settings.API_THROTTLE_CLASSES
+        classes = self.throttle_classes if configured is None else configured
+        return [cls() for cls in classes]
+
+    def get_exception_handler(self):
+        return exception_handler
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def get_registration(self, label: str | None):
+        return queries.get_registration(label or None)
+
+    def ranking_options(self, request) -> dict[str, Any]:
+        params = request.query_params
+        options: dict[str, Any] = {
+            "limit": queries.clean_limit(params.get("limit")),
+            "mmr_lambda": queries.clean_fraction(
+                params.get("mmr_lambda"), "mmr_lambda", allow_none=True
+            ),
+            "popularity": queries.clean_fraction(params.get("popularity"), "popularity"),
+            "recency": queries.clean_fraction(params.get("recency"), "recency"),
+            "filters": self.filters(request),
+        }
+        return options
+
+    def filters(self, request) -> dict[str, Any]:
+        filters: dict[str, Any] = {}
+        for key in request.query_params:
+            if key in RESERVED_PARAMS:
+                continue
+            values = request.query_params.getlist(key)
+            if len(values) > 1:
+                raise QueryError(
+                    f"Filter {key!r} given more than once; use {key.split('__')[0]}__in=a,b.",
+                    code="invalid_filter",
+                    field=key,
+                )
+            filters[key] = values[0]
+        return filters
+
+    def flag(self, request, name: str, default: bool) -> bool:
+        value = request.query_params.get(name)
+        if value is None or value == "":
+            return default
+        return queries._to_bool(value, name)
+
+    def respond(self, request, rec, results, limit: int) -> Response:
         context = {"request": request, "object_serializer": object_serializer_for(rec)}
-        return Response({"results": ResultSerializer(results, many=True, context=context).data})
+        return Response(
+            {
+                "type": rec.label,
+                "limit": limit,
+                "results": ResultSerializer(results, many=True, context=context).data,
+            }
+        )
+
+
+# --------------------------------------------------------------------------- OpenAPI bits
+
+ERRORS = {
+    400: ErrorSerializer,
+    401: ErrorSerializer,
+    403: ErrorSerializer,
+    404: ErrorSerializer,
+    429: ErrorSerializer,
+}
+TYPE_PATH = OpenApiParameter(
+    "type", str, OpenApiParameter.PATH, description="Registered model label, e.g. catalog.movie."
+)
+TYPE_QUERY = OpenApiParameter(
+    "type",
+    str,
+    description="Registered model label; may be left out when only one model is registered.",
+)
+COMMON = [
+    OpenApiParameter("limit", int, description="Number of results, 1..EMBREC['MAX_LIMIT']."),
+    OpenApiParameter(
+        "mmr_lambda",
+        float,
+        description="Diversity re-ranking (maximal marginal relevance): 1 keeps the relevance "
+        "order, lower values favour variety. Left out: no re-ranking.",
+    ),
+    OpenApiParameter("popularity", float, description="Share (0–1) of popularity in the score."),
+    OpenApiParameter("recency", float, description="Share (0–1) of recency in the score."),
+    OpenApiParameter(
+        "exclude_seen",
+        bool,
+        description="Leave out items the user interacted with (disliked items always are).",
+    ),
+    OpenApiParameter(
+        "filters",
+        OpenApiTypes.OBJECT,
+        style="form",
+        explode=True,
+        description="Filters on the registration's filter_fields, e.g. category=scifi, "
+        "price__gte=10, year__in=1994,1995 (lookups: exact, iexact, in, gt, gte, lt, lte, "
+        "isnull). Unknown fields are rejected with 400.",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- views
+
+
+class SimilarItemsView(EmbrecAPIView):
+    """``GET items/<type>/<pk>/similar/`` — nearest neighbours of one object."""
+
+    @extend_schema(
+        summary="Objects similar to one object",
+        parameters=[TYPE_PATH, OpenApiParameter("pk", str, OpenApiParameter.PATH), *COMMON],
+        responses={200: ResultListSerializer, 409: ErrorSerializer, **ERRORS},
+    )
+    def get(self, request, type: str, pk: str):
+        rec = registry.get(type)
+        obj = self._get_object(request, rec, type, pk)
+        options = self.ranking_options(request)
+        results = queries.similar(
+            obj,
+            request=request,
+            exclude_seen=self.flag(request, "exclude_seen", False),
+            **options,
+        )
+        return self.respond(request, rec, results, options["limit"])
+
+    @staticmethod
+    def _get_object(request, rec, type: str, pk: str):
+        try:
+            return rec.get_visible_queryset(request).get(pk=rec.pk_from_string(pk))
+        except (rec.model.DoesNotExist, ValueError, TypeError, DjangoValidationError):
+            # Hidden objects get the same answer as missing ones.
+            raise EmbrecAPIError(
+                f"No {type} with pk {pk!r}.", code="not_found", status_code=404
+            ) from None
+
+
+class PopularItemsView(EmbrecAPIView):
+    """``GET items/<type>/popular/`` — most popular visible objects (works for anyone)."""
+
+    @extend_schema(
+        summary="Most popular objects",
+        parameters=[TYPE_PATH, COMMON[0], COMMON[4], COMMON[5]],
+        responses={200: ResultListSerializer, **ERRORS},
+    )
+    def get(self, request, type: str):
+        rec = registry.get(type)
+        limit = queries.clean_limit(request.query_params.get("limit"))
+        results = queries.popular(
+            rec,
+            limit=limit,
+            request=request,
+            filters=self.filters(request),
+            exclude_seen=self.flag(request, "exclude_seen", False),
+        )
+        return self.respond(request, rec, results, limit)
+
+
+class RecommendationsView(EmbrecAPIView):
+    """``GET recommendations/`` — personal recommendations for the current user.
+
+    Staff may pass ``user=<pk>`` to see another user's recommendations; anyone else gets 403.
+    """
+
+    required_permission_classes = (IsAuthenticated,)
+
+    @extend_schema(
+        summary="Personal recommendations",
+        parameters=[
+            TYPE_QUERY,
+            OpenApiParameter("user", str, description="Staff only: another user's pk."),
+            OpenApiParameter("explain", bool, description="Include explanations (default true)."),
+            *COMMON,
+        ],
+        responses={200: ResultListSerializer, **ERRORS},
+    )
+    def get(self, request):
+        rec = self.get_registration(request.query_params.get("type"))
+        user = self._target_user(request)
+        options = self.ranking_options(request)
+        results = queries.recommend(
+            user,
+            model=rec,
+            request=request,
+            exclude_seen=self.flag(request, "exclude_seen", True),
+            explain=self.flag(request, "explain", True),
+            **options,
+        )
+        return self.respond(request, rec, results, options["limit"])
+
+    @staticmethod
+    def _target_user(request):
+        wanted = request.query_params.get("user")
+        if wanted in (None, "") or wanted == str(request.user.pk):
+            return request.user
+        if not request.user.is_staff:
+            raise exceptions.PermissionDenied(
+                "Only staff may ask for another user's recommendations."
+            )
+        User = get_user_model()
+        try:
+            return User._default_manager.get(pk=User._meta.pk.to_python(wanted))
+        except (User.DoesNotExist, ValueError, TypeError, DjangoValidationError):
+            raise EmbrecAPIError(
+                f"No user with pk {wanted!r}.", code="not_found", status_code=404, field="user"
+            ) from None
+
+
+class SearchView(EmbrecAPIView):
+    """``GET search/?q=...`` — semantic search from free text."""
+
+    @extend_schema(
+        summary="Semantic search",
+        parameters=[
+            OpenApiParameter(
+                "q", str, required=True, description="Text, 1..EMBREC['SEARCH_MAX_LENGTH'] chars."
+            ),
+            TYPE_QUERY,
+            *COMMON,
+        ],
+        responses={200: ResultListSerializer, **ERRORS},
+    )
+    def get(self, request):
+        rec = self.get_registration(request.query_params.get("type"))
+        options = self.ranking_options(request)
+        results = queries.search(
+            request.query_params.get("q", ""),
+            model=rec,
+            request=request,
+            exclude_seen=self.flag(request, "exclude_seen", False),
+            **options,
+        )
+        return self.respond(request, rec, results, options["limit"])
+
+
+class InteractionsView(EmbrecAPIView):
+    """``POST interactions/`` — record events of the current user (one, or a batch)."""
+
+    required_permission_classes = (IsAuthenticated,)
+
+    @extend_schema(
+        summary="Record interactions",
+        request=PolymorphicProxySerializer(
+            component_name="InteractionRequest",
+            serializers=[InteractionEventSerializer, InteractionBatchSerializer],
+            resource_type_field_name=None,
+        ),
+        responses={201: InteractionResultSerializer, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "One event", value={"type": "catalog.movie", "pk": "42", "kind": "like"}
+            ),
+            OpenApiExample(
+                "A batch",
+                value={
+                    "events": [
+                        {"type": "catalog.movie", "pk": "42", "kind": "view"},
+                        {"type": "catalog.movie", "pk": "7", "kind": "dislike"},
+                    ]
+                },
+            ),
+        ],
+    )
+    def post(self, request):
+        data = request.data
+        if isinstance(data, list):
+            data = {"events": data}
+        elif not isinstance(data, dict) or "events" not in data:
+            data = {"events": [data]}
+        serializer = InteractionBatchSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        events = serializer.validated_data["events"]
+        objects = self._load_objects(request, events)
+        now = timezone.now()
+        to_record = []
+        for i, event in enumerate(events):
+            at = event.get("at")
+            if at is not None and at > now:
+                raise EmbrecAPIError(
+                    f"events[{i}].at is in the future.", code="invalid", field="at"
+                )
+            to_record.append(Event(objects[i], event["kind"], None, at))
+        with transaction.atomic():
+            record_interactions(request.user, to_record)
+        return Response({"recorded": len(to_record)}, status=status.HTTP_201_CREATED)
+
+    @staticmethod
+    def _load_objects(request, events) -> dict[int, Any]:
+        """Each event's object, loaded per type in one query; hidden objects count as missing."""
+        wanted: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        for i, event in enumerate(events):
+            rec = registry.get(event["type"])
+            try:
+                wanted[rec.label].append((i, rec.pk_from_string(event["pk"])))
+            except (ValueError, TypeError, DjangoValidationError):
+                raise EmbrecAPIError(
+                    f"No {event['type']} with pk {event['pk']!r} (events[{i}]).",
+                    code="not_found",
+                    status_code=404,
+                    field="pk",
+                ) from None
+        found: dict[int, Any] = {}
+        for label, items in wanted.items():
+            rec = registry.get(label)
+            objects = rec.get_visible_queryset(request).in_bulk([pk for _, pk in items])
+            for i, pk in items:
+                if pk not in objects:
+                    raise EmbrecAPIError(
+                        f"No {label} with pk {events[i]['pk']!r} (events[{i}]).",
+                        code="not_found",
+                        status_code=404,
+                        field="pk",
+                    )
+                found[i] = objects[pk]
+        return found
