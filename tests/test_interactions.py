@@ -1,0 +1,227 @@
+"""Interactions and user vectors on real PostgreSQL + pgvector."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import call_command
+from django.utils import timezone
+
+import embrec
+from embrec import indexing
+from embrec.interactions import (
+    InteractionError,
+    on_items_embedded,
+    refresh_user_vector,
+    user_profile,
+)
+from embrec.models import Interaction, UserEmbedding
+from embrec.registry import NotRegistered
+from embrec.storage import parse_vector
+from tests.readpath import make_catalog, make_user, text_vector
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db
+
+
+def text_of(obj):
+    return embrec.registry.get(obj).get_text(obj)
+
+
+def by_category(articles, category):
+    return [a for a in articles if a.category == category]
+
+
+def test_record_interaction_uses_configured_weights():
+    articles = make_catalog(per_category=2)
+    user = make_user("w")
+    like = embrec.record_interaction(user, articles[0], "like")
+    dislike = embrec.record_interaction(user, articles[1], "dislike")
+    custom = embrec.record_interaction(user, articles[2], "view", weight=0.25)
+    assert (like.weight, dislike.weight, custom.weight) == (3.0, -3.0, 0.25)
+    assert like.content_type == ContentType.objects.get_for_model(Article)
+    assert like.object_pk == str(articles[0].pk)
+    assert Interaction.objects.filter(user=user).count() == 3
+
+
+def test_record_interaction_rejects_bad_input(settings):
+    articles = make_catalog(per_category=1)
+    user = make_user("bad")
+    with pytest.raises(InteractionError) as exc:
+        embrec.record_interaction(user, articles[0], "teleport")
+    assert exc.value.code == "unknown_kind"
+    with pytest.raises(InteractionError):
+        embrec.record_interaction(AnonymousUser(), articles[0], "like")
+    with pytest.raises(NotRegistered):
+        embrec.record_interaction(user, user, "like")
+    settings.EMBREC = {**settings.EMBREC, "INTERACTION_WEIGHTS": {"teleport": 2.0}}
+    assert embrec.record_interaction(user, articles[0], "teleport").weight == 2.0
+    assert Interaction.objects.count() == 1
+
+
+def test_user_vector_is_weighted_decayed_mean_with_negatives(settings):
+    settings.EMBREC = {**settings.EMBREC, "USER_VECTOR_HALF_LIFE_DAYS": 10.0}
+    articles = make_catalog(per_category=3)
+    user = make_user("math")
+    now = timezone.now()
+    a, b, c = articles[0], articles[3], articles[6]
+    embrec.record_interaction(user, a, "like", at=now)  # 3
+    embrec.record_interaction(user, a, "view", at=now - timedelta(days=10))  # 1 * 0.5
+    embrec.record_interaction(user, b, "purchase", at=now - timedelta(days=20))  # 5 * 0.25
+    embrec.record_interaction(user, c, "dislike", at=now)  # -3
+    profile = user_profile(user.pk, embrec.registry.get(Article), "hashing", now=now)
+    weights = {str(a.pk): 3.5, str(b.pk): 1.25, str(c.pk): -3.0}
+    assert profile.weights == pytest.approx(weights)
+    vectors = {pk: text_vector(text_of(o)) for pk, o in [(str(x.pk), x) for x in (a, b, c)]}
+    expected = sum(w * vectors[pk] for pk, w in weights.items()) / sum(map(abs, weights.values()))
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(profile.vector, expected, atol=1e-6)
+    assert profile.kinds[str(a.pk)] == "like"
+    # The dislike pushes the vector away from c.
+    assert float(profile.vector @ vectors[str(c.pk)]) < 0
+
+
+def test_vector_refreshed_after_commit_not_during_request(django_capture_on_commit_callbacks):
+    articles = make_catalog(per_category=3)
+    user = make_user("async")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        embrec.record_interaction(user, articles[0], "like")
+        assert not UserEmbedding.objects.filter(user=user).exists()
+    assert len(callbacks) == 1
+    assert not UserEmbedding.objects.filter(user=user).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        embrec.record_interaction(user, articles[1], "like")
+    stored = UserEmbedding.objects.get(user=user)
+    assert not stored.is_stale
+    assert stored.interaction_count == 2
+    assert stored.dimensions == 64
+    profile = user_profile(user.pk, embrec.registry.get(Article), "hashing")
+    np.testing.assert_allclose(parse_vector(stored.vector), profile.vector, atol=1e-6)
+    # A new event marks it stale at once; reads then compute a fresh vector themselves.
+    with django_capture_on_commit_callbacks(execute=False):
+        embrec.record_interaction(user, articles[6], "purchase")
+    assert UserEmbedding.objects.get(user=user).is_stale
+
+
+def test_scifi_fan_gets_scifi_first_and_seen_disliked_are_excluded():
+    articles = make_catalog()
+    scifi, romance = by_category(articles, "scifi"), by_category(articles, "romance")
+    user = make_user("fan")
+    for item in scifi[:3]:
+        embrec.record_interaction(user, item, "like")
+    embrec.record_interaction(user, scifi[3], "view")
+    embrec.record_interaction(user, romance[0], "view")
+    embrec.record_interaction(user, romance[1], "dislike")
+    results = embrec.recommend(user, model=Article, limit=10)
+    assert len(results) == 10
+    assert [r.object.category for r in results] == ["scifi"] * 10
+    assert all(r.source == "personal" for r in results)
+    interacted = {str(x.pk) for x in [*scifi[:4], *romance[:2]]}
+    assert not interacted & {r.pk for r in results}
+    top = results[0].explanation
+    assert top and top[0].pk in {str(x.pk) for x in scifi[:3]}
+    assert top[0].kind == "like" and top[0].contribution > 0
+    assert all(e.contribution >= f.contribution for e, f in zip(top, top[1:], strict=False))
+    assert str(romance[1].pk) not in {e.pk for r in results for e in r.explanation}
+    # Seen items may come back on request, disliked ones never do.
+    again = embrec.recommend(user, model=Article, limit=79, exclude_seen=False)
+    pks = {r.pk for r in again}
+    assert str(scifi[0].pk) in pks and str(romance[0].pk) in pks
+    assert str(romance[1].pk) not in pks
+    assert len(again) == 79
+    similar = embrec.similar(romance[0], user=user, limit=78)
+    assert str(romance[1].pk) not in {r.pk for r in similar}
+    assert len(similar) == 78
+    # The dislike hides it from this user only.
+    assert str(romance[1].pk) in {r.pk for r in embrec.similar(romance[0], limit=78)}
+
+
+def test_new_anonymous_and_dislike_only_users_get_popular_fallback():
+    articles = make_catalog(per_category=3)
+    fans = [make_user(f"f{i}") for i in range(2)]
+    for fan in fans:
+        embrec.record_interaction(fan, articles[5], "purchase")
+    newcomer = make_user("new")
+    grumpy = make_user("grumpy")
+    embrec.record_interaction(grumpy, articles[1], "dislike")
+    for user in (newcomer, AnonymousUser(), None, grumpy):
+        results = embrec.recommend(user, model=Article, limit=4)
+        assert len(results) == 4
+        assert results[0].pk == str(articles[5].pk)
+        assert results[0].source == "popular"
+        assert {r.source for r in results[1:]} <= {"popular", "recent"}
+        assert results[0].explanation is None
+    grumpy_results = embrec.recommend(grumpy, model=Article, limit=12)
+    assert str(articles[1].pk) not in {r.pk for r in grumpy_results}
+
+
+def test_reembedding_items_refreshes_dependent_user_vectors(django_capture_on_commit_callbacks):
+    articles = make_catalog(per_category=3)
+    user, bystander = make_user("dep"), make_user("by")
+    liked = articles[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        embrec.record_interaction(user, liked, "like")
+        embrec.record_interaction(bystander, articles[9], "like")
+    before = parse_vector(UserEmbedding.objects.get(user=user).vector)
+    other = UserEmbedding.objects.get(user=bystander)
+
+    liked.title, liked.body = "cooking pasta garlic", "recipe oven sauce"
+    liked.save()  # outbox row
+    with django_capture_on_commit_callbacks(execute=True):
+        result = indexing.drain()
+    assert result.encoded == 1
+    after = UserEmbedding.objects.get(user=user)
+    assert not after.is_stale
+    np.testing.assert_allclose(
+        parse_vector(after.vector),
+        text_vector("cooking pasta garlic. recipe oven sauce"),
+        atol=1e-6,
+    )
+    assert not np.allclose(parse_vector(after.vector), before)
+    assert UserEmbedding.objects.get(user=bystander).updated_at == other.updated_at
+
+    # The hook itself marks stale at once, before any task runs.
+    ct = ContentType.objects.get_for_model(Article)
+    assert on_items_embedded(ct.id, "hashing", [str(liked.pk)]) == 1
+    assert UserEmbedding.objects.get(user=user).is_stale
+
+
+def test_rebuild_command_recomputes_and_prunes(django_capture_on_commit_callbacks):
+    articles = make_catalog(per_category=3)
+    users = [make_user(f"r{i}") for i in range(3)]
+    for i, user in enumerate(users):
+        embrec.record_interaction(user, articles[i], "like")
+    embrec.record_interaction(users[2], articles[3], "dislike")
+    refresh_user_vector(users[0].pk)
+    # A vector left from interactions that were deleted since.
+    refresh_user_vector(users[1].pk)
+    Interaction.objects.filter(user=users[1]).delete()
+    call_command("embrec_rebuild_user_vectors", "testapp.article", verbosity=0)
+    stored = {e.user_id: e for e in UserEmbedding.objects.all()}
+    assert set(stored) == {users[0].pk, users[2].pk}
+    for user in (users[0], users[2]):
+        profile = user_profile(user.pk, embrec.registry.get(Article), "hashing")
+        np.testing.assert_allclose(parse_vector(stored[user.pk].vector), profile.vector, atol=1e-6)
+    with pytest.raises(Exception, match="not registered"):
+        call_command("embrec_rebuild_user_vectors", "auth.user", verbosity=0)
+    with pytest.raises(Exception, match="batch-size"):
+        call_command("embrec_rebuild_user_vectors", batch_size=0, verbosity=0)
+
+
+def test_refresh_task_runs_through_celery():
+    from embrec.tasks import refresh_user_vectors
+
+    articles = make_catalog(per_category=2)
+    user = make_user("task")
+    Interaction.objects.create(
+        user=user,
+        content_type=ContentType.objects.get_for_model(Article),
+        object_pk=str(articles[0].pk),
+        kind="like",
+        weight=3.0,
+    )
+    ct = ContentType.objects.get_for_model(Article)
+    assert refresh_user_vectors.delay(user.pk, ct.id).get() == 1
+    assert UserEmbedding.objects.filter(user=user, encoder="hashing").exists()
