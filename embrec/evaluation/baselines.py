@@ -101,8 +101,8 @@ class ALSMethod(Method):
     def __init__(
         self,
         name: str = "als",
-        factors: int = 64,
-        regularization: float = 0.05,
+        factors: int = 32,
+        regularization: float = 0.1,
         iterations: int = 20,
         alpha: float = 1.0,
         seed: int = 0,
@@ -124,15 +124,17 @@ class ALSMethod(Method):
             ) from exc
         from threadpoolctl import threadpool_limits
 
-        model = AlternatingLeastSquares(
-            factors=self.factors,
-            regularization=self.regularization,
-            iterations=self.iterations,
-            alpha=self.alpha,
-            random_state=self.seed,
-            num_threads=1,
-        )
+        # implicit wants single-threaded BLAS (it parallelises itself); 1 thread keeps results
+        # reproducible.
         with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                iterations=self.iterations,
+                alpha=self.alpha,
+                random_state=self.seed,
+                num_threads=1,
+            )
             model.fit(split.train.matrix(binary=True), show_progress=False)
         self.user_factors = np.asarray(model.user_factors)
         self.item_factors = np.asarray(model.item_factors)

@@ -1,0 +1,228 @@
+"""Evaluation on a site's own data: interactions from the ``Interaction`` table, item vectors of
+the configured encoders, and method specifications as the command accepts them.
+
+A method specification is a baseline name (``random``, ``popularity``, ``item-knn``, ``als``) or
+an encoder alias from ``EMBREC["ENCODERS"]`` with optional profile options after a colon::
+
+    item2vec                       # profile = all training items, cosine only
+    item2vec:last=3,popularity=0.5 # last 3 items, blended with popularity like the read path
+    hybrid:half_life=30,pool=40    # time decay (days); re-rank only the 40 nearest
+
+Options: ``last`` (int), ``half_life`` (days), ``popularity`` (0–1), ``pool`` (int), ``name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ImproperlyConfigured
+
+from embrec.evaluation.baselines import (
+    ALSMethod,
+    ItemKNNMethod,
+    Method,
+    PopularityMethod,
+    RandomMethod,
+)
+from embrec.evaluation.methods import (
+    EmbeddingMethod,
+    FixedItemVectors,
+    HybridItemVectors,
+    Item2VecItemVectors,
+    ItemVectors,
+)
+from embrec.evaluation.split import InteractionLog
+from embrec.items import Recommendable
+
+BASELINES: dict[str, Callable[[], Method]] = {
+    "random": RandomMethod,
+    "popularity": PopularityMethod,
+    "item-knn": ItemKNNMethod,
+    "als": ALSMethod,
+}
+
+#: Profile options of the tuned embrec variant the command adds for each encoder by default.
+TUNED_OPTIONS = {"last": 3, "popularity": 0.5}
+
+_OPTION_TYPES: dict[str, Callable[[str], object]] = {
+    "last": int,
+    "half_life": float,
+    "popularity": float,
+    "pool": int,
+    "name": str,
+}
+
+
+class MethodSpecError(ValueError):
+    """A method specification that cannot be understood."""
+
+
+def interactions_from_database(
+    rec: Recommendable,
+    *,
+    kinds: Sequence[str] | None = None,
+) -> InteractionLog:
+    """All interactions on ``rec``'s model as an :class:`InteractionLog`.
+
+    The catalog is ``rec.get_queryset()`` (what may be recommended); interactions on objects
+    outside it are ignored. Timestamps are ``created_at``.
+    """
+    from embrec.models import Interaction
+
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    catalog = [str(pk) for pk in rec.get_queryset().order_by("pk").values_list("pk", flat=True)]
+    qs = Interaction.objects.filter(content_type=ct)
+    if kinds:
+        qs = qs.filter(kind__in=list(kinds))
+    records = qs.order_by("id").values_list("user_id", "object_pk", "created_at", "weight")
+    return InteractionLog.from_records(records.iterator(chunk_size=10000), catalog=catalog)
+
+
+def content_vectors(rec: Recommendable, alias: str, items: Sequence[str]) -> FixedItemVectors:
+    """Vectors of ``items`` under the text encoder ``alias``.
+
+    Stored vectors are used when they carry the encoder's current identity; the others are
+    encoded now from :meth:`Recommendable.get_text`. Content vectors never depend on interactions,
+    so using stored ones leaks nothing.
+    """
+    from embrec.encoders import get_encoder
+    from embrec.models import Embedding
+    from embrec.storage import parse_vector
+
+    encoder = get_encoder(alias)
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    position = {key: n for n, key in enumerate(items)}
+    matrix = np.zeros((len(items), encoder.dimensions), dtype=np.float32)
+    mask = np.zeros(len(items), dtype=bool)
+    stored = Embedding.objects.filter(
+        content_type=ct, encoder=alias, identity=encoder.identity.as_string()
+    ).values_list("object_pk", "vector")
+    for pk, vector in stored.iterator(chunk_size=2000):
+        row = position.get(pk)
+        if row is not None:
+            matrix[row] = parse_vector(vector)
+            mask[row] = True
+    missing = [key for key in items if not mask[position[key]]]
+    if missing:
+        objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in missing])
+        by_key = {str(pk): obj for pk, obj in objects.items()}
+        keys = [k for k in missing if k in by_key]
+        for lo in range(0, len(keys), 256):
+            chunk = keys[lo : lo + 256]
+            vectors = encoder.encode([rec.get_text(by_key[k]) for k in chunk])
+            for key, vector in zip(chunk, vectors, strict=True):
+                matrix[position[key]] = vector
+                mask[position[key]] = True
+    return FixedItemVectors(matrix, mask, name=alias)
+
+
+def item_vectors_for_alias(
+    alias: str,
+    content: Callable[[str], ItemVectors],
+) -> ItemVectors:
+    """The :class:`ItemVectors` source that reproduces encoder ``alias`` leak-free.
+
+    ``content(alias)`` supplies vectors of text encoders. item2vec encoders are retrained on the
+    training split; hybrids combine their parts the same way.
+    """
+    from embrec.encoders import get_encoder
+    from embrec.encoders.hybrid import HybridEncoder
+    from embrec.encoders.item2vec import Item2VecEncoder
+
+    encoder = get_encoder(alias)
+    if isinstance(encoder, Item2VecEncoder):
+        return Item2VecItemVectors(encoder, name=alias)
+    if isinstance(encoder, HybridEncoder):
+        return HybridItemVectors(
+            [item_vectors_for_alias(name, content) for name, _ in encoder.parts],
+            [weight for _, weight in encoder.parts],
+            encoder.mode,
+            name=alias,
+        )
+    if not encoder.uses_text:
+        raise MethodSpecError(
+            f"Encoder {alias!r} learns from interactions and has no leak-free evaluation; "
+            "only text, item2vec and hybrid encoders can be evaluated."
+        )
+    return content(alias)
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``"alias:last=3,popularity=0.5"`` → ``("alias", {"last": 3, "popularity": 0.5})``."""
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise MethodSpecError(f"Empty method name in {spec!r}.")
+    options: dict = {}
+    if rest:
+        for part in rest.split(","):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or key not in _OPTION_TYPES:
+                raise MethodSpecError(
+                    f"Bad option {part!r} in {spec!r}; options are "
+                    f"{', '.join(sorted(_OPTION_TYPES))} as key=value."
+                )
+            try:
+                options[key] = _OPTION_TYPES[key](value.strip())
+            except ValueError:
+                raise MethodSpecError(f"Option {key!r} in {spec!r} has a bad value.") from None
+    return name, options
+
+
+def build_methods(
+    specs: Sequence[str],
+    content: Callable[[str], ItemVectors],
+) -> list[Method]:
+    """Methods for specifications (see the module docstring); raises :class:`MethodSpecError`."""
+    from embrec.conf import embrec_settings
+
+    methods: list[Method] = []
+    for spec in specs:
+        name, options = parse_spec(spec)
+        key = name.lower().replace("_", "-")
+        if key in ("itemknn", "knn"):
+            key = "item-knn"
+        if key in BASELINES:
+            if set(options) - {"name"}:
+                raise MethodSpecError(f"Baseline {name!r} takes no options ({spec!r}).")
+            method = BASELINES[key]()
+            method.name = options.get("name", key)
+            methods.append(method)
+            continue
+        if name not in embrec_settings.ENCODERS:
+            choices = sorted([*BASELINES, *embrec_settings.ENCODERS])
+            raise MethodSpecError(
+                f"Unknown method {name!r}; choose from {', '.join(choices)} "
+                "(encoder aliases take options, e.g. item2vec:last=3,popularity=0.5)."
+            )
+        try:
+            source = item_vectors_for_alias(name, content)
+        except ImproperlyConfigured as exc:
+            raise MethodSpecError(str(exc)) from exc
+        label = options.pop("name", spec)
+        try:
+            methods.append(
+                EmbeddingMethod(
+                    label,
+                    source,
+                    last=options.get("last"),
+                    half_life_days=options.get("half_life"),
+                    popularity=options.get("popularity", 0.0),
+                    pool=options.get("pool"),
+                )
+            )
+        except ValueError as exc:
+            raise MethodSpecError(f"{spec!r}: {exc}") from None
+    return methods
+
+
+def default_specs(rec: Recommendable) -> list[str]:
+    """Baselines, then each encoder of ``rec`` plain and with :data:`TUNED_OPTIONS`."""
+    tuned = ",".join(f"{k}={v}" for k, v in TUNED_OPTIONS.items())
+    specs = list(BASELINES)
+    for alias in rec.get_encoders():
+        specs += [alias, f"{alias}:{tuned}"]
+    return specs
