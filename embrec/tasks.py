@@ -98,3 +98,20 @@ def refresh_user_vectors_for_items(content_type_id: int, encoder: str, object_pk
     from embrec import interactions
 
     return interactions.refresh_for_items(content_type_id, encoder, object_pks)
+
+
+@shared_task(
+    name="embrec.train_item2vec",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def train_item2vec(alias: str = "item2vec", reindex: bool = True) -> dict:
+    """Retrain the item2vec encoder ``alias`` from the interactions, then queue re-embedding of
+    the items of every registration using it (directly or through a hybrid) when the model
+    changed. Run it on a beat schedule or on demand. Idempotent: the same interactions give the
+    same revision and queue nothing."""
+    from embrec.encoders.item2vec import train_and_reindex
+
+    return train_and_reindex(alias, reindex=reindex)

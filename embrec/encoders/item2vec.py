@@ -339,3 +339,52 @@ def _atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def dependent_aliases(alias: str) -> set[str]:
+    """``alias`` and every configured hybrid encoder that (directly or not) includes it."""
+    from embrec.conf import embrec_settings
+
+    found = {alias}
+    changed = True
+    while changed:
+        changed = False
+        for name, config in embrec_settings.ENCODERS.items():
+            if name in found or not isinstance(config, dict):
+                continue
+            parts = (config.get("OPTIONS") or {}).get("parts") or []
+            names = {p if isinstance(p, str) else p.get("encoder") for p in parts}
+            if names & found:
+                found.add(name)
+                changed = True
+    return found
+
+
+def train_and_reindex(alias: str, *, reindex: bool = True) -> dict:
+    """Train the item2vec encoder ``alias`` on the ``Interaction`` table; when its revision
+    changed, queue every object of the registrations using it (directly or in a hybrid) for
+    re-embedding under those aliases. Returns a summary dict."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from embrec.encoders.loading import get_encoder
+    from embrec.registry import registry
+
+    encoder = get_encoder(alias)
+    if not isinstance(encoder, Item2VecEncoder):
+        raise ImproperlyConfigured(f"Encoder {alias!r} is not an item2vec encoder.")
+    aliases = dependent_aliases(alias)
+    users = [rec for rec in registry.all() if aliases & set(rec.get_encoders())]
+    ct_ids = [
+        ContentType.objects.get_for_model(r.model, for_concrete_model=False).id for r in users
+    ]
+    before = encoder.identity.revision
+    result = encoder.train(content_type_ids=ct_ids or None)
+    queued = 0
+    if reindex and result.revision != before:
+        from embrec import indexing
+
+        for rec in users:
+            for name in rec.get_encoders():
+                if name in aliases:
+                    queued += indexing.reindex(rec, encoder=name)
+    return {**result.as_dict(), "previous_revision": before, "queued": queued}

@@ -70,7 +70,10 @@ class Item2VecItemVectors(ItemVectors):
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         train = split.train
-        sequences = [[train.items[i] for i in seq] for seq in train.sequences()]
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        # Same rule as training from the database: only positive signals are co-consumption.
+        behaviour = train.subset(train.weights > min_weight)
+        sequences = [[train.items[i] for i in seq] for seq in behaviour.sequences()]
         tokens, unit = self.encoder.fit(sequences)
         position = {key: n for n, key in enumerate(train.items)}
         matrix = np.zeros((train.n_items, unit.shape[1]), dtype=np.float32)
