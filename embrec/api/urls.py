@@ -19,7 +19,7 @@ app_name = "embrec"
 
 urlpatterns = [
     path(
-        "items/<str:type>/<str:pk>/similar/",
+        "items/<str:type>/<str:object_pk>/similar/",
         views.SimilarItemsView.as_view(),
         name="similar",
     ),

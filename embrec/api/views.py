@@ -252,12 +252,18 @@ class SimilarItemsView(EmbrecAPIView):
 
     @extend_schema(
         summary="Objects similar to one object",
-        parameters=[TYPE_PATH, OpenApiParameter("pk", str, OpenApiParameter.PATH), *COMMON],
+        parameters=[
+            TYPE_PATH,
+            OpenApiParameter(
+                "object_pk", str, OpenApiParameter.PATH, description="The object's primary key."
+            ),
+            *COMMON,
+        ],
         responses={200: ResultListSerializer, 409: ErrorSerializer, **ERRORS},
     )
-    def get(self, request, type: str, pk: str):
+    def get(self, request, type: str, object_pk: str):
         rec = registry.get(type)
-        obj = self._get_object(request, rec, type, pk)
+        obj = self._get_object(request, rec, type, object_pk)
         options = self.ranking_options(request)
         results = queries.similar(
             obj,
