@@ -46,10 +46,15 @@ def use_broker(url: str = REDIS_URL):
 
 def _reset_pools(app) -> None:
     """Drop cached broker connections so the next publish uses the current broker_url."""
+    from kombu import pools
+
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
+    # kombu keeps producer pools per connection in a process-wide registry; a pool whose
+    # connections were closed above would otherwise be handed out again ("closed pool").
+    pools.reset()
 
 
 def start_worker(
