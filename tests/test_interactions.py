@@ -225,3 +225,19 @@ def test_refresh_task_runs_through_celery():
     ct = ContentType.objects.get_for_model(Article)
     assert refresh_user_vectors.delay(user.pk, ct.id).get() == 1
     assert UserEmbedding.objects.filter(user=user, encoder="hashing").exists()
+
+
+def test_recommend_uses_fresh_stored_vector_and_recomputes_stale_one():
+    articles = make_catalog()
+    scifi, cooking = by_category(articles, "scifi"), by_category(articles, "cooking")
+    user = make_user("stored")
+    embrec.record_interaction(user, scifi[0], "like")
+    refresh_user_vector(user.pk)
+    # Point the stored vector at cooking: a fresh stored vector is what ranking uses.
+    UserEmbedding.objects.filter(user=user).update(vector=text_vector(text_of(cooking[0])))
+    stored = embrec.recommend(user, model=Article, limit=3, explain=False)
+    assert stored[0].pk == str(cooking[0].pk)
+    UserEmbedding.objects.filter(user=user).update(is_stale=True)
+    fresh = embrec.recommend(user, model=Article, limit=3, explain=False)
+    assert fresh[0].object.category == "scifi"
+    assert str(cooking[0].pk) not in {r.pk for r in fresh}
