@@ -41,8 +41,9 @@ class Command(BaseCommand):
             "--force", action="store_true", help="Re-encode even objects whose text is unchanged."
         )
 
-    def handle(self, *labels: str, **options) -> None:
-        recs = resolve_labels(list(labels))
+    def handle(self, *args: str, **options) -> None:
+        labels = options["labels"]
+        recs = resolve_labels(labels)
         encoder = options["encoder"]
         resolve_encoder(recs, encoder)
         batch_size = options["batch_size"]

@@ -25,9 +25,10 @@ class Command(BaseCommand):
         parser.add_argument("labels", nargs="*", metavar="app_label.Model")
         parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
 
-    def handle(self, *labels: str, **options) -> None:
+    def handle(self, *args: str, **options) -> None:
+        labels = options["labels"]
         rows = []
-        for rec in resolve_labels(list(labels)):
+        for rec in resolve_labels(labels):
             for alias in rec.get_encoders():
                 try:
                     row = indexing.status(rec, alias)
