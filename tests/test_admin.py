@@ -1,0 +1,187 @@
+"""Admin: the "Recompute embeddings" mixin action and the Embedding / outbox admins."""
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
+from django.test import override_settings
+
+from embrec import indexing
+from embrec.models import Embedding, OutboxEntry
+from project.catalog.models import Movie
+from tests.settings import EMBREC as TEST_EMBREC
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db
+
+# Movies use the real MiniLM encoder: actions only queue work here, nothing is drained.
+NO_KICK = {**TEST_EMBREC, "AUTO_KICK": False}
+
+
+@pytest.fixture
+def movies():
+    with override_settings(EMBREC=NO_KICK):
+        objs = [
+            Movie.objects.create(movielens_id=i, title=f"Movie {i}", year=1990 + i)
+            for i in range(1, 4)
+        ]
+    OutboxEntry.objects.all().delete()
+    return objs
+
+
+@pytest.fixture
+def admin_client(client):
+    user = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def staff_client(client, *codenames):
+    user = User.objects.create_user("staff", "staff@example.com", "pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return client
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_demo_movie_admin_offers_recompute_embeddings(admin_client, movies):
+    response = admin_client.get("/admin/catalog/movie/")
+    assert response.status_code == 200
+    assert b'value="recompute_embeddings"' in response.content
+    assert b"Recompute embeddings" in response.content
+
+
+def test_recompute_action_queues_selected_objects_and_reports_count(admin_client, movies):
+    with override_settings(EMBREC=NO_KICK):
+        response = admin_client.post(
+            "/admin/catalog/movie/",
+            {"action": "recompute_embeddings", "_selected_action": [movies[0].pk, movies[2].pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    assert "2 objects queued for recomputing their embeddings." in messages_of(response)
+    rows = OutboxEntry.objects.order_by("object_pk")
+    assert [r.object_pk for r in rows] == sorted([str(movies[0].pk), str(movies[2].pk)])
+    assert all(r.force and r.state == "pending" for r in rows)
+
+
+def test_recompute_action_requires_change_permission(client, movies):
+    viewer = staff_client(client, "view_movie")
+    response = viewer.get("/admin/catalog/movie/")
+    assert response.status_code == 200
+    assert b"recompute_embeddings" not in response.content
+    with override_settings(EMBREC=NO_KICK):
+        viewer.post(
+            "/admin/catalog/movie/",
+            {"action": "recompute_embeddings", "_selected_action": [movies[0].pk]},
+        )
+    assert OutboxEntry.objects.count() == 0
+
+
+def test_recompute_action_allowed_with_change_permission(client, movies):
+    editor = staff_client(client, "view_movie", "change_movie")
+    with override_settings(EMBREC=NO_KICK):
+        response = editor.post(
+            "/admin/catalog/movie/",
+            {"action": "recompute_embeddings", "_selected_action": [movies[1].pk]},
+            follow=True,
+        )
+    assert "1 object queued for recomputing its embeddings." in messages_of(response)
+    assert OutboxEntry.objects.get().object_pk == str(movies[1].pk)
+
+
+@pytest.fixture
+def embedded_articles():
+    objs = [Article.objects.create(title=f"article {i}", category="c") for i in range(4)]
+    indexing.drain()
+    return objs
+
+
+def test_embedding_admin_lists_and_filters_by_model_encoder_and_state(
+    admin_client, embedded_articles
+):
+    ct = ContentType.objects.get_for_model(Article)
+    a0, a1, a2, _ = embedded_articles
+    with override_settings(EMBREC=NO_KICK):
+        a0.title = "changed"
+        a0.save()  # pending
+    OutboxEntry.objects.create(
+        content_type=ct, object_pk=str(a1.pk), state=OutboxEntry.FAILED, last_error="boom"
+    )
+    Embedding.objects.filter(object_pk=str(a2.pk)).update(identity="old@1/64/norm")  # stale
+
+    def listed(query: str) -> set[str]:
+        response = admin_client.get(f"/admin/embrec/embedding/?{query}")
+        assert response.status_code == 200
+        return {str(e.object_pk) for e in response.context["cl"].result_list}
+
+    everything = {str(a.pk) for a in embedded_articles}
+    assert listed("") == everything
+    assert listed(f"content_type__id__exact={ct.id}") == everything
+    assert listed("encoder=hashing") == everything
+    assert listed("encoder=glove") == set()
+    assert listed("state=pending") == {str(a0.pk)}
+    assert listed("state=failed") == {str(a1.pk)}
+    assert listed("state=stale") == {str(a2.pk)}
+    assert listed("state=fresh") == everything - {str(a0.pk), str(a1.pk)}
+
+
+def test_embedding_admin_is_read_only_and_shows_the_vector(admin_client, embedded_articles):
+    emb = Embedding.objects.first()
+    response = admin_client.get(f"/admin/embrec/embedding/{emb.pk}/change/")
+    assert response.status_code == 200
+    assert emb.identity.encode() in response.content
+    assert f"{emb.vector[0]:.4f}".encode() in response.content
+    assert b'name="_save"' not in response.content
+    assert admin_client.get("/admin/embrec/embedding/add/").status_code == 403
+
+
+def test_reembed_selected_action(admin_client, embedded_articles):
+    chosen = Embedding.objects.filter(object_pk__in=[str(a.pk) for a in embedded_articles[:2]])
+    with override_settings(EMBREC=NO_KICK):
+        response = admin_client.post(
+            "/admin/embrec/embedding/",
+            {
+                "action": "reembed_selected",
+                "_selected_action": list(chosen.values_list("pk", flat=True)),
+            },
+            follow=True,
+        )
+    assert "2 embeddings queued for re-embedding." in messages_of(response)
+    rows = OutboxEntry.objects.all()
+    assert {r.encoder for r in rows} == {"hashing"} and all(r.force for r in rows)
+    # Forced: re-encoded although the text did not change.
+    assert indexing.drain().encoded == 2
+
+
+def test_reembed_requires_change_permission_on_embeddings(client, embedded_articles):
+    viewer = staff_client(client, "view_embedding")
+    response = viewer.get("/admin/embrec/embedding/")
+    assert response.status_code == 200
+    assert b"reembed_selected" not in response.content
+
+
+def test_outbox_admin_shows_errors_and_retries(admin_client, embedded_articles):
+    ct = ContentType.objects.get_for_model(Article)
+    entry = OutboxEntry.objects.create(
+        content_type=ct,
+        object_pk=str(embedded_articles[0].pk),
+        state=OutboxEntry.FAILED,
+        last_error="ValueError: cannot encode",
+    )
+    response = admin_client.get("/admin/embrec/outboxentry/?state__exact=failed")
+    assert response.status_code == 200
+    assert [e.pk for e in response.context["cl"].result_list] == [entry.pk]
+    assert (
+        b"cannot encode"
+        in admin_client.get(f"/admin/embrec/outboxentry/{entry.pk}/change/").content
+    )
+    with override_settings(EMBREC=NO_KICK):
+        admin_client.post(
+            "/admin/embrec/outboxentry/",
+            {"action": "retry_selected", "_selected_action": [entry.pk]},
+        )
+    entry.refresh_from_db()
+    assert (entry.state, entry.last_error) == ("pending", "")
