@@ -104,6 +104,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1"
 CELERY_BEAT_SCHEDULE = {
     "embrec-sweep": {"task": "embrec.sweep", "schedule": 60.0},
+    # Retrain item2vec nightly; it queues re-embedding only when the model changed.
+    "embrec-train-item2vec": {
+        "task": "embrec.train_item2vec",
+        "schedule": 24 * 3600.0,
+        "args": ["item2vec"],
+    },
 }
 
 # --- embrec -------------------------------------------------------------------------------
@@ -112,6 +118,18 @@ EMBREC = {
         "default": {
             "CLASS": "embrec.encoders.sentence_transformer.SentenceTransformerEncoder",
             "OPTIONS": {},
+        },
+        # Behavioural vectors learned from the ratings (train: manage.py embrec_train).
+        "item2vec": {"CLASS": "embrec.encoders.item2vec.Item2VecEncoder", "OPTIONS": {}},
+        # Behaviour where there is some, content (MiniLM) for movies nobody rated yet.
+        "hybrid": {
+            "CLASS": "embrec.encoders.hybrid.HybridEncoder",
+            "OPTIONS": {
+                "parts": [
+                    {"encoder": "item2vec", "weight": 1.0},
+                    {"encoder": "default", "weight": 0.5},
+                ]
+            },
         },
     },
     # MovieLens star ratings are loaded as these kinds (see project/catalog/management/commands/demo.py).

@@ -12,7 +12,8 @@ memory and from the training split only:
 3. items are scored by cosine similarity to the profile, optionally blended with popularity as in
    the read path: ``(1 - p) * cosine + p * log1p(count) / log1p(max count)`` (``popularity=p``),
    where counts are training users per item; with ``pool`` only the ``pool`` nearest items are
-   re-ranked (the read path's ``limit * RERANK_POOL_FACTOR``);
+   re-ranked (the read path's ``limit * RERANK_POOL_FACTOR``); with ``uniform`` every training
+   interaction weighs 1 in the profile (a site recording every kind with the same weight);
 4. items without a vector cannot be recommended (they are not in the index).
 
 Held-out interactions are never used: not to train item2vec, not in profiles, not in popularity.
@@ -121,6 +122,7 @@ class EmbeddingMethod(Method):
         half_life_days: float | None = None,
         popularity: float = 0.0,
         pool: int | None = None,
+        uniform: bool = False,
     ):
         if not 0.0 <= popularity < 1.0:
             raise ValueError("popularity must be in [0, 1)")
@@ -132,6 +134,7 @@ class EmbeddingMethod(Method):
         self.half_life_days = half_life_days
         self.popularity = popularity
         self.pool = pool
+        self.uniform = uniform
         bits = [source.name]
         bits.append(f"last {last}" if last else "all training items")
         if half_life_days:
@@ -140,14 +143,20 @@ class EmbeddingMethod(Method):
             bits.append(f"popularity {popularity:g}")
         if pool:
             bits.append(f"pool {pool}")
+        if uniform:
+            bits.append("equal weights")
         self.description = ", ".join(bits)
 
     def fit(self, split: Split) -> None:
         matrix, mask = self.source.vectors(split)
         self.items = matrix
         self.mask = mask
+        train = split.train
+        if self.uniform:
+            train = train.subset(np.ones(len(train), dtype=bool))
+            train.weights = np.ones_like(train.weights)
         self.profiles = user_profiles(
-            split.train, matrix, mask, last=self.last, half_life_days=self.half_life_days
+            train, matrix, mask, last=self.last, half_life_days=self.half_life_days
         )
         counts = np.asarray(split.train.matrix(binary=True).sum(axis=0)).ravel()
         top = counts.max() if counts.size else 0

@@ -8,7 +8,8 @@ an encoder alias from ``EMBREC["ENCODERS"]`` with optional profile options after
     item2vec:last=3,popularity=0.5 # last 3 items, blended with popularity like the read path
     hybrid:half_life=30,pool=40    # time decay (days); re-rank only the 40 nearest
 
-Options: ``last`` (int), ``half_life`` (days), ``popularity`` (0–1), ``pool`` (int), ``name``.
+Options: ``last`` (int), ``half_life`` (days), ``popularity`` (0–1), ``pool`` (int), ``uniform``
+(1: every interaction weighs 1 in profiles), ``name`` (label in reports).
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ BASELINES: dict[str, Callable[[], Method]] = {
 }
 
 #: Profile options of the tuned embrec variant the command adds for each encoder by default.
-TUNED_OPTIONS = {"last": 3, "popularity": 0.5}
+TUNED_OPTIONS = {"last": 3, "popularity": 0.6}
 
 _OPTION_TYPES: dict[str, Callable[[str], object]] = {
     "last": int,
     "half_life": float,
     "popularity": float,
     "pool": int,
+    "uniform": lambda v: v.lower() in ("1", "true", "yes"),
     "name": str,
 }
 
@@ -212,6 +214,7 @@ def build_methods(
                     half_life_days=options.get("half_life"),
                     popularity=options.get("popularity", 0.0),
                     pool=options.get("pool"),
+                    uniform=bool(options.get("uniform", False)),
                 )
             )
         except ValueError as exc:
