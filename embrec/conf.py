@@ -28,9 +28,11 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE": "embrec",
     # Outbox rows claimed per worker transaction.
     "BATCH_SIZE": 256,
-    # Outbox rows older than this many seconds are re-kicked by the sweeper.
+    # Outbox rows older than this many seconds are re-kicked by the sweeper. Also how long a
+    # queued-but-unstarted drain task suppresses further sends before it is presumed lost.
     "SWEEP_AFTER": 300,
-    # Attempts before an outbox row is marked failed.
+    # Crashes of a whole batch (e.g. an encoder failing on every text) before its rows are
+    # marked failed. A single poison object is marked failed at once.
     "MAX_ATTEMPTS": 5,
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
