@@ -470,6 +470,29 @@ def _encoder_for(rec: Recommendable, encoder: str | None) -> str:
     return encoder
 
 
+def _text_encoder_for(rec: Recommendable, encoder: str | None) -> str:
+    """The encoder that embeds search text: the given one, or the first text encoder."""
+    from embrec.encoders import get_encoder
+
+    if encoder is not None:
+        alias = _encoder_for(rec, encoder)
+        if not get_encoder(alias).uses_text:
+            raise QueryError(
+                f"Encoder {alias!r} learns from interactions and cannot embed search text.",
+                code="unknown_encoder",
+                field="encoder",
+            )
+        return alias
+    for alias in rec.get_encoders():
+        if get_encoder(alias).uses_text:
+            return alias
+    raise QueryError(
+        f"None of {rec.label}'s encoders embeds text, so it cannot be searched.",
+        code="search_unavailable",
+        field="type",
+    )
+
+
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
     """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
     rec = registry.get(obj)
@@ -779,9 +802,9 @@ def search(
 ) -> list[Result]:
     """Objects of ``model`` whose vectors are nearest to the encoded ``text``.
 
-    The text is encoded with the registration's encoder in this process (for a
-    sentence-transformers encoder, the model loads on the first search). Other arguments as in
-    :func:`similar`.
+    The text is encoded in this process with the registration's first encoder that works from
+    text (for a sentence-transformers encoder, the model loads on the first search). Other
+    arguments as in :func:`similar`.
     """
     rec = get_registration(model)
     text = clean_text(text)
@@ -789,7 +812,7 @@ def search(
     mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
     popularity = clean_fraction(popularity, "popularity")
     recency = clean_fraction(recency, "recency")
-    encoder = _encoder_for(rec, encoder)
+    encoder = _text_encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     from embrec.encoders import get_encoder
 

@@ -279,3 +279,20 @@ def brute_force_vectors(query, rows):
     scores = matrix @ q
     order = np.argsort(-scores)
     return [(str(rows[i][0].pk), float(scores[i])) for i in order]
+
+
+def test_search_uses_a_text_encoder(settings, monkeypatch):
+    make_catalog(per_category=2)
+    rec = embrec.registry.get(Article)
+    from embrec.encoders import get_encoder
+
+    monkeypatch.setattr(type(get_encoder("hashing")), "uses_text", False)
+    with pytest.raises(QueryError) as exc:
+        embrec.search("robot", model=Article)
+    assert exc.value.code == "search_unavailable"
+    with pytest.raises(QueryError) as exc:
+        embrec.search("robot", model=Article, encoder="hashing")
+    assert exc.value.code == "unknown_encoder"
+    with pytest.raises(QueryError):
+        embrec.search("robot", model=Article, encoder="default")  # not one of its encoders
+    assert rec.get_encoders() == ["hashing"]
