@@ -22,7 +22,7 @@ class Command(BaseCommand):
             "--no-reindex", action="store_true", help="Train only; do not queue re-embedding."
         )
 
-    def handle(self, *aliases: str, **options) -> None:
+    def handle(self, *args: str, **options) -> None:
         from embrec.encoders import get_encoder
         from embrec.encoders.item2vec import Item2VecEncoder, train_and_reindex
 
@@ -31,7 +31,7 @@ class Command(BaseCommand):
             for name in embrec_settings.ENCODERS
             if str(embrec_settings.ENCODERS[name].get("CLASS", "")).endswith("Item2VecEncoder")
         ]
-        names = list(aliases) or configured
+        names = list(options["aliases"] or args) or configured
         if not names:
             raise CommandError("No item2vec encoder is configured in EMBREC['ENCODERS'].")
         for name in names:
