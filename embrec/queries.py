@@ -25,6 +25,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connections, models, router, transaction
 from django.db.models import Q, Sum
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -339,16 +340,27 @@ def _scan_settings(cursor, limit: int, ef_search: int | None) -> None:
         cursor.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(max_tuples)}")
 
 
-def _visible_sql(visible: models.QuerySet | None) -> tuple[str, list] | None:
+def _visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str, list] | None:
+    """A condition on ``alias.object_pk`` that holds for objects of ``visible``.
+
+    Written as a correlated ``EXISTS`` that looks each candidate up by primary key (one index
+    probe per row the HNSW scan returns, whatever the size of the visible set), wrapped in
+    ``IS TRUE`` so that PostgreSQL keeps it as a filter on the index scan instead of turning it
+    into a join (a join would need a sort and lose the index order).
+    """
     if visible is None or not visible.query.where:
         return None
+    pk = visible.model._meta.pk
+    db_type = pk.rel_db_type(connections[visible.db])
+    if not db_type:
+        return None
+    column = f"{alias}.object_pk"
+    if pk.get_internal_type() not in {"CharField", "TextField", "SlugField"}:
+        column = f"CAST({column} AS {db_type})"
     sub_sql, sub_params = (
-        visible.order_by()
-        .annotate(_embrec_pk=Cast("pk", models.CharField()))
-        .values("_embrec_pk")
-        .query.sql_with_params()
+        visible.order_by().filter(pk=RawSQL(column, [])).values("pk").query.sql_with_params()
     )
-    return sub_sql, list(sub_params)
+    return f"(EXISTS ({sub_sql})) IS TRUE", list(sub_params)
 
 
 def nearest_sql(
@@ -366,12 +378,9 @@ def nearest_sql(
     for sql, sql_params in (exclusions or Exclusions()).sql("e"):
         where.append(sql)
         params.extend(sql_params)
-    restriction = _visible_sql(visible)
+    restriction = _visible_sql(visible, "e")
     if restriction is not None:
-        # ``= ANY(ARRAY(subquery))`` would be evaluated once but scanned linearly per row; an
-        # ``IN`` sub-select wrapped so that it is not pulled up into a join stays a hashed
-        # SubPlan filter on the index scan, which keeps the HNSW order (a join would need a sort).
-        where.append(f"(e.object_pk IN ({restriction[0]})) IS TRUE")
+        where.append(restriction[0])
         params.extend(restriction[1])
     columns = "e.object_pk, {dist} AS distance, e.created_at".format(dist=spec.distance_sql("e"))
     if with_vectors:
