@@ -123,6 +123,10 @@ class Interaction(models.Model):
         indexes = [
             models.Index(fields=["user", "created_at"], name="embrec_inter_user_at"),
             models.Index(fields=["content_type", "object_pk"], name="embrec_inter_obj"),
+            # A user's seen/disliked items, excluded from every query for that user.
+            models.Index(
+                fields=["user", "content_type", "object_pk"], name="embrec_inter_user_obj"
+            ),
         ]
 
     def __str__(self) -> str:
