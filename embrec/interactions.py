@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -387,14 +387,3 @@ def refresh_for_items(content_type_id: int, encoder: str, object_pks: Sequence[s
         with transaction.atomic():
             written += refresh_user_vectors(page, model)
     return written
-
-
-def parse_events(data: Any) -> list[Mapping[str, Any]]:
-    """Normalise an API body (one event, a list, or ``{"events": [...]}``) to a list."""
-    if isinstance(data, Mapping) and "events" in data:
-        data = data["events"]
-    if isinstance(data, Mapping):
-        return [data]
-    if isinstance(data, list):
-        return data
-    raise InteractionError("Send an event object, a list of events or {'events': [...]}.")

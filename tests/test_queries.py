@@ -296,3 +296,30 @@ def test_search_uses_a_text_encoder(settings, monkeypatch):
     with pytest.raises(QueryError):
         embrec.search("robot", model=Article, encoder="default")  # not one of its encoders
     assert rec.get_encoders() == ["hashing"]
+
+
+def test_text_primary_keys_and_their_visibility(exact_search):
+    from embrec import indexing
+    from tests.testapp.models import Note
+
+    texts = {
+        "alpha": "robot galaxy starship",
+        "beta": "robot galaxy laser",
+        "gamma": "pasta garlic oven",
+        "delta": "robot starship orbit",
+    }
+    Note.objects.bulk_create([Note(slug=slug, text=text) for slug, text in texts.items()])
+    indexing.enqueue(Note, list(texts), kick=False)
+    indexing.drain()
+    ct = ContentType.objects.get_for_model(Note)
+    spec = queries.index_spec(embrec.registry.get(Note), "hashing", 64)
+    assert spec.content_type_id == ct.id
+    all_notes = embrec.similar(Note.objects.get(slug="alpha"), limit=3)
+    assert [r.pk for r in all_notes][-1] == "gamma"
+    restricted = queries.nearest(
+        spec,
+        text_vector("robot galaxy starship"),
+        3,
+        visible=Note.objects.exclude(slug="beta"),
+    )
+    assert [c.pk for c in restricted] == ["alpha", "delta", "gamma"]
