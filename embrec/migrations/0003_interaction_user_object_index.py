@@ -5,16 +5,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('contenttypes', '0002_remove_content_type_name'),
-        ('embrec', '0002_drain_signal'),
+        ("contenttypes", "0002_remove_content_type_name"),
+        ("embrec", "0002_drain_signal"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='interaction',
-            index=models.Index(fields=['user', 'content_type', 'object_pk'], name='embrec_inter_user_obj'),
+            model_name="interaction",
+            index=models.Index(
+                fields=["user", "content_type", "object_pk"], name="embrec_inter_user_obj"
+            ),
         ),
     ]
