@@ -30,7 +30,7 @@ class Command(BaseCommand):
             "label",
             nargs="?",
             metavar="app_label.Model",
-            help="Registered model to evaluate (default: the only registered one).",
+            help="Registered model to evaluate (default: the only one with interactions).",
         )
         parser.add_argument("--k", type=int, default=10, help="Cut-off of the metrics (10).")
         parser.add_argument(
@@ -111,8 +111,19 @@ class Command(BaseCommand):
         if not recs:
             raise CommandError("No model is registered with embrec.")
         if len(recs) > 1:
+            from django.contrib.contenttypes.models import ContentType
+
+            from embrec.models import Interaction
+
+            used = set(Interaction.objects.values_list("content_type_id", flat=True).distinct())
+            recs = [
+                r
+                for r in recs
+                if ContentType.objects.get_for_model(r.model, for_concrete_model=False).id in used
+            ] or recs
+        if len(recs) > 1:
             labels = ", ".join(sorted(r.label for r in recs))
-            raise CommandError(f"Several models are registered ({labels}); name one.")
+            raise CommandError(f"Several registered models have interactions ({labels}); name one.")
         return recs[0]
 
     def run_recommendations(self, options) -> dict:

@@ -1,0 +1,219 @@
+"""``manage.py embrec_evaluate`` on a small synthetic site, and the intrinsic comparison."""
+
+import json
+import random
+from datetime import timedelta
+from io import StringIO
+
+import numpy as np
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from embrec.evaluation import intrinsic
+from embrec.models import Interaction
+from tests.testapp.models import Article, Note
+
+pytestmark = pytest.mark.django_db
+
+TOPICS = {
+    "space": "rocket orbit planet astronaut galaxy",
+    "food": "recipe oven garlic pasta sauce",
+    "sport": "football goal match team league",
+}
+
+
+def make_site(users=36, seed=4):
+    """Articles on three topics; each user reads articles of one topic, in time order."""
+    rng = random.Random(seed)
+    articles = {
+        topic: [
+            Article.objects.create(
+                title=f"{topic} {i}", body=" ".join(rng.sample(words.split(), 3))
+            )
+            for i in range(8)
+        ]
+        for topic, words in TOPICS.items()
+    }
+    User = get_user_model()
+    ct = ContentType.objects.get_for_model(Article)
+    start = timezone.now() - timedelta(days=30)
+    rows = []
+    for n in range(users):
+        user = User.objects.create(username=f"reader{n}")
+        topic = list(TOPICS)[n % 3]
+        for t, article in enumerate(rng.sample(articles[topic], 6)):
+            rows.append(
+                Interaction(
+                    user=user,
+                    content_type=ct,
+                    object_pk=str(article.pk),
+                    kind="view",
+                    weight=1.0,
+                    created_at=start + timedelta(hours=n * 24 + t),
+                )
+            )
+    Interaction.objects.bulk_create(rows)
+    return articles
+
+
+def test_command_writes_table_json_and_png(tmp_path):
+    make_site()
+    out, err = StringIO(), StringIO()
+    call_command(
+        "embrec_evaluate",
+        "testapp.article",
+        holdout=2,
+        k=5,
+        methods=[
+            "random",
+            "popularity",
+            "item-knn",
+            "als",
+            "hashing",
+            "hashing:last=2,popularity=0.3",
+        ],
+        json=str(tmp_path / "out" / "results.json"),
+        png=str(tmp_path / "out" / "results.png"),
+        stdout=out,
+        stderr=err,
+    )
+    text = out.getvalue()
+    assert "36 users evaluated on their 2 most recent items" in text
+    for name in ("random", "popularity", "item-knn", "als", "hashing:last=2,popularity=0.3"):
+        assert f"| {name} " in text
+    assert "ndcg@5" in text
+    assert "evaluating" in err.getvalue()  # the progress bar
+
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["model"] == "testapp.article"
+    assert payload["protocol"]["holdout"] == 2 and payload["protocol"]["k"] == 5
+    assert payload["dataset"]["evaluated_users"] == 36
+    results = {r["name"]: r["metrics"] for r in payload["results"]}
+    assert len(results) == 6
+    for metrics in results.values():
+        assert set(metrics) == {"ndcg@5", "recall@5", "hit_rate@5", "coverage@5"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    # Readers stay on their topic: collaborative filtering and topic words beat chance.
+    assert results["item-knn"]["hit_rate@5"] > results["random"]["hit_rate@5"]
+    assert results["hashing"]["ndcg@5"] > results["random"]["ndcg@5"]
+    assert payload["run"]["date"] and payload["run"]["machine"]
+    assert (tmp_path / "out" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_evaluates_item2vec_and_hybrid_without_training_a_stored_model(settings, tmp_path):
+    make_site()
+    encoders = dict(settings.EMBREC["ENCODERS"])
+    encoders["i2v"] = {
+        "CLASS": "embrec.encoders.item2vec.Item2VecEncoder",
+        "OPTIONS": {"model_dir": str(tmp_path / "models"), "vector_size": 8, "epochs": 20},
+    }
+    encoders["both"] = {
+        "CLASS": "embrec.encoders.hybrid.HybridEncoder",
+        "OPTIONS": {"parts": [{"encoder": "i2v"}, {"encoder": "hashing", "weight": 0.5}]},
+    }
+    settings.EMBREC = {**settings.EMBREC, "ENCODERS": encoders}
+    out = StringIO()
+    call_command(
+        "embrec_evaluate",
+        holdout=2,
+        k=5,
+        methods=["i2v:last=2", "both:name=hybrid"],
+        json=str(tmp_path / "r.json"),
+        stdout=out,
+        stderr=StringIO(),
+        verbosity=0,
+    )
+    results = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert set(results) == {"i2v:last=2", "hybrid"}
+    assert results["i2v:last=2"]["metrics"]["hit_rate@5"] > 0.5
+    # Evaluation retrains in memory on the training split; it never writes the site's model.
+    assert not (tmp_path / "models").exists()
+
+
+def test_command_rejects_bad_input():
+    with pytest.raises(CommandError, match="No interactions are recorded"):
+        call_command("embrec_evaluate", "testapp.article", stdout=StringIO())
+    make_site(users=6)
+    with pytest.raises(CommandError, match="--k must be at least 1"):
+        call_command("embrec_evaluate", "testapp.article", k=0)
+    with pytest.raises(CommandError, match="Unknown method 'magic'"):
+        call_command(
+            "embrec_evaluate", "testapp.article", holdout=2, methods=["magic"], stdout=StringIO()
+        )
+    with pytest.raises(CommandError, match="Bad option"):
+        call_command(
+            "embrec_evaluate",
+            "testapp.article",
+            holdout=2,
+            methods=["hashing:lats=3"],
+            stdout=StringIO(),
+        )
+    with pytest.raises(CommandError, match="No user of testapp.article has at least 31"):
+        call_command("embrec_evaluate", "testapp.article", holdout=30, stdout=StringIO())
+    with pytest.raises(CommandError, match="not registered"):
+        call_command("embrec_evaluate", "testapp.nothing", stdout=StringIO())
+    note = Note.objects.create(slug="n", text="a note")
+    Interaction.objects.create(
+        user=get_user_model().objects.first(),
+        content_type=ContentType.objects.get_for_model(Note),
+        object_pk=note.pk,
+        kind="view",
+        weight=1.0,
+    )
+    with pytest.raises(CommandError, match="Several registered models have interactions"):
+        call_command("embrec_evaluate", stdout=StringIO())
+
+
+# ----------------------------------------------------------------------------- intrinsic
+
+
+def test_intrinsic_tasks_on_a_hand_made_vocabulary(tmp_path):
+    vectors = {
+        "king": np.array([1.0, 1.0, 0.0]),
+        "queen": np.array([1.0, -1.0, 0.0]),
+        "man": np.array([0.0, 1.0, 0.0]),
+        "woman": np.array([0.0, -1.0, 0.0]),
+        "cat": np.array([0.0, 0.0, 1.0]),
+    }
+
+    def words(ws):
+        return [vectors.get(w) for w in ws]
+
+    pairs = [("king", "queen", 5.0), ("man", "woman", 3.0), ("king", "man", 8.0), ("cat", "x", 1)]
+    rho, used = intrinsic.word_similarity(words, pairs)
+    assert used == 3  # "x" is unknown
+    assert rho == pytest.approx(1.0)  # cosines 0, -1, 0.707 rank like 5, 3, 8
+    questions = [("family", "man", "king", "woman", "queen"), ("x", "man", "king", "cat", "woman")]
+    accuracy, answered, groups = intrinsic.analogies(words, questions)
+    assert answered == 2 and accuracy == pytest.approx(0.5)
+    assert groups == {"semantic": 0.5}
+
+
+def test_intrinsic_command_reports_glove_on_gensim_test_sets(tmp_path, monkeypatch):
+    glove = intrinsic.GloVeVectors()
+    monkeypatch.setattr(
+        intrinsic, "default_encoders", lambda: {"glove-6b-50d": (glove.words, glove.documents)}
+    )
+    out = StringIO()
+    call_command(
+        "embrec_evaluate",
+        intrinsic=True,
+        json=str(tmp_path / "i.json"),
+        png=str(tmp_path / "i.png"),
+        stdout=out,
+        stderr=StringIO(),
+    )
+    assert "glove-6b-50d" in out.getvalue() and "wordsim353_spearman" in out.getvalue()
+    (result,) = json.loads((tmp_path / "i.json").read_text())["intrinsic"]
+    scores = result["scores"]
+    # Published GloVe 6B 50d figures: WordSim353 ≈ 0.50, SimLex-999 ≈ 0.26.
+    assert 0.45 < scores["wordsim353_spearman"] < 0.56
+    assert 0.2 < scores["simlex999_spearman"] < 0.32
+    assert scores["analogy_accuracy"] > 0.4
+    assert 0.2 < scores["lee_pearson"] < 0.6
+    assert result["coverage"]["wordsim353"] == "353/353"
+    assert (tmp_path / "i.png").read_bytes()[:4] == b"\x89PNG"
