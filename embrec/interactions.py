@@ -182,6 +182,28 @@ def _decay(at: datetime, now: datetime) -> float:
     return 0.5 ** (age_days / float(half_life))
 
 
+def interaction_weights(
+    user_id: Any, content_type_id: int, *, now: datetime | None = None
+) -> tuple[dict[str, float], dict[str, str], int]:
+    """Effective (summed, time-decayed) weight and strongest kind per item, from the user's
+    latest ``USER_VECTOR_MAX_INTERACTIONS`` events; plus the number of events read."""
+    now = now or timezone.now()
+    events = list(
+        Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
+        .order_by("-created_at", "-id")
+        .values_list("object_pk", "kind", "weight", "created_at")[
+            : int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
+        ]
+    )
+    weights: dict[str, float] = defaultdict(float)
+    strongest: dict[str, tuple[float, str]] = {}
+    for pk, kind, weight, at in events:
+        weights[pk] += weight * _decay(at, now)
+        if pk not in strongest or abs(weight) > strongest[pk][0]:
+            strongest[pk] = (abs(weight), kind)
+    return dict(weights), {pk: kind for pk, (_, kind) in strongest.items()}, len(events)
+
+
 def user_profile(
     user_id: Any, rec: Recommendable, encoder: str, *, now: datetime | None = None
 ) -> UserProfile:
@@ -190,24 +212,11 @@ def user_profile(
     Items without a vector under ``encoder`` (not embedded yet) are skipped; when vectors of
     several encoder identities coexist (a model change in progress) the newest one wins.
     """
-    now = now or timezone.now()
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
-    events = list(
-        Interaction.objects.filter(user_id=user_id, content_type_id=ct.id)
-        .order_by("-created_at", "-id")
-        .values_list("object_pk", "kind", "weight", "created_at")[
-            : int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
-        ]
-    )
-    profile = UserProfile(encoder=encoder, vector=None, interaction_count=len(events))
-    if not events:
+    weights, kinds, count = interaction_weights(user_id, ct.id, now=now)
+    profile = UserProfile(encoder=encoder, vector=None, interaction_count=count)
+    if not weights:
         return profile
-    weights: dict[str, float] = defaultdict(float)
-    strongest: dict[str, tuple[float, str]] = {}
-    for pk, kind, weight, at in events:
-        weights[pk] += weight * _decay(at, now)
-        if pk not in strongest or abs(weight) > strongest[pk][0]:
-            strongest[pk] = (abs(weight), kind)
     rows = list(
         Embedding.objects.filter(
             content_type_id=ct.id, encoder=encoder, object_pk__in=list(weights)
@@ -222,7 +231,7 @@ def user_profile(
     profile.identity = identity
     profile.vectors = vectors
     profile.weights = {pk: w for pk, w in weights.items() if pk in vectors}
-    profile.kinds = {pk: strongest[pk][1] for pk in profile.weights}
+    profile.kinds = {pk: kinds[pk] for pk in profile.weights}
     if not any(w > 0 for w in profile.weights.values()):
         return profile  # only dislikes: nothing to recommend from, popularity fallback
     pks = list(profile.weights)

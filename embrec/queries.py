@@ -893,7 +893,7 @@ def recommend(
     ``explanation``: the interacted items that contributed most. Anonymous users and users
     without a usable vector get :func:`popular` results; a short list is topped up with them.
     """
-    from embrec.interactions import user_profile, user_vector
+    from embrec.interactions import user_vector
 
     rec = get_registration(model)
     limit = clean_limit(limit)
@@ -906,10 +906,7 @@ def recommend(
     exclusions = _exclusions(rec, user_id, seen=exclude_seen)
     if user_id is None:
         return _popular_results(rec, limit, visible, exclusions, encoder)
-    profile = user_profile(user_id, rec, encoder) if explain else None
-    vector = profile.vector if profile is not None else None
-    if vector is None and not explain:
-        vector = user_vector(user_id, rec, encoder)
+    vector = user_vector(user_id, rec, encoder)
     if vector is None:
         return _popular_results(rec, limit, visible, exclusions, encoder)
     spec = index_spec(rec, encoder, vector.shape[0])
@@ -926,54 +923,83 @@ def recommend(
         ef_search=ef_search,
     )
     results = hydrate(rec, candidates, SOURCE_PERSONAL, visible)
-    if profile is not None:
+    if explain:
         # Explanations may name items outside the filters, never items the request cannot see.
-        _explain(rec, results, candidates, profile, rec.get_visible_queryset(request))
+        explain_results(rec, results, user_id, encoder, rec.get_visible_queryset(request))
     return _fill(rec, results, limit, visible=visible, exclusions=exclusions, encoder=encoder)
 
 
-def _explain(rec, results: list[Result], candidates: list[Candidate], profile, visible) -> None:
-    """Attach to each result the interacted items whose weighted similarity to it is largest."""
-    positive = [pk for pk, w in profile.weights.items() if w > 0 and pk in profile.vectors]
-    if not positive or not results:
+def explain_results(
+    rec: Recommendable,
+    results: list[Result],
+    user_id: Any,
+    encoder: str,
+    visible: models.QuerySet,
+) -> None:
+    """Attach to each result the interacted items with the largest ``weight × cosine`` to it.
+
+    The similarities are computed by PostgreSQL in one statement (results × positively weighted
+    interacted items, top few per result); no item vector is loaded into Python. Only items in
+    ``visible`` are named.
+    """
+    from embrec.interactions import interaction_weights
+
+    if not results:
         return
-    item_vectors = np.stack([profile.vectors[pk] for pk in positive]).astype(np.float64)
-    item_vectors /= np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
-    weights = np.array([profile.weights[pk] for pk in positive])
-    by_pk = {c.pk: c for c in candidates}
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
-    result_vectors = dict(
-        Embedding.objects.filter(
-            content_type=ct, encoder=profile.encoder, object_pk__in=[r.pk for r in results]
-        ).values_list("object_pk", "vector")
-    )
-    chosen: dict[str, list[tuple[str, float]]] = {}
+    weights, kinds, _ = interaction_weights(user_id, ct.id)
+    positive = {pk: w for pk, w in weights.items() if w > 0}
     for r in results:
-        raw = by_pk[r.pk].vector if by_pk[r.pk].vector is not None else result_vectors.get(r.pk)
-        if raw is None:
+        r.explanation = []
+    if not positive:
+        return
+    table = Embedding._meta.db_table
+    sql = f"""
+        SELECT pk, item_pk, contribution FROM (
+            SELECT r.object_pk AS pk, i.object_pk AS item_pk,
+                   w.weight * (1 - (r.vector <=> i.vector)) AS contribution,
+                   row_number() OVER (
+                       PARTITION BY r.object_pk
+                       ORDER BY w.weight * (1 - (r.vector <=> i.vector)) DESC, i.object_pk
+                   ) AS rank
+              FROM {table} r
+              JOIN {table} i
+                ON i.content_type_id = r.content_type_id AND i.encoder = r.encoder
+               AND i.dimensions = r.dimensions
+              JOIN unnest(%s::text[], %s::float8[]) AS w(pk, weight) ON w.pk = i.object_pk
+             WHERE r.content_type_id = %s AND r.encoder = %s AND r.object_pk = ANY(%s)
+        ) ranked
+        WHERE rank <= %s AND contribution > 0
+        ORDER BY pk, contribution DESC
+    """
+    params = [
+        list(positive),
+        list(positive.values()),
+        ct.id,
+        encoder,
+        [r.pk for r in results],
+        # A few spare rows per result for items the request may not see.
+        EXPLANATION_SIZE * 3,
+    ]
+    using = router.db_for_read(Embedding)
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    objects = _in_bulk(rec, visible, sorted({item for _, item, _ in rows}))
+    by_result: dict[str, list[Explanation]] = {}
+    for pk, item, contribution in rows:
+        if item not in objects:
             continue
-        v = parse_vector(raw).astype(np.float64)
-        if v.shape[0] != item_vectors.shape[1]:
-            continue
-        v /= max(float(np.linalg.norm(v)), 1e-12)
-        contributions = weights * (item_vectors @ v)
-        order = np.argsort(-contributions)
-        chosen[r.pk] = [
-            (positive[i], float(contributions[i])) for i in order if contributions[i] > 0
-        ]
-    # Only items this request may see appear in explanations.
-    wanted = {pk for pairs in chosen.values() for pk, _ in pairs[: EXPLANATION_SIZE * 3]}
-    objects = _in_bulk(rec, visible, sorted(wanted))
-    for r in results:
-        items = [
-            Explanation(
-                object=objects[pk],
-                pk=pk,
-                kind=profile.kinds.get(pk, ""),
-                weight=round(profile.weights[pk], 6),
-                contribution=round(c, 6),
+        items = by_result.setdefault(pk, [])
+        if len(items) < EXPLANATION_SIZE:
+            items.append(
+                Explanation(
+                    object=objects[item],
+                    pk=item,
+                    kind=kinds.get(item, ""),
+                    weight=round(positive[item], 6),
+                    contribution=round(float(contribution), 6),
+                )
             )
-            for pk, c in chosen.get(r.pk, [])
-            if pk in objects
-        ]
-        r.explanation = items[:EXPLANATION_SIZE]
+    for r in results:
+        r.explanation = by_result.get(r.pk, [])

@@ -123,6 +123,11 @@ def test_scifi_fan_gets_scifi_first_and_seen_disliked_are_excluded():
     top = results[0].explanation
     assert top and top[0].pk in {str(x.pk) for x in scifi[:3]}
     assert top[0].kind == "like" and top[0].contribution > 0
+    # contribution = effective weight × cosine(interacted item, result), as numpy computes it.
+    for result in results[:3]:
+        for e in result.explanation:
+            cosine = float(text_vector(text_of(e.object)) @ text_vector(text_of(result.object)))
+            assert e.contribution == pytest.approx(e.weight * cosine, abs=1e-4)
     assert all(e.contribution >= f.contribution for e, f in zip(top, top[1:], strict=False))
     assert str(romance[1].pk) not in {e.pk for r in results for e in r.explanation}
     # Seen items may come back on request, disliked ones never do.
