@@ -17,6 +17,7 @@ class InstrumentedHashingEncoder(HashingEncoder):
 
     * ``record_dir`` — append every encoded text to ``<record_dir>/<pid>.log``, one per line;
     * ``sleep`` — seconds to sleep in every ``encode`` call, before encoding;
+    * ``sleep_on`` — only sleep when a text contains this word;
     * ``poison`` — raise ``ValueError`` for any batch containing a text with this word.
     """
 
@@ -24,7 +25,8 @@ class InstrumentedHashingEncoder(HashingEncoder):
         poison = self.options.get("poison")
         if poison and any(poison in text for text in texts):
             raise ValueError(f"cannot encode a text containing {poison!r}")
-        if self.options.get("sleep"):
+        sleep_on = self.options.get("sleep_on")
+        if self.options.get("sleep") and (not sleep_on or any(sleep_on in t for t in texts)):
             time.sleep(float(self.options["sleep"]))
         vectors = super().encode_texts(texts)
         record_dir = self.options.get("record_dir")

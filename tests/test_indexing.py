@@ -353,3 +353,49 @@ def test_sweep_rekicks_old_rows_and_retry_failed(django_capture_on_commit_callba
     with django_capture_on_commit_callbacks(execute=True):
         assert indexing.retry_failed() == 1
     assert OutboxEntry.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_drains_holding_rows_of_one_object_never_write_an_older_text_last():
+    """Worker A holds the row of an old save and encodes slowly; the object is saved again and
+    worker B takes the new row. B must wait for A, then write the new text's vector."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    slow_old = instrumented(sleep=1.5, sleep_on="old")
+    with override_settings(EMBREC={**slow_old, "AUTO_KICK": False}):
+        Article.objects.create(title="warm up")
+        indexing.drain()  # the HNSW index exists: creating it would serialise A and B anyway
+        article = Article.objects.create(title="old text")
+        results = {}
+
+        def worker_a():
+            try:
+                results["a"] = indexing.drain(batch_size=1)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=worker_a)
+        thread.start()
+
+        def claimable() -> int:
+            with transaction.atomic():
+                qs = OutboxEntry.objects.select_for_update(skip_locked=True)
+                return len(qs.values_list("id", flat=True))
+
+        deadline = time.monotonic() + 10
+        while claimable() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert claimable() == 0, "worker A holds the first row"
+
+        article.title = "new text"
+        article.save()
+        results["b"] = indexing.drain()  # worker B: blocks on A's object lock, then proceeds
+        thread.join(timeout=30)
+
+    assert results["a"].encoded == 1 and results["b"].encoded == 1
+    emb = vector_of(article)
+    assert emb.content_hash == registry.get(Article).content_hash("new text")
+    assert OutboxEntry.objects.count() == 0
