@@ -332,3 +332,29 @@ def test_mmr_and_blend_parameters_change_the_ranking(client, catalog):
     for fan in fans:
         embrec.record_interaction(fan, Article.objects.get(pk=last), "purchase")
     assert pks(client.get(url + "&popularity=0.5"))[0] == last
+
+
+@pytest.mark.slow
+def test_search_with_the_real_minilm_model(client):
+    from embrec import indexing
+    from project.catalog.models import Movie
+
+    movies = [
+        ("Toy Story", 1995, "Animation Children's Comedy"),
+        ("The Lion King", 1994, "Animation Children's Musical"),
+        ("GoldenEye", 1995, "Action Adventure Thriller"),
+        ("Die Hard", 1988, "Action Thriller"),
+        ("Sleepless in Seattle", 1993, "Comedy Romance"),
+    ]
+    for i, (title, year, genres) in enumerate(movies, start=1):
+        Movie.objects.create(movielens_id=i, title=title, year=year, genres=genres)
+    indexing.drain()
+    response = client.get(f"{BASE}/search/", {"type": "catalog.movie", "q": "cartoon for kids"})
+    assert response.status_code == 200, response.content
+    titles = [r["object"]["title"] for r in response.json()["results"]]
+    assert set(titles[:2]) == {"Toy Story", "The Lion King"}
+    filtered = client.get(
+        f"{BASE}/search/", {"type": "catalog.movie", "q": "explosions", "year__gte": 1990}
+    )
+    assert {r["object"]["year"] >= 1990 for r in filtered.json()["results"]} == {True}
+    assert "Die Hard" not in [r["object"]["title"] for r in filtered.json()["results"]]
