@@ -199,6 +199,21 @@ def clean_fraction(value: Any, name: str, *, allow_none: bool = False) -> float 
     return number
 
 
+def clean_ranking(
+    mmr_lambda: Any, popularity: Any, recency: Any
+) -> tuple[float | None, float, float]:
+    """Validate the re-ranking options: each in ``[0, 1]``, ``popularity + recency <= 1``."""
+    mmr_value = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
+    pop = clean_fraction(popularity, "popularity")
+    rec = clean_fraction(recency, "recency")
+    if pop + rec > 1.0:
+        raise QueryError(
+            "popularity + recency must not exceed 1 (the rest is the similarity's share).",
+            field="popularity",
+        )
+    return mmr_value, pop, rec
+
+
 def clean_text(text: Any) -> str:
     """Search text: non-blank and at most ``EMBREC["SEARCH_MAX_LENGTH"]`` characters."""
     if not isinstance(text, str) or not text.strip():
@@ -566,11 +581,6 @@ def _blend(
         c.score = c.similarity
     if not candidates or (not popularity and not recency):
         return
-    if popularity + recency > 1.0:
-        raise QueryError(
-            "popularity + recency must not exceed 1 (the rest is the similarity's share).",
-            field="popularity",
-        )
     pops = popularity_scores(content_type_id, [c.pk for c in candidates]) if popularity else {}
     top = max(pops.values(), default=0.0)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
@@ -771,9 +781,7 @@ def similar(
     """
     rec = registry.get(obj)
     limit = clean_limit(limit)
-    mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
-    popularity = clean_fraction(popularity, "popularity")
-    recency = clean_fraction(recency, "recency")
+    mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
     encoder = _encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     vector, spec = get_vector(obj, encoder)
@@ -818,9 +826,7 @@ def search(
     rec = get_registration(model)
     text = clean_text(text)
     limit = clean_limit(limit)
-    mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
-    popularity = clean_fraction(popularity, "popularity")
-    recency = clean_fraction(recency, "recency")
+    mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
     encoder = _text_encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     from embrec.encoders import get_encoder
@@ -897,9 +903,7 @@ def recommend(
 
     rec = get_registration(model)
     limit = clean_limit(limit)
-    mmr_lambda = clean_fraction(mmr_lambda, "mmr_lambda", allow_none=True)
-    popularity = clean_fraction(popularity, "popularity")
-    recency = clean_fraction(recency, "recency")
+    mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
     encoder = _encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     user_id = _user_id(user)

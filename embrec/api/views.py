@@ -157,16 +157,16 @@ class EmbrecAPIView(APIView):
 
     def ranking_options(self, request) -> dict[str, Any]:
         params = request.query_params
-        options: dict[str, Any] = {
+        mmr_lambda, popularity, recency = queries.clean_ranking(
+            params.get("mmr_lambda"), params.get("popularity"), params.get("recency")
+        )
+        return {
             "limit": queries.clean_limit(params.get("limit")),
-            "mmr_lambda": queries.clean_fraction(
-                params.get("mmr_lambda"), "mmr_lambda", allow_none=True
-            ),
-            "popularity": queries.clean_fraction(params.get("popularity"), "popularity"),
-            "recency": queries.clean_fraction(params.get("recency"), "recency"),
+            "mmr_lambda": mmr_lambda,
+            "popularity": popularity,
+            "recency": recency,
             "filters": self.filters(request),
         }
-        return options
 
     def filters(self, request) -> dict[str, Any]:
         filters: dict[str, Any] = {}
