@@ -26,6 +26,8 @@ from django.contrib import admin, messages
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
 from django.utils.translation import ngettext
 
 from embrec.encoders import get_encoder
@@ -142,7 +144,11 @@ class EmbeddingAdmin(admin.ModelAdmin):
         "identity",
         "updated_at",
     ]
-    list_filter = ["content_type", "encoder", EmbeddingStateFilter]
+    list_filter = [
+        ("content_type", admin.RelatedOnlyFieldListFilter),
+        "encoder",
+        EmbeddingStateFilter,
+    ]
     search_fields = ["object_pk"]
     list_select_related = ["content_type"]
     show_full_result_count = False
@@ -173,7 +179,14 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
     @admin.display(description="object")
     def object_link(self, obj: Embedding) -> str:
-        return f"{obj.content_type.app_label}.{obj.content_type.model} #{obj.object_pk}"
+        """``app.model #pk``, linked to the object's admin page when it has one."""
+        ct = obj.content_type
+        label = f"{ct.app_label}.{ct.model} #{obj.object_pk}"
+        try:
+            url = reverse(f"admin:{ct.app_label}_{ct.model}_change", args=[obj.object_pk])
+        except NoReverseMatch:
+            return label
+        return format_html('<a href="{}">{}</a>', url, label)
 
     @admin.display(description="vector")
     def vector_preview(self, obj: Embedding) -> str:

@@ -1,5 +1,6 @@
 """Admin: the "Recompute embeddings" mixin action and the Embedding / outbox admins."""
 
+import numpy as np
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
@@ -126,6 +127,23 @@ def test_embedding_admin_lists_and_filters_by_model_encoder_and_state(
     assert listed("state=failed") == {str(a1.pk)}
     assert listed("state=stale") == {str(a2.pk)}
     assert listed("state=fresh") == everything - {str(a0.pk), str(a1.pk)}
+
+
+def test_embedding_admin_links_to_the_host_objects_admin(admin_client, movies):
+    from django.db import transaction
+
+    from embrec.storage import VectorRow, write_vectors
+
+    ct = ContentType.objects.get_for_model(Movie)
+    with transaction.atomic():
+        write_vectors(
+            ct.id,
+            "default",
+            "m@1/2/norm",
+            [VectorRow(str(movies[0].pk), np.array([1.0, 0.0], dtype=np.float32), "h")],
+        )
+    response = admin_client.get("/admin/embrec/embedding/")
+    assert f'href="/admin/catalog/movie/{movies[0].pk}/change/"'.encode() in response.content
 
 
 def test_embedding_admin_is_read_only_and_shows_the_vector(admin_client, embedded_articles):
