@@ -252,7 +252,7 @@ class OutboxEntryAdmin(admin.ModelAdmin):
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         from embrec.indexing import schedule_kick
 
-        count = queryset.update(state=OutboxEntry.PENDING, last_error="")
+        count = queryset.update(state=OutboxEntry.PENDING, last_error="", attempts=0)
         if count:
             schedule_kick()
         self.message_user(request, f"{count} outbox row(s) queued again.", messages.SUCCESS)

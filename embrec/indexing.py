@@ -24,9 +24,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import numpy as np
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db import DatabaseError, connection, models, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    models,
+    transaction,
+)
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
@@ -327,7 +335,7 @@ def drain_batch(batch_size: int) -> DrainResult | None:
     claimed_ids: list[int] = []
     try:
         return _drain_batch(batch_size, claimed_ids)
-    except DatabaseError:
+    except (OperationalError, InterfaceError):
         raise  # transient (or the database is gone): the task retries with backoff
     except Exception as exc:
         if claimed_ids:
@@ -571,6 +579,9 @@ def _encode_and_write(
     rows = []
     no_vector = []
     for i, ((pk, _text, digest), vector) in enumerate(zip(todo, vectors, strict=True)):
+        if vector is not None and not np.isfinite(vector).all():
+            # pgvector rejects NaN/inf, which would fail the write of the whole batch.
+            vector, errors[i] = None, "ValueError: the encoder returned NaN or infinite values"
         if vector is None:
             if i not in errors:
                 # encode_objects() has no vector for this object (e.g. a behavioural encoder
@@ -641,9 +652,9 @@ def sweep(*, older_than: float | None = None) -> int:
     age = embrec_settings.SWEEP_AFTER if older_than is None else older_than
     cutoff = timezone.now() - timedelta(seconds=age)
     stale = OutboxEntry.objects.filter(state=OutboxEntry.PENDING, created_at__lt=cutoff)
+    # Read-only on purpose: updating the rows would wait on the ones workers hold right now.
     count = stale.count()
     if count:
-        stale.update(kicked_at=timezone.now())
         kick(force=True)
     return count
 
@@ -653,7 +664,7 @@ def retry_failed(content_type_id: int | None = None) -> int:
     qs = OutboxEntry.objects.filter(state=OutboxEntry.FAILED)
     if content_type_id is not None:
         qs = qs.filter(content_type_id=content_type_id)
-    count = qs.update(state=OutboxEntry.PENDING, last_error="")
+    count = qs.update(state=OutboxEntry.PENDING, last_error="", attempts=0)
     if count:
         schedule_kick()
     return count

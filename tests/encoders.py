@@ -18,7 +18,8 @@ class InstrumentedHashingEncoder(HashingEncoder):
     * ``record_dir`` — append every encoded text to ``<record_dir>/<pid>.log``, one per line;
     * ``sleep`` — seconds to sleep in every ``encode`` call, before encoding;
     * ``sleep_on`` — only sleep when a text contains this word;
-    * ``poison`` — raise ``ValueError`` for any batch containing a text with this word.
+    * ``poison`` — raise ``ValueError`` for any batch containing a text with this word;
+    * ``nan_on`` — return NaN values for texts containing this word.
     """
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -29,6 +30,11 @@ class InstrumentedHashingEncoder(HashingEncoder):
         if self.options.get("sleep") and (not sleep_on or any(sleep_on in t for t in texts)):
             time.sleep(float(self.options["sleep"]))
         vectors = super().encode_texts(texts)
+        nan_on = self.options.get("nan_on")
+        if nan_on:
+            for row, text in enumerate(texts):
+                if nan_on in text:
+                    vectors[row] = np.nan
         record_dir = self.options.get("record_dir")
         if record_dir:
             with open(Path(record_dir) / f"{os.getpid()}.log", "a", encoding="utf-8") as log:

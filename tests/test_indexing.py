@@ -220,6 +220,21 @@ def test_poison_item_is_isolated_and_the_rest_written():
         assert OutboxEntry.objects.count() == 0
 
 
+def test_non_finite_vectors_fail_their_item_only():
+    with override_settings(EMBREC=instrumented(nan_on="overflow")):
+        ok = Article.objects.create(title="regular")
+        bad = Article.objects.create(title="overflow")
+        result = indexing.drain()
+    assert (result.encoded, result.failed) == (1, 1)
+    assert has_vector(ok) and not has_vector(bad)
+    assert "NaN" in OutboxEntry.objects.get(state="failed").last_error
+    # After fixing the cause, retrying resets the attempt count and embeds it.
+    assert indexing.retry_failed() == 1
+    assert OutboxEntry.objects.get().attempts == 0
+    indexing.drain()
+    assert has_vector(bad)
+
+
 def test_get_text_errors_are_isolated_too(monkeypatch):
     rec = registry.get(Article)
 
