@@ -15,6 +15,10 @@ Public API::
     embrec.mark_dirty(Movie.objects.filter(year=1995))
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from embrec.items import Recommendable
 from embrec.registry import (
     AlreadyRegistered,
@@ -23,6 +27,11 @@ from embrec.registry import (
     registry,
     unregister,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from django.db import models
 
 __all__ = [
     "AlreadyRegistered",
@@ -41,7 +50,7 @@ __all__ = [
 
 
 def mark_dirty(
-    queryset_or_objects,
+    queryset_or_objects: models.QuerySet | Iterable[models.Model],
     *,
     encoder: str | None = None,
     force: bool = False,

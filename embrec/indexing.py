@@ -86,7 +86,7 @@ def enqueue(
 
 
 def mark_dirty(
-    queryset_or_objects,
+    queryset_or_objects: models.QuerySet | Iterable[models.Model],
     *,
     encoder: str | None = None,
     force: bool = False,
