@@ -246,3 +246,51 @@ def test_recommend_uses_fresh_stored_vector_and_recomputes_stale_one():
     fresh = embrec.recommend(user, model=Article, limit=3, explain=False)
     assert fresh[0].object.category == "scifi"
     assert str(cooking[0].pk) not in {r.pk for r in fresh}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_real_worker_refreshes_user_vector_after_the_request(tmp_path):
+    """The API answers before any vector exists; a real Celery worker over Redis builds it."""
+    from rest_framework.test import APIClient
+
+    from tests.worker import (
+        flush_broker,
+        redis_available,
+        start_worker,
+        stop_worker,
+        use_broker,
+        wait_for,
+    )
+
+    assert redis_available(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    articles = make_catalog(per_category=3)
+    user = make_user("remote")
+    client = APIClient()
+    client.force_authenticate(user)
+    flush_broker()
+    worker = start_worker(logfile=tmp_path / "worker.log", name="readpath")
+    try:
+        with use_broker():
+            response = client.post(
+                "/api/embrec/interactions/",
+                [
+                    {"type": "testapp.article", "pk": str(a.pk), "kind": "like"}
+                    for a in articles[:2]
+                ],
+                format="json",
+            )
+            assert response.status_code == 201
+            stored = wait_for(
+                lambda: UserEmbedding.objects.filter(user=user, is_stale=False).first(),
+                timeout=90,
+                message="the worker to store the user vector",
+            )
+        profile = user_profile(user.pk, embrec.registry.get(Article), "hashing")
+        np.testing.assert_allclose(parse_vector(stored.vector), profile.vector, atol=1e-6)
+        # Computed by the worker process, not in the request.
+        log = (tmp_path / "worker.log").read_text()
+        assert "embrec.refresh_user_vectors" in log and "succeeded" in log, log[-2000:]
+    finally:
+        stop_worker(worker)
+        print((tmp_path / "worker.log").read_text()[-3000:])
