@@ -210,6 +210,15 @@ def _reserve_kick() -> bool:
     and is taken over.
     """
     with connection.cursor() as cursor:
+        # A plain read first: while a task is queued (the common case during a burst of saves)
+        # no row is written or locked.
+        cursor.execute(
+            "SELECT 1 FROM embrec_drain_signal WHERE id = 1 AND queued_at IS NOT NULL "
+            "AND queued_at >= now() - make_interval(secs => %s)",
+            [float(embrec_settings.SWEEP_AFTER)],
+        )
+        if cursor.fetchone() is not None:
+            return False
         cursor.execute(
             """
             INSERT INTO embrec_drain_signal (id, queued_at) VALUES (1, now())
