@@ -4,10 +4,12 @@ Signals, :func:`mark_dirty`, the reindex command, admin actions and Celery tasks
 around four functions:
 
 * :func:`enqueue` — write outbox rows for objects (inside the caller's transaction) and, after
-  commit, kick one drain task.
+  commit, kick one drain task. :func:`kick` deduplicates across processes through the single
+  :class:`~embrec.models.DrainSignal` row: while a sent task has not started, no other is sent.
 * :func:`drain` — claim outbox rows with ``FOR UPDATE SKIP LOCKED``, encode what changed, write
   vectors in bulk and delete the claimed rows, all in one transaction per batch. Many workers can
-  drain at once; none processes a row another is holding.
+  drain at once; none processes a row another is holding, and per-object advisory locks keep two
+  workers from writing one object out of order.
 * :func:`reindex` — enqueue every indexable object of a model, by keyset pages.
 * :func:`sweep` — re-kick rows that have waited too long (the broker was down, a worker died).
 """
