@@ -1,0 +1,1 @@
+"""Benchmarks of embrec against the alternatives; see docs/BENCHMARKS.md."""
