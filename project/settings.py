@@ -132,6 +132,8 @@ EMBREC = {
             },
         },
     },
+    # MovieLens ratings date from 1997-98: count popularity over all time.
+    "POPULARITY_WINDOW_DAYS": None,
     # MovieLens star ratings are loaded as these kinds (see project/catalog/management/commands/demo.py).
     "INTERACTION_WEIGHTS": {
         "view": 1.0,
