@@ -77,19 +77,32 @@ class ItemKNNMethod(Method):
         self.description = f"item-kNN, cosine, {neighbors} neighbours"
 
     def fit(self, split: Split) -> None:
-        x = split.train.matrix(binary=True).tocsc().astype(np.float64)
+        x = split.train.matrix(binary=True).astype(np.float64)
         self.user_items = x.tocsr()
+        xt = x.T.tocsr()
+        n = xt.shape[0]
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
-        co = (x.T @ x).toarray()
-        denom = np.outer(norms, norms) + self.shrink
-        denom[denom == 0] = 1.0
-        sim = co / denom
-        np.fill_diagonal(sim, 0.0)
-        if self.neighbors and self.neighbors < sim.shape[0]:
-            # Keep the top neighbours of each item (row), zero the rest.
-            cut = np.argpartition(-sim, self.neighbors, axis=1)[:, self.neighbors :]
-            np.put_along_axis(sim, cut, 0.0, axis=1)
-        self.similarity = sparse.csr_matrix(sim)
+        keep = self.neighbors if self.neighbors and self.neighbors < n else None
+        # Item-item similarities block by block: memory stays ~block × n_items for any catalog.
+        block = max(1, min(n, 20_000_000 // max(n, 1)))
+        rows, cols, vals = [], [], []
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            co = (xt[lo:hi] @ x).toarray()
+            denom = np.outer(norms[lo:hi], norms) + self.shrink
+            denom[denom == 0] = 1.0
+            sim = co / denom
+            sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+            if keep is not None:
+                cut = np.argpartition(-sim, keep, axis=1)[:, keep:]
+                np.put_along_axis(sim, cut, 0.0, axis=1)
+            r, c = np.nonzero(sim)
+            rows.append(r + lo)
+            cols.append(c)
+            vals.append(sim[r, c])
+        self.similarity = sparse.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        )
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return (self.user_items[users] @ self.similarity).toarray()
