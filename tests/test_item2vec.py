@@ -173,6 +173,15 @@ def test_training_task_stores_behavioural_vectors_used_by_similar(behavioural):
     again = tasks.train_item2vec.apply(args=["item2vec"]).get()
     assert again["revision"] == summary["revision"] and again["queued"] == 0
 
+    # Personal recommendations from behavioural vectors: a reader of two green articles gets
+    # the other green ones.
+    probe = User.objects.create(username="probe")
+    for article in articles["green"][:2]:
+        embrec.record_interaction(probe, article, "view")
+    personal = embrec.recommend(probe, model=Article, encoder="item2vec", limit=4)
+    assert {r.object.pk for r in personal} == {a.pk for a in articles["green"][2:]}
+    assert {r.source for r in personal} == {"personal"}
+
     # New interactions (someone reads the new article) retrain to a new revision: every stored
     # vector of the alias becomes stale and is recomputed.
     late = [User.objects.create(username=f"late{n}") for n in range(3)]
