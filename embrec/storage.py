@@ -140,6 +140,57 @@ class VectorRow:
     content_hash: str
 
 
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+
+
+def copy_payload(rows: Sequence[VectorRow], dims: int) -> bytes:
+    """The binary ``COPY`` stream of ``(object_pk text, vector, content_hash text)`` rows.
+
+    Built with numpy, one structured array per (pk length, hash length) group, instead of one
+    Python call per row and field: rows of a group share one byte layout, so the whole group is
+    filled column by column. Row order does not matter (the rows land in a staging table).
+    """
+    pk_bytes = [row.object_pk.encode() for row in rows]
+    hash_bytes = [row.content_hash.encode() for row in rows]
+    vectors = np.asarray([row.vector for row in rows], dtype=np.float32)
+    if vectors.shape != (len(rows), dims):
+        raise ValueError(f"all vectors must have {dims} dimensions")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (pk, digest) in enumerate(zip(pk_bytes, hash_bytes, strict=True)):
+        groups.setdefault((len(pk), len(digest)), []).append(i)
+    parts = [_COPY_HEADER]
+    for (pk_len, hash_len), members in groups.items():
+        layout = np.dtype(
+            [
+                ("fields", ">i2"),
+                ("pk_len", ">i4"),
+                ("pk", f"S{pk_len}" if pk_len else "V0"),
+                ("vec_len", ">i4"),
+                ("dim", ">i2"),
+                ("unused", ">i2"),
+                ("vec", ">f4", (dims,)),
+                ("hash_len", ">i4"),
+                ("hash", f"S{hash_len}" if hash_len else "V0"),
+            ]
+        )
+        block = np.empty(len(members), dtype=layout)
+        block["fields"] = 3
+        block["pk_len"] = pk_len
+        if pk_len:
+            block["pk"] = [pk_bytes[i] for i in members]
+        block["vec_len"] = 4 + 4 * dims
+        block["dim"] = dims
+        block["unused"] = 0
+        block["vec"] = vectors[members]
+        block["hash_len"] = hash_len
+        if hash_len:
+            block["hash"] = [hash_bytes[i] for i in members]
+        parts.append(block.tobytes())
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
 def write_vectors(
     content_type_id: int,
     encoder: str,
@@ -168,9 +219,7 @@ def write_vectors(
         with raw.copy(
             "COPY embrec_stage (object_pk, vector, content_hash) FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(["text", "vector", "text"])
-            for row in rows:
-                copy.write_row((row.object_pk, row.vector, row.content_hash))
+            copy.write(copy_payload(rows, dims))
         cursor.execute(
             """
             INSERT INTO embrec_embedding

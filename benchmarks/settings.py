@@ -1,0 +1,41 @@
+"""Settings of the benchmark runs: the demo project on its own database, quiet, DEBUG off.
+
+``EMBREC_DATABASE_NAME`` (default ``embrec_bench``) keeps benchmark data apart from the demo's.
+The demo's ``default`` encoder alias maps to the 384-d hashing encoder unless
+``EMBREC_BENCH_ENCODER=minilm``: benchmarks of the database and the API measure storage and
+queries, not the model (the encode benchmark measures the model).
+"""
+
+import os
+
+os.environ.setdefault("EMBREC_DATABASE_NAME", "embrec_bench")
+
+from project.settings import *  # noqa: E402, F403
+from project.settings import REST_FRAMEWORK  # noqa: E402
+
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+ROOT_URLCONF = "benchmarks.urls"
+
+CELERY_BROKER_URL = os.environ.get("EMBREC_BENCH_BROKER_URL", "redis://127.0.0.1:6379/6")
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_TASK_ALWAYS_EAGER = False
+
+if os.environ.get("EMBREC_BENCH_ENCODER", "hashing") == "minilm":
+    _ENCODER = {
+        "CLASS": "embrec.encoders.sentence_transformer.SentenceTransformerEncoder",
+        "OPTIONS": {},
+    }
+else:
+    _ENCODER = {"CLASS": "embrec.encoders.hashing.HashingEncoder", "OPTIONS": {"dimensions": 384}}
+
+EMBREC = {"ENCODERS": {"default": _ENCODER}, "AUTO_KICK": False}
+
+# Basic auth on every request of the load test: a cheap hasher keeps password hashing
+# (deliberately slow) from dominating the figures of the recommendations endpoint.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication"],
+}
+LOGGING = {"version": 1, "disable_existing_loggers": False}
