@@ -113,3 +113,75 @@ def git_revision() -> str:
         ).stdout.strip()
     except OSError:
         return "unknown"
+
+
+class Server:
+    """A gunicorn server of the benchmark settings on 127.0.0.1, stopped on exit."""
+
+    def __init__(self, *, port: int = 8765, workers: int = 1, threads: int = 1) -> None:
+        self.port = port
+        self.workers = workers
+        self.threads = threads
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        import signal  # noqa: F401  (used in __exit__)
+        import sys
+
+        env = dict(os.environ)
+        env.setdefault("EMBREC_DATABASE_NAME", BENCH_DB)
+        env["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+        self.log = open(RESULTS / "gunicorn.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "project.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--threads",
+                str(self.threads),
+                "--worker-class",
+                "gthread" if self.threads > 1 else "sync",
+                "--keep-alive",
+                "30",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        import http.client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/bench/constant/")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start; see {RESULTS / 'gunicorn.log'}")
+            time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()

@@ -29,7 +29,11 @@ if os.environ.get("EMBREC_BENCH_ENCODER", "hashing") == "minilm":
 else:
     _ENCODER = {"CLASS": "embrec.encoders.hashing.HashingEncoder", "OPTIONS": {"dimensions": 384}}
 
-EMBREC = {"ENCODERS": {"default": _ENCODER}, "AUTO_KICK": False}
+EMBREC = {
+    "ENCODERS": {"default": _ENCODER},
+    "AUTO_KICK": False,
+    "BATCH_SIZE": int(os.environ.get("EMBREC_BENCH_BATCH_SIZE", "256")),
+}
 
 # Basic auth on every request of the load test: a cheap hasher keeps password hashing
 # (deliberately slow) from dominating the figures of the recommendations endpoint.
