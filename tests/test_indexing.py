@@ -400,9 +400,19 @@ def test_two_drains_holding_rows_of_one_object_never_write_an_older_text_last():
                 qs = OutboxEntry.objects.select_for_update(skip_locked=True)
                 return len(qs.values_list("id", flat=True))
 
-        deadline = time.monotonic() + 10
-        while claimable() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        def a_is_encoding() -> bool:
+            # Polling with a locking query could make A skip the row; watch A's session instead:
+            # while it encodes it sits idle inside its claim transaction.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+                )
+                return cursor.fetchone()[0] > 0
+
+        deadline = time.monotonic() + 30
+        while not a_is_encoding() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert claimable() == 0, "worker A holds the first row"
 
         article.title = "new text"
