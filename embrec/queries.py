@@ -361,7 +361,10 @@ def _visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str
     Written as a correlated ``EXISTS`` that looks each candidate up by primary key (one index
     probe per row the HNSW scan returns, whatever the size of the visible set), wrapped in
     ``IS TRUE`` so that PostgreSQL keeps it as a filter on the index scan instead of turning it
-    into a join (a join would need a sort and lose the index order).
+    into a join (a join would need a sort and lose the index order). ``OFFSET 0`` keeps the
+    sub-select from being simplified: without it PostgreSQL may plan the ``EXISTS`` as a hashed
+    sub-plan that reads the whole visible table on every query (measured at 100k objects: ~27 ms
+    instead of ~1-3 ms per query).
     """
     if visible is None or not visible.query.where:
         return None
@@ -375,7 +378,7 @@ def _visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str
     sub_sql, sub_params = (
         visible.order_by().filter(pk=RawSQL(column, [])).values("pk").query.sql_with_params()
     )
-    return f"(EXISTS ({sub_sql})) IS TRUE", list(sub_params)
+    return f"(EXISTS ({sub_sql} OFFSET 0)) IS TRUE", list(sub_params)
 
 
 def nearest_sql(
