@@ -58,6 +58,7 @@ def main() -> None:
     from embrec.conf import embrec_settings
     from embrec.interactions import user_vector
     from embrec.models import Interaction
+    from embrec.storage import IndexSpec
     from project.catalog.models import Movie
 
     k = args.limit
@@ -74,10 +75,11 @@ def main() -> None:
     register_vector(raw)
     raw.execute(f"SET hnsw.ef_search = {ef_default}")
     raw.execute("SET hnsw.iterative_scan = relaxed_order")
-    vt = f"vector({DIMS})"
+    spec = IndexSpec(ct.id, "default", DIMS)
+    # The same predicate and expression as the partial HNSW index, or PostgreSQL cannot use it.
     base_sql = (
-        f"SELECT object_pk FROM embrec_embedding WHERE content_type_id = {ct.id} "
-        f"AND encoder = 'default' AND {{extra}} ORDER BY (vector::{vt}) <=> %s::{vt} LIMIT {k}"
+        f"SELECT object_pk FROM embrec_embedding WHERE {spec.predicate_sql()} AND {{extra}} "
+        f"ORDER BY {spec.distance_sql()} LIMIT {k}"
     )
     similar_sql = base_sql.format(extra="object_pk <> %s")
     personal_sql = base_sql.format(extra="NOT (object_pk = ANY(%s))")
