@@ -50,8 +50,16 @@ DEFAULTS: dict[str, Any] = {
     "INTERACTION_WEIGHTS": {"view": 1.0, "like": 3.0, "purchase": 5.0, "dislike": -3.0},
     # Half-life of an interaction's weight in user vectors, in days (None: no decay).
     "USER_VECTOR_HALF_LIFE_DAYS": 30.0,
-    # User vectors are built from at most this many of a user's latest interactions per model.
+    # Half-lives are measured back from the user's latest interaction, not from now (see
+    # embrec.interactions), so users of old or imported data keep their vectors.
+    # User vectors are built from the user's this many most recently touched distinct items per
+    # model (every event on those items counts). Small values follow current taste: 3 was best
+    # on MovieLens (docs/EVALUATION.md).
     "USER_VECTOR_MAX_INTERACTIONS": 1000,
+    # How events weigh in user vectors: "weighted" (each event's INTERACTION_WEIGHTS weight,
+    # negatives subtract) or "uniform" (every positive event weighs 1, negative ones are left
+    # out of the vector; they still hide their items from the user's results).
+    "USER_VECTOR_WEIGHTING": "weighted",
     # pgvector iterative index scans ("relaxed_order", "strict_order" or "off"): keep scanning
     # the HNSW index until `limit` rows pass the filters and exclusions (pgvector >= 0.8).
     "ITERATIVE_SCAN": "relaxed_order",
@@ -59,7 +67,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SCAN_TUPLES": None,
     # Re-ranking (MMR, popularity/recency blend) picks from limit * this many nearest candidates.
     "RERANK_POOL_FACTOR": 4,
-    # Popularity counts positive interaction weights of the last N days (None: all time).
+    # With a popularity blend, this many of the most popular visible items join the nearest
+    # candidates, so a popular item slightly farther away can still win (0: nearest only).
+    "RERANK_POPULAR_CANDIDATES": 100,
+    # Popularity = distinct users with a positive interaction in the last N days (None: all
+    # time), blended as log1p(users) / log1p(most users of any visible item).
     "POPULARITY_WINDOW_DAYS": 90,
     # Half-life of the recency bonus, in days since an item was first embedded.
     "RECENCY_HALF_LIFE_DAYS": 30.0,

@@ -9,11 +9,17 @@ weighted, time-decayed mean of the vectors of the items the user interacted with
 
     u = Σ wᵢ · 0.5^(ageᵢ / half_life) · vᵢ  /  Σ |wᵢ · 0.5^(ageᵢ / half_life)|
 
-Several events on one item add up; negative kinds (dislikes) subtract, pushing the vector away
-from those items. Decay is relative to the time of computation, but since every weight is scaled
-by the same factor as time passes, the direction of a stored vector (all cosine search uses) stays
-valid until new events arrive. A user with no positive contribution has no vector (popularity
-fallback). When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
+built from the user's ``USER_VECTOR_MAX_INTERACTIONS`` most recently touched *distinct* items
+(every event on those items counts). Several events on one item add up; negative kinds
+(dislikes) subtract, pushing the vector away from those items. With
+``USER_VECTOR_WEIGHTING = "uniform"`` every positive event weighs 1 whatever its kind and negative
+events leave the vector alone (they still hide the item from the user's results).
+
+``ageᵢ`` is measured from the user's *latest* interaction, not from now: the vector is a
+normalised mean, so scaling every weight by the same factor (which is all that measuring from
+now would add) changes nothing, while measuring from now would underflow every weight of a user
+who has been away for years (or of imported historical data) to zero. A user with no positive
+contribution has no vector (popularity fallback). When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
 dependent user vectors stale and queues their refresh. Stale or missing vectors are computed on
 the fly by the read path, so results never use a vector known to be outdated.
 """
@@ -29,7 +35,10 @@ from typing import Any
 
 import numpy as np
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models, transaction
+from django.db.models import Max
+from django.db.models.functions import Collate
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
@@ -174,31 +183,72 @@ class UserProfile:
     interaction_count: int = 0
 
 
-def _decay(at: datetime, now: datetime) -> float:
+def _decay(at: datetime, reference: datetime) -> float:
+    """``0.5 ** (age / USER_VECTOR_HALF_LIFE_DAYS)``, age in days before ``reference``."""
     half_life = embrec_settings.USER_VECTOR_HALF_LIFE_DAYS
     if not half_life:
         return 1.0
-    age_days = max((now - at).total_seconds(), 0.0) / 86400.0
+    age_days = max((reference - at).total_seconds(), 0.0) / 86400.0
     return 0.5 ** (age_days / float(half_life))
+
+
+WEIGHTING_MODES = ("weighted", "uniform")
+
+
+def _weighting() -> str:
+    mode = embrec_settings.USER_VECTOR_WEIGHTING
+    if mode not in WEIGHTING_MODES:
+        raise ImproperlyConfigured(
+            f"EMBREC['USER_VECTOR_WEIGHTING'] must be one of {', '.join(WEIGHTING_MODES)}; "
+            f"got {mode!r}."
+        )
+    return mode
+
+
+def profile_weight(weight: float, mode: str) -> float:
+    """An event's weight in a user vector: its own (``"weighted"``), or 1 for positive events
+    and 0 for negative ones (``"uniform"``). Negative events hide the item either way."""
+    if mode == "uniform":
+        return 1.0 if weight > 0 else 0.0
+    return float(weight)
+
+
+def recent_items(user_id: Any, content_type_id: int, limit: int) -> list[str]:
+    """The ``limit`` distinct items the user touched most recently (latest event first; items
+    whose latest events are simultaneous are ordered by key, as strings, descending)."""
+    return list(
+        Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
+        .values("object_pk")
+        .annotate(latest=Max("created_at"))
+        .order_by("-latest", Collate("object_pk", "C").desc())
+        .values_list("object_pk", flat=True)[: int(limit)]
+    )
 
 
 def interaction_weights(
     user_id: Any, content_type_id: int, *, now: datetime | None = None
 ) -> tuple[dict[str, float], dict[str, str], int]:
-    """Effective (summed, time-decayed) weight and strongest kind per item, from the user's
-    latest ``USER_VECTOR_MAX_INTERACTIONS`` events; plus the number of events read."""
-    now = now or timezone.now()
+    """Effective (summed, time-decayed) weight and strongest kind per item, over the user's
+    ``USER_VECTOR_MAX_INTERACTIONS`` most recently touched distinct items; plus the number of
+    events read.
+
+    Weights decay with ``USER_VECTOR_HALF_LIFE_DAYS`` before ``now`` (default: the user's latest
+    interaction, see the module docstring) and follow ``USER_VECTOR_WEIGHTING``.
+    """
+    mode = _weighting()
+    pks = recent_items(user_id, content_type_id, embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
+    if not pks:
+        return {}, {}, 0
     events = list(
-        Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
-        .order_by("-created_at", "-id")
-        .values_list("object_pk", "kind", "weight", "created_at")[
-            : int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
-        ]
+        Interaction.objects.filter(
+            user_id=user_id, content_type_id=content_type_id, object_pk__in=pks
+        ).values_list("object_pk", "kind", "weight", "created_at")
     )
+    reference = now or max(at for _, _, _, at in events)
     weights: dict[str, float] = defaultdict(float)
     strongest: dict[str, tuple[float, str]] = {}
     for pk, kind, weight, at in events:
-        weights[pk] += weight * _decay(at, now)
+        weights[pk] += profile_weight(weight, mode) * _decay(at, reference)
         if pk not in strongest or abs(weight) > strongest[pk][0]:
             strongest[pk] = (abs(weight), kind)
     return dict(weights), {pk: kind for pk, (_, kind) in strongest.items()}, len(events)
@@ -207,7 +257,8 @@ def interaction_weights(
 def user_profile(
     user_id: Any, rec: Recommendable, encoder: str, *, now: datetime | None = None
 ) -> UserProfile:
-    """Compute a user's vector from their latest ``USER_VECTOR_MAX_INTERACTIONS`` events.
+    """Compute a user's vector from their ``USER_VECTOR_MAX_INTERACTIONS`` most recently touched
+    items (see :func:`interaction_weights`).
 
     Items without a vector under ``encoder`` (not embedded yet) are skipped; when vectors of
     several encoder identities coexist (a model change in progress) the newest one wins.

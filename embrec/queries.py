@@ -24,7 +24,7 @@ import numpy as np
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connections, models, router, transaction
-from django.db.models import Q, Sum
+from django.db.models import Count, Max, Q
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -33,6 +33,7 @@ from embrec.conf import embrec_settings
 from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, OutboxEntry
 from embrec.registry import registry
+from embrec.scoring import blend_scores, normalized_popularity
 from embrec.storage import IndexSpec, parse_vector, vector_literal
 
 #: Lookups a filter may use, on fields listed in ``Recommendable.filter_fields``.
@@ -564,7 +565,8 @@ def _visible(rec: Recommendable, request, filters: Mapping[str, Any] | None) -> 
 
 
 def popularity_scores(content_type_id: int, pks: Iterable[str]) -> dict[str, float]:
-    """Sum of positive interaction weights per object (within ``POPULARITY_WINDOW_DAYS``)."""
+    """Popularity per object: distinct users with a positive interaction on it (within
+    ``POPULARITY_WINDOW_DAYS``). Objects nobody liked are absent."""
     qs = _popularity_qs(content_type_id).filter(object_pk__in=list(pks))
     return {pk: float(score) for pk, score in qs.values_list("object_pk", "popularity")}
 
@@ -574,27 +576,110 @@ def _popularity_qs(content_type_id: int) -> models.QuerySet:
     window = embrec_settings.POPULARITY_WINDOW_DAYS
     if window:
         qs = qs.filter(created_at__gte=timezone.now() - timedelta(days=float(window)))
-    return qs.values("object_pk").annotate(popularity=Sum("weight"))
+    return qs.values("object_pk").annotate(popularity=Count("user_id", distinct=True))
+
+
+def _visible_pks(visible: models.QuerySet) -> models.QuerySet:
+    """The primary keys of ``visible`` as strings (to compare with ``object_pk``)."""
+    qs = visible.order_by().annotate(_pk_str=Cast("pk", models.CharField()))
+    return qs.values("_pk_str")
+
+
+def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
+    """The popularity of the most popular object in ``visible``: what the blend normalises by,
+    so that a score means the same whichever candidates a query happens to look at."""
+    top = (
+        _popularity_qs(content_type_id)
+        .filter(object_pk__in=_visible_pks(visible))
+        .aggregate(top=Max("popularity"))["top"]
+    )
+    return float(top or 0.0)
 
 
 def _blend(
-    candidates: list[Candidate], content_type_id: int, popularity: float, recency: float
+    candidates: list[Candidate],
+    content_type_id: int,
+    popularity: float,
+    recency: float,
+    visible: models.QuerySet | None = None,
 ) -> None:
     for c in candidates:
         c.score = c.similarity
     if not candidates or (not popularity and not recency):
         return
-    pops = popularity_scores(content_type_id, [c.pk for c in candidates]) if popularity else {}
-    top = max(pops.values(), default=0.0)
+    pops: dict[str, float] = {}
+    top = 0.0
+    if popularity:
+        pops = popularity_scores(content_type_id, [c.pk for c in candidates])
+        if visible is not None:
+            top = max_popularity(content_type_id, visible)
+        top = max(top, *pops.values(), 0.0)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
     for c in candidates:
-        pop = math.log1p(pops.get(c.pk, 0.0)) / math.log1p(top) if top > 0 else 0.0
+        pop = float(normalized_popularity(pops.get(c.pk, 0.0), top))
         fresh = 0.0
         if recency and c.created_at is not None and half_life > 0:
             age_days = max((now - c.created_at).total_seconds(), 0.0) / 86400.0
             fresh = 0.5 ** (age_days / half_life)
-        c.score = (1.0 - popularity - recency) * c.similarity + popularity * pop + recency * fresh
+        c.score = float(blend_scores(c.similarity, popularity, pop, recency, fresh))
+
+
+def popular_candidates(
+    spec: IndexSpec,
+    vector: np.ndarray,
+    count: int,
+    *,
+    visible: models.QuerySet,
+    exclusions: Exclusions,
+    skip: Iterable[str] = (),
+    with_vectors: bool = False,
+    using: str | None = None,
+) -> list[Candidate]:
+    """The ``count`` most popular objects of ``visible`` (minus ``exclusions`` and ``skip``) that
+    have a vector in ``spec``, with their distance to ``vector``.
+
+    A popularity blend adds them to the nearest candidates: an item a little farther than the
+    nearest ``limit × RERANK_POOL_FACTOR`` may still win once its popularity counts.
+    """
+    if count <= 0:
+        return []
+    skip = set(skip)
+    rows = list(
+        _popularity_qs(spec.content_type_id)
+        .filter(object_pk__in=_visible_pks(visible))
+        .exclude(exclusions.q())
+        .order_by("-popularity", "object_pk")
+        .values_list("object_pk", flat=True)[: count + len(skip)]
+    )
+    pks = [pk for pk in rows if pk not in skip][:count]
+    if not pks:
+        return []
+    using = using or router.db_for_read(Embedding)
+    columns = f"e.object_pk, {spec.distance_sql('e')} AS distance, e.created_at"
+    if with_vectors:
+        columns += ", e.vector"
+    sql = (
+        f"SELECT {columns} FROM {Embedding._meta.db_table} e "
+        f"WHERE {spec.predicate_sql('e')} AND e.object_pk = ANY(%s)"
+    )
+    conn = connections[using]
+    with conn.cursor() as cursor:
+        if with_vectors:
+            from embrec.storage import _register_vector
+
+            _register_vector(conn)
+        cursor.execute(sql, [vector_literal(vector), pks])
+        fetched = cursor.fetchall()
+    return [
+        Candidate(
+            pk=row[0],
+            distance=float(row[1]),
+            created_at=row[2],
+            vector=parse_vector(row[3]) if with_vectors else None,
+        )
+        for row in fetched
+    ]
 
 
 def mmr(candidates: Sequence[Candidate], limit: int, lambda_: float) -> list[Candidate]:
@@ -650,7 +735,17 @@ def _rank(
         ef_search=ef_search,
         with_vectors=mmr_lambda is not None,
     )
-    _blend(candidates, spec.content_type_id, popularity, recency)
+    if popularity:
+        candidates += popular_candidates(
+            spec,
+            vector,
+            int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
+            visible=visible,
+            exclusions=exclusions,
+            skip=[c.pk for c in candidates],
+            with_vectors=mmr_lambda is not None,
+        )
+    _blend(candidates, spec.content_type_id, popularity, recency, visible)
     if mmr_lambda is not None:
         return mmr(candidates, limit, mmr_lambda)
     candidates.sort(key=lambda c: (-c.score, c.distance, c.pk))
@@ -720,8 +815,7 @@ def _popular_results(
     encoder: str,
 ) -> list[Result]:
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
-    visible_pks = visible.order_by().annotate(_pk_str=Cast("pk", models.CharField()))
-    visible_pks = visible_pks.values("_pk_str")
+    visible_pks = _visible_pks(visible)
     rows = list(
         _popularity_qs(ct.id)
         .filter(object_pk__in=visible_pks)
@@ -729,9 +823,9 @@ def _popular_results(
         .order_by("-popularity", "object_pk")
         .values_list("object_pk", "popularity")[:limit]
     )
-    top = max((float(p) for _, p in rows), default=0.0)
+    top = max_popularity(ct.id, visible) if rows else 0.0
     candidates = [
-        Candidate(pk=pk, distance=1.0, score=math.log1p(float(p)) / math.log1p(top))
+        Candidate(pk=pk, distance=1.0, score=float(normalized_popularity(float(p), top)))
         for pk, p in rows
     ]
     results = hydrate(rec, candidates, SOURCE_POPULAR, visible)
@@ -867,7 +961,7 @@ def popular(
     exclude_seen: bool = False,
     encoder: str | None = None,
 ) -> list[Result]:
-    """The most popular visible objects (sum of positive interaction weights within
+    """The most popular visible objects (most distinct users with a positive interaction within
     ``POPULARITY_WINDOW_DAYS``), topped up with the newest embedded objects (``"recent"``)."""
     rec = get_registration(model)
     limit = clean_limit(limit)

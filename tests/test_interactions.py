@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -13,6 +14,7 @@ import embrec
 from embrec import indexing
 from embrec.interactions import (
     InteractionError,
+    _decay,
     on_items_embedded,
     refresh_user_vector,
     user_profile,
@@ -294,3 +296,77 @@ def test_real_worker_refreshes_user_vector_after_the_request(tmp_path):
     finally:
         stop_worker(worker)
         print((tmp_path / "worker.log").read_text()[-3000:])
+
+
+def test_old_interactions_still_give_a_personal_vector(settings):
+    # Regression: decay measured from now underflowed every 1998 weight to 0.0 (here 0.5 ** ~2000),
+    # and the user silently got popularity results.
+    settings.EMBREC = {**settings.EMBREC, "USER_VECTOR_HALF_LIFE_DAYS": 5.0}
+    articles = make_catalog()
+    scifi = by_category(articles, "scifi")
+    user = make_user("y1998")
+    latest = timezone.make_aware(timezone.datetime(1998, 4, 22, 12, 0))
+    embrec.record_interaction(user, scifi[0], "like", at=latest)
+    embrec.record_interaction(user, scifi[1], "view", at=latest - timedelta(days=30))
+    embrec.record_interaction(user, scifi[2], "view", at=latest - timedelta(days=60))
+    assert _decay(latest, timezone.now()) == 0.0  # what measuring from now gave
+    profile = user_profile(user.pk, embrec.registry.get(Article), "hashing")
+    # Ages are counted back from the user's latest interaction.
+    assert profile.weights == pytest.approx(
+        {str(scifi[0].pk): 3.0, str(scifi[1].pk): 0.5**6, str(scifi[2].pk): 0.5**12}
+    )
+    assert profile.vector is not None
+    assert refresh_user_vector(user.pk, Article) == 1
+    results = embrec.recommend(user, model=Article, limit=5)
+    assert [r.source for r in results] == ["personal"] * 5
+    categories = [r.object.category for r in results]
+    assert categories[0] == "scifi" and categories.count("scifi") >= 4
+    assert UserEmbedding.objects.filter(user=user).exists()
+
+
+def test_max_interactions_counts_distinct_items_and_uniform_weighting(settings):
+    settings.EMBREC = {
+        **settings.EMBREC,
+        "USER_VECTOR_MAX_INTERACTIONS": 2,
+        "USER_VECTOR_HALF_LIFE_DAYS": None,
+    }
+    articles = make_catalog(per_category=3)
+    a, b, c, d = articles[0], articles[3], articles[6], articles[9]
+    user = make_user("distinct")
+    t = timezone.make_aware(timezone.datetime(1998, 1, 1))
+    embrec.record_interaction(user, a, "view", at=t)
+    embrec.record_interaction(user, b, "purchase", at=t + timedelta(hours=1))
+    embrec.record_interaction(user, c, "view", at=t + timedelta(hours=2))
+    # Three events on c and d; the window is two *items*, with every event on them.
+    embrec.record_interaction(user, c, "like", at=t + timedelta(hours=3))
+    embrec.record_interaction(user, d, "dislike", at=t + timedelta(hours=4))
+    embrec.record_interaction(user, c, "view", at=t + timedelta(hours=5))
+    rec = embrec.registry.get(Article)
+    weighted = user_profile(user.pk, rec, "hashing")
+    assert weighted.weights == pytest.approx({str(c.pk): 5.0, str(d.pk): -3.0})
+    assert weighted.interaction_count == 4
+
+    settings.EMBREC = {**settings.EMBREC, "USER_VECTOR_WEIGHTING": "uniform"}
+    uniform = user_profile(user.pk, rec, "hashing")
+    # Positive events weigh 1 whatever their kind; the dislike leaves the vector alone ...
+    assert uniform.weights == pytest.approx({str(c.pk): 3.0, str(d.pk): 0.0})
+    np.testing.assert_allclose(uniform.vector, text_vector(text_of(c)), atol=1e-6)
+    # ... but still hides its item.
+    results = embrec.recommend(user, model=Article, limit=11, exclude_seen=False)
+    assert str(d.pk) not in {r.pk for r in results}
+    assert str(c.pk) in {r.pk for r in results}
+
+    settings.EMBREC = {**settings.EMBREC, "USER_VECTOR_WEIGHTING": "binary"}
+    with pytest.raises(ImproperlyConfigured, match="USER_VECTOR_WEIGHTING"):
+        user_profile(user.pk, rec, "hashing")
+
+
+def test_simultaneous_events_break_ties_by_key(settings):
+    settings.EMBREC = {**settings.EMBREC, "USER_VECTOR_MAX_INTERACTIONS": 2}
+    articles = make_catalog(per_category=3)
+    user = make_user("ties")
+    t = timezone.make_aware(timezone.datetime(1998, 1, 1))
+    for item in articles[:5]:
+        embrec.record_interaction(user, item, "view", at=t)
+    keys = sorted((str(x.pk) for x in articles[:5]), reverse=True)[:2]
+    assert set(user_profile(user.pk, embrec.registry.get(Article), "hashing").weights) == set(keys)

@@ -323,3 +323,67 @@ def test_text_primary_keys_and_their_visibility(exact_search):
         visible=Note.objects.exclude(slug="beta"),
     )
     assert [c.pk for c in restricted] == ["alpha", "delta", "gamma"]
+
+
+def test_popularity_counts_distinct_users_and_normalises_by_the_visible_maximum():
+    articles = make_catalog(per_category=3)
+    heavy, shared, other = articles[0], articles[3], articles[6]
+    buyer = make_user("heavy")
+    for _ in range(5):
+        record_interaction(buyer, heavy, "purchase")  # one user, weight 25
+    for n in range(3):
+        record_interaction(make_user(f"s{n}"), shared, "view")  # three users, weight 3
+    record_interaction(make_user("o"), other, "view")
+    record_interaction(make_user("neg"), other, "dislike")  # negative: not popularity
+    ct = ContentType.objects.get_for_model(Article)
+    assert queries.popularity_scores(ct.id, [str(a.pk) for a in articles]) == {
+        str(heavy.pk): 1.0,
+        str(shared.pk): 3.0,
+        str(other.pk): 1.0,
+    }
+    visible = Article.objects.all()
+    assert queries.max_popularity(ct.id, visible) == 3.0
+    assert queries.max_popularity(ct.id, visible.exclude(pk=shared.pk)) == 1.0
+    results = queries.popular(Article, limit=3)
+    assert [r.pk for r in results[:1]] == [str(shared.pk)]
+    assert results[0].score == pytest.approx(1.0)
+    assert results[1].score == pytest.approx(np.log1p(1) / np.log1p(3))
+
+
+def test_blend_reaches_popular_items_outside_the_nearest_pool(settings, exact_search):
+    settings.EMBREC = {
+        **settings.EMBREC,
+        "EF_SEARCH": 400,
+        "RERANK_POOL_FACTOR": 1,
+        "RERANK_POPULAR_CANDIDATES": 5,
+    }
+    make_catalog()
+    query = "robot galaxy starship"
+    plain = embrec.search(query, model=Article, limit=80)
+    far = [r.object for r in plain[-6:]]  # the least similar: never in a pool of 3
+    hit, hidden, disliked, filtered = far[0], far[1], far[2], far[3]
+    hidden.published = False
+    hidden.save()
+    fan = make_user("fan")
+    record_interaction(fan, disliked, "dislike")
+    for n in range(6):
+        user = make_user(f"p{n}")
+        for item in (hit, hidden, disliked, filtered):
+            record_interaction(user, item, "purchase")
+    Article.objects.filter(pk=filtered.pk).update(price=999)
+
+    blended = embrec.search(query, model=Article, limit=3, popularity=0.9, user=fan)
+    pks = [r.pk for r in blended]
+    assert pks[0] == str(hit.pk)  # far from the query, but popular enough to win
+    assert blended[0].similarity == pytest.approx(plain[-6].similarity, abs=1e-5)
+    # The extra candidates keep visibility, exclusions and filters.
+    assert str(hidden.pk) not in pks and str(disliked.pk) not in pks
+    cheap = embrec.search(
+        query, model=Article, limit=3, popularity=0.9, user=fan, filters={"price__lt": 500}
+    )
+    assert str(filtered.pk) not in {r.pk for r in cheap}
+    assert str(hit.pk) == cheap[0].pk
+    # Without the popular candidates the blend only re-orders the 3 nearest.
+    settings.EMBREC = {**settings.EMBREC, "RERANK_POPULAR_CANDIDATES": 0}
+    nearest_only = embrec.search(query, model=Article, limit=3, popularity=0.9, user=fan)
+    assert {r.pk for r in nearest_only} == {r.pk for r in plain[:3]}

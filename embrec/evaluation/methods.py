@@ -6,15 +6,21 @@ memory and from the training split only:
 1. item vectors come from an :class:`ItemVectors` source — content vectors (they never look at
    interactions), item2vec retrained on the *training* interactions, or a hybrid of both;
 2. a user's profile is the weighted mean of the unit vectors of their *training* items —
-   optionally only the ``last`` most recent ones (``EMBREC["USER_VECTOR_MAX_INTERACTIONS"]``) and
-   decayed with ``half_life_days`` relative to the user's latest training interaction
-   (``USER_VECTOR_HALF_LIFE_DAYS``); negative weights subtract;
-3. items are scored by cosine similarity to the profile, optionally blended with popularity as in
-   the read path: ``(1 - p) * cosine + p * log1p(count) / log1p(max count)`` (``popularity=p``),
-   where counts are training users per item; with ``pool`` only the ``pool`` nearest items are
-   re-ranked (the read path's ``limit * RERANK_POOL_FACTOR``); with ``uniform`` every training
-   interaction weighs 1 in the profile (a site recording every kind with the same weight);
+   optionally only the ``last`` most recently touched distinct items
+   (``EMBREC["USER_VECTOR_MAX_INTERACTIONS"]``), decayed with ``half_life_days`` relative to the
+   user's latest counted interaction (``USER_VECTOR_HALF_LIFE_DAYS``), with ``uniform`` weights
+   (``USER_VECTOR_WEIGHTING = "uniform"``: positive events 1, negative ones 0); negative weights
+   subtract — :func:`user_profiles` mirrors :func:`embrec.interactions.interaction_weights`;
+3. items are scored with the read path's own formula (:mod:`embrec.scoring`):
+   ``(1 - p) * cosine + p * log1p(users) / log1p(max users)`` (``popularity=p``), where users
+   are distinct training users with a positive interaction and the maximum is over the catalog;
+   with ``pool`` only the read path's re-rank candidates compete: the ``pool`` nearest unseen items
+   (``limit * RERANK_POOL_FACTOR``) plus the ``popular_pool`` most popular unseen items
+   (``RERANK_POPULAR_CANDIDATES``); without it the whole catalog is ranked;
 4. items without a vector cannot be recommended (they are not in the index).
+
+tests/test_evaluation_consistency.py checks on a catalog stored in PostgreSQL that this scorer's
+top 10 is :func:`embrec.recommend`'s.
 
 Held-out interactions are never used: not to train item2vec, not in profiles, not in popularity.
 """
@@ -26,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from embrec.evaluation.baselines import Method
-from embrec.evaluation.split import InteractionLog, Split
+from embrec.evaluation.split import InteractionLog, Split, _key_rank
 
 
 class ItemVectors:
@@ -122,18 +128,22 @@ class EmbeddingMethod(Method):
         half_life_days: float | None = None,
         popularity: float = 0.0,
         pool: int | None = None,
+        popular_pool: int = 0,
         uniform: bool = False,
     ):
         if not 0.0 <= popularity < 1.0:
             raise ValueError("popularity must be in [0, 1)")
         if last is not None and last < 1:
             raise ValueError("last must be at least 1")
+        if popular_pool < 0:
+            raise ValueError("popular_pool must not be negative")
         self.name = name
         self.source = source
         self.last = last
         self.half_life_days = half_life_days
         self.popularity = popularity
         self.pool = pool
+        self.popular_pool = popular_pool
         self.uniform = uniform
         bits = [source.name]
         bits.append(f"last {last}" if last else "all training items")
@@ -142,41 +152,78 @@ class EmbeddingMethod(Method):
         if popularity:
             bits.append(f"popularity {popularity:g}")
         if pool:
-            bits.append(f"pool {pool}")
+            bits.append(f"pool {pool}" + (f" + {popular_pool} popular" if popular_pool else ""))
         if uniform:
             bits.append("equal weights")
         self.description = ", ".join(bits)
 
     def fit(self, split: Split) -> None:
+        from embrec.scoring import normalized_popularity
+
         matrix, mask = self.source.vectors(split)
         self.items = matrix
         self.mask = mask
         train = split.train
-        if self.uniform:
-            train = train.subset(np.ones(len(train), dtype=bool))
-            train.weights = np.ones_like(train.weights)
         self.profiles = user_profiles(
-            train, matrix, mask, last=self.last, half_life_days=self.half_life_days
+            train,
+            matrix,
+            mask,
+            last=self.last,
+            half_life_days=self.half_life_days,
+            uniform=self.uniform,
         )
-        counts = np.asarray(split.train.matrix(binary=True).sum(axis=0)).ravel()
-        top = counts.max() if counts.size else 0
-        self.pop = np.log1p(counts) / np.log1p(top) if top > 0 else np.zeros_like(counts)
+        # Popularity as the read path counts it: distinct users with a positive interaction.
+        self.counts = popularity_counts(train)
+        top = float(self.counts[mask].max()) if mask.any() else 0.0
+        self.pop = np.asarray(normalized_popularity(self.counts, top), dtype=np.float64)
+        # What the read path excludes (exclude_seen): every item the user interacted with.
+        self.seen = train.matrix(binary=True).tocsr()
+        # Popular candidates in the read path's order: most users first, ties by key.
+        rank = _key_rank(train.items)
+        popular = np.flatnonzero((self.counts > 0) & mask)
+        self.popular_order = popular[np.lexsort((rank[popular], -self.counts[popular]))]
 
     def score(self, users: np.ndarray) -> np.ndarray:
+        from embrec.scoring import blend_scores
+
         cosine = self.profiles[users] @ self.items.T
-        scores = (1.0 - self.popularity) * cosine + self.popularity * self.pop
+        scores = np.asarray(blend_scores(cosine, self.popularity, self.pop[None, :]))
         if self.pool:
-            # Only the `pool` nearest items by cosine are re-ranked (as the read path does).
-            pool = min(self.pool, cosine.shape[1] - 1)
-            masked = np.where(self.mask, cosine, -np.inf)
-            outside = np.argpartition(-masked, pool, axis=1)[:, pool:]
-            np.put_along_axis(scores, outside, -1e9, axis=1)
+            scores = self._restrict_to_pool(users, cosine, scores)
         scores[:, ~self.mask] = -1e9
         # A user without a usable profile gets popularity order (the read path's fallback).
         empty = ~np.any(self.profiles[users], axis=1)
         if empty.any():
             scores[empty] = np.where(self.mask, self.pop, -1e9)
         return scores
+
+    def _restrict_to_pool(
+        self, users: np.ndarray, cosine: np.ndarray, scores: np.ndarray
+    ) -> np.ndarray:
+        """Keep only the read path's re-rank candidates: the ``pool`` nearest unseen items plus,
+        with a popularity blend, the ``popular_pool`` most popular unseen items not among them."""
+        n = cosine.shape[1]
+        keep = np.zeros_like(scores, dtype=bool)
+        for row, user in enumerate(users):
+            seen = np.zeros(n, dtype=bool)
+            seen[self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]] = True
+            valid = self.mask & ~seen
+            candidates = np.flatnonzero(valid)
+            if candidates.size > self.pool:
+                nearest = np.argpartition(-cosine[row, candidates], self.pool - 1)[: self.pool]
+                candidates = candidates[nearest]
+            keep[row, candidates] = True
+            if self.popularity and self.popular_pool:
+                order = self.popular_order
+                extra = order[valid[order] & ~keep[row, order]][: self.popular_pool]
+                keep[row, extra] = True
+        return np.where(keep, scores, -1e9)
+
+
+def popularity_counts(train: InteractionLog) -> np.ndarray:
+    """Distinct users with a positive training interaction, per item."""
+    positive = train.subset(train.weights > 0)
+    return np.asarray(positive.matrix(binary=True).sum(axis=0), dtype=np.float64).ravel()
 
 
 def user_profiles(
@@ -186,34 +233,57 @@ def user_profiles(
     *,
     last: int | None = None,
     half_life_days: float | None = None,
+    uniform: bool = False,
 ) -> np.ndarray:
-    """Unit profile vector per user from their training interactions only.
+    """Unit profile vector per user from their training interactions only, as
+    :func:`embrec.interactions.interaction_weights` builds it from the database.
 
-    ``last``: only each user's ``last`` most recent interactions (ties by item key) count.
+    ``last``: only the user's ``last`` most recently touched *distinct* items count (ordered by
+    their latest interaction, ties by item key); every interaction with them is used.
     ``half_life_days``: weights decay by ``0.5 ** (age / half_life)``, age measured from the
-    user's latest training interaction. Interactions with items lacking a vector are skipped.
+    user's latest counted interaction. ``uniform``: positive interactions weigh 1, negative ones
+    0 (``USER_VECTOR_WEIGHTING = "uniform"``). Items lacking a vector are then skipped.
     """
     order = train.chronological_order()
-    users = train.user_index[order]
-    items = train.item_index[order]
+    users = train.user_index[order].astype(np.int64)
+    items = train.item_index[order].astype(np.int64)
     times = train.timestamps[order]
     weights = train.weights[order].astype(np.float64)
-    keep = mask[items]
-    users, items, times, weights = users[keep], items[keep], times[keep], weights[keep]
     if last:
-        # Position from the end within each user's (sorted) run.
-        counts = np.bincount(users, minlength=train.n_users)
-        ends = np.cumsum(counts)
-        from_end = ends[users] - np.arange(users.shape[0]) - 1
-        recent = from_end < last
+        n_items = max(train.n_items, 1)
+        pair = users * n_items + items
+        uniq, inverse = np.unique(pair, return_inverse=True)
+        latest = np.full(uniq.shape[0], -np.inf)
+        np.maximum.at(latest, inverse, times)
+        pair_user, pair_item = uniq // n_items, uniq % n_items
+        rank = _key_rank(train.items)
+        by_recency = np.lexsort((rank[pair_item], latest, pair_user))
+        sorted_users = pair_user[by_recency]
+        ends = np.cumsum(np.bincount(sorted_users, minlength=train.n_users))
+        from_end = ends[sorted_users] - np.arange(sorted_users.shape[0]) - 1
+        chosen = np.zeros(uniq.shape[0], dtype=bool)
+        chosen[by_recency[from_end < last]] = True
+        recent = chosen[inverse]
         users, items, times, weights = users[recent], items[recent], times[recent], weights[recent]
+    if uniform:
+        weights = (weights > 0).astype(np.float64)
     if half_life_days:
-        latest = np.full(train.n_users, -np.inf)
-        np.maximum.at(latest, users, times)
-        age_days = (latest[users] - times) / 86400.0
+        reference = np.full(train.n_users, -np.inf)
+        np.maximum.at(reference, users, times)
+        age_days = (reference[users] - times) / 86400.0
         weights = weights * 0.5 ** (age_days / float(half_life_days))
+    keep = mask[items]
+    users, items, weights = users[keep], items[keep], weights[keep]
     profiles = np.zeros((train.n_users, matrix.shape[1]), dtype=np.float64)
     np.add.at(profiles, users, weights[:, None] * matrix[items])
+    # Like the read path: a user with no positive contribution has no vector.
+    n_items = max(train.n_items, 1)
+    pairs, inverse = np.unique(users * n_items + items, return_inverse=True)
+    summed = np.zeros(pairs.shape[0], dtype=np.float64)
+    np.add.at(summed, inverse, weights)
+    positive = np.zeros(train.n_users, dtype=bool)
+    positive[(pairs[summed > 0] // n_items).astype(np.int64)] = True
+    profiles[~positive] = 0.0
     return _unit_rows(profiles.astype(np.float32))
 
 

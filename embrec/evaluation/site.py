@@ -8,8 +8,14 @@ an encoder alias from ``EMBREC["ENCODERS"]`` with optional profile options after
     item2vec:last=3,popularity=0.5 # last 3 items, blended with popularity like the read path
     hybrid:half_life=30,pool=40    # time decay (days); re-rank only the 40 nearest
 
-Options: ``last`` (int), ``half_life`` (days), ``popularity`` (0–1), ``pool`` (int), ``uniform``
-(1: every interaction weighs 1 in profiles), ``name`` (label in reports).
+Options: ``last`` (int), ``half_life`` (days), ``popularity`` (0–1), ``pool`` (int: the nearest
+unseen items re-ranked), ``popular_pool`` (int: most popular unseen items re-ranked with them),
+``uniform`` (1: positive interactions weigh 1, negative ones 0 in profiles), ``name`` (label in
+reports), and ``deployed`` (1: take ``last``, ``half_life``, ``uniform``, ``pool`` and
+``popular_pool`` from the site's ``EMBREC`` settings, i.e. score exactly as
+``recommend(user, limit=k, popularity=p)`` does; explicit options still win)::
+
+    hybrid:deployed=1,popularity=0.6
 """
 
 from __future__ import annotations
@@ -52,9 +58,25 @@ _OPTION_TYPES: dict[str, Callable[[str], object]] = {
     "half_life": float,
     "popularity": float,
     "pool": int,
+    "popular_pool": int,
     "uniform": lambda v: v.lower() in ("1", "true", "yes"),
+    "deployed": lambda v: v.lower() in ("1", "true", "yes"),
     "name": str,
 }
+
+
+def deployed_options(k: int) -> dict:
+    """Profile and pool options equivalent to the read path under the current ``EMBREC``
+    settings, for ``recommend(user, limit=k, ...)``."""
+    from embrec.conf import embrec_settings
+
+    return {
+        "last": int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS),
+        "half_life": embrec_settings.USER_VECTOR_HALF_LIFE_DAYS,
+        "uniform": embrec_settings.USER_VECTOR_WEIGHTING == "uniform",
+        "pool": k * max(int(embrec_settings.RERANK_POOL_FACTOR), 1),
+        "popular_pool": int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
+    }
 
 
 class MethodSpecError(ValueError):
@@ -177,6 +199,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 def build_methods(
     specs: Sequence[str],
     content: Callable[[str], ItemVectors],
+    *,
+    k: int = 10,
 ) -> list[Method]:
     """Methods for specifications (see the module docstring); raises :class:`MethodSpecError`."""
     from embrec.conf import embrec_settings
@@ -205,6 +229,8 @@ def build_methods(
         except ImproperlyConfigured as exc:
             raise MethodSpecError(str(exc)) from exc
         label = options.pop("name", spec)
+        if options.pop("deployed", False):
+            options = {**deployed_options(k), **options}
         try:
             methods.append(
                 EmbeddingMethod(
@@ -214,6 +240,7 @@ def build_methods(
                     half_life_days=options.get("half_life"),
                     popularity=options.get("popularity", 0.0),
                     pool=options.get("pool"),
+                    popular_pool=options.get("popular_pool", 0),
                     uniform=bool(options.get("uniform", False)),
                 )
             )

@@ -163,7 +163,9 @@ class Command(BaseCommand):
             return cache[alias]
 
         try:
-            methods = build_methods(options["methods"] or default_specs(rec), content)
+            methods = build_methods(
+                options["methods"] or default_specs(rec), content, k=options["k"]
+            )
         except MethodSpecError as exc:
             raise CommandError(str(exc)) from None
         verbosity = options["verbosity"]
