@@ -207,6 +207,21 @@ def main() -> None:
             lat.append(time.perf_counter() - start)
             rec.append(len(truth & set(ids)) / k)
         curve.append({"ef_search": ef, **latency_summary(lat), f"recall@{k}": float(np.mean(rec))})
+    personal_curve = []
+    for ef in (40, 100, 200, 400):
+        raw.execute(f"SET hnsw.ef_search = {ef}")
+        lat, rec = [], []
+        for user in users:
+            seen = seen_by_user[user.pk]
+            vector = user_vectors[user.pk]
+            truth = exact_top(all_vectors, vector, {int(s) for s in seen}, k)
+            start = time.perf_counter()
+            ids = raw_personal(seen, vector)
+            lat.append(time.perf_counter() - start)
+            rec.append(len(truth & set(ids)) / k)
+        personal_curve.append(
+            {"ef_search": ef, **latency_summary(lat), f"recall@{k}": float(np.mean(rec))}
+        )
     raw.close()
     connection.close()
 
@@ -218,6 +233,12 @@ def main() -> None:
         )
     print("\nef_search curve (raw similar-items query):")
     for point in curve:
+        print(
+            f"  ef {point['ef_search']:4d}: p50 {point['p50_ms']:.2f} ms, "
+            f"p99 {point['p99_ms']:.2f} ms, recall@{k} {point[f'recall@{k}']:.3f}"
+        )
+    print("\nef_search curve (raw personal query):")
+    for point in personal_curve:
         print(
             f"  ef {point['ef_search']:4d}: p50 {point['p50_ms']:.2f} ms, "
             f"p99 {point['p99_ms']:.2f} ms, recall@{k} {point[f'recall@{k}']:.3f}"
@@ -235,6 +256,7 @@ def main() -> None:
             "raw_query_uses_hnsw_index": uses_index,
             "results": results,
             "ef_search_curve": curve,
+            "ef_search_curve_personal": personal_curve,
         },
     )
 

@@ -17,13 +17,18 @@ TOPIC_SIZE = 50
 NOISE = 0.7
 
 
-def vectors(n: int, seed: int = 42) -> np.ndarray:
+def topics_and_vectors(n: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """``(topic of each item, unit vectors)``."""
     rng = np.random.default_rng(seed)
     topics = rng.standard_normal((max(1, n // TOPIC_SIZE), DIMS)).astype(np.float32)
     assignment = rng.integers(0, len(topics), size=n)
     out = topics[assignment] + NOISE * rng.standard_normal((n, DIMS)).astype(np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+    return assignment, out
+
+
+def vectors(n: int, seed: int = 42) -> np.ndarray:
+    return topics_and_vectors(n, seed)[1]
 
 
 def create_movies(n: int) -> None:
@@ -94,10 +99,18 @@ def ensure_catalog(n: int, *, users: int = 50, interactions_per_user: int = 30) 
     User = get_user_model()
     if User.objects.filter(username__startswith="bench_user_").count() != users:
         User.objects.filter(username__startswith="bench_user_").delete()
+        # Each user likes items of two or three topics: coherent tastes, like real users.
+        assignment = topics_and_vectors(n)[0]
+        by_topic: dict[int, list[int]] = {}
+        for item, topic in enumerate(assignment, start=1):
+            by_topic.setdefault(int(topic), []).append(item)
+        topic_ids = sorted(by_topic)
         rng = np.random.default_rng(1)
         for u in range(users):
             user = User.objects.create_user(f"bench_user_{u}", password="bench")
-            picks = rng.choice(n, size=interactions_per_user, replace=False) + 1
+            liked = rng.choice(topic_ids, size=int(rng.integers(2, 4)), replace=False)
+            pool = [item for topic in liked for item in by_topic[int(topic)]]
+            picks = rng.choice(pool, size=min(interactions_per_user, len(pool)), replace=False)
             Interaction.objects.bulk_create(
                 Interaction(
                     user=user,
