@@ -171,8 +171,10 @@ class EncodingEngine:
     ``max_tokens`` — padded tokens per forward pass (default 65,536 on CUDA, 4,096 on CPU, where
     smaller batches stay in cache).
     ``max_batch_size`` — texts per forward pass, whatever their length (default 2,048).
-    ``chunk_size`` — texts tokenized and sorted together (default 16,384 on CUDA, 4,096 on CPU);
-    larger chunks sort better, smaller ones bound memory more tightly.
+    ``chunk_size`` — texts tokenized and sorted together (default 65,536 on CUDA, 4,096 on CPU):
+    a chunk must hold several batches' worth of texts of each length for batches to come out
+    nearly padding-free (at 16,384 texts and 65,536-token batches padding is ~13%; at 65,536
+    texts ~4%), while smaller chunks bound memory more tightly.
     ``normalize`` — L2-normalise vectors (default: whether the model ends with Normalize).
     ``pin_memory`` — page-locked host buffers (default: on for CUDA).
     """
@@ -199,13 +201,14 @@ class EncodingEngine:
         cuda = self.device.type == "cuda"
         self.max_tokens = int(max_tokens or (65536 if cuda else 4096))
         self.max_batch_size = int(max_batch_size)
-        self.chunk_size = int(chunk_size or (16384 if cuda else 4096))
+        self.chunk_size = int(chunk_size or (65536 if cuda else 4096))
         self.normalize = parts["normalize"] if normalize is None else bool(normalize)
         self.pooling: str = parts["pooling"]
         self.max_length: int = parts["max_length"]
         self.pin_memory = cuda if pin_memory is None else bool(pin_memory and cuda)
-        # Pad to a multiple of 8 on CUDA: tensor cores want aligned shapes.
-        self.pad_multiple = 8 if cuda else 1
+        # Rounding widths up (e.g. to multiples of 8) adds ~8% padding on ~43-token texts;
+        # exact widths are the default.
+        self.pad_multiple = 1
 
         hf_tokenizer = parts["tokenizer"]
         # A private copy: the shared tokenizer's padding/truncation state is left alone.
@@ -247,8 +250,8 @@ class EncodingEngine:
     ) -> Iterator[np.ndarray]:
         """Encode an iterable of texts chunk by chunk; yield one array per chunk, in order.
 
-        At most two chunks (the one on the device and the one being tokenized) are held in
-        memory, whatever the length of ``texts``.
+        At most three chunks (the one on the device, one prepared and one being tokenized) are
+        held in memory, whatever the length of ``texts``.
         """
         chunk_size = int(chunk_size or self.chunk_size)
         with self._lock:
@@ -308,8 +311,13 @@ class EncodingEngine:
                 out.put(exc)
 
     def _prepare(self, texts: list[str]) -> _Chunk:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        ids = [e.ids for e in encodings]
+        ids: list[list[int]] = []
+        # Keep only the ids: an ``Encoding`` also carries offsets, tokens and masks, several
+        # kilobytes each, so a whole chunk of them at once would dominate the engine's memory.
+        for lo in range(0, len(texts), 8192):
+            encodings = self.tokenizer.encode_batch(texts[lo : lo + 8192], add_special_tokens=True)
+            ids.extend(e.ids for e in encodings)
+        del encodings
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         # Longest first: the biggest allocation comes first, so an OOM shows up early.
         order = np.argsort(-lengths, kind="stable")
