@@ -65,11 +65,14 @@ DEFAULTS: dict[str, Any] = {
     "ITERATIVE_SCAN": "relaxed_order",
     # hnsw.max_scan_tuples for iterative scans (None: pgvector's default, 20000).
     "MAX_SCAN_TUPLES": None,
+    # Share (0-1) of popularity in the score of recommend() (and GET .../recommendations/) when
+    # the caller gives none; 0.6 with USER_VECTOR_MAX_INTERACTIONS 3 was best on MovieLens.
+    "RECOMMEND_POPULARITY": 0.0,
     # Re-ranking (MMR, popularity/recency blend) picks from limit * this many nearest candidates.
     "RERANK_POOL_FACTOR": 4,
     # With a popularity blend, this many of the most popular visible items join the nearest
     # candidates, so a popular item slightly farther away can still win (0: nearest only).
-    "RERANK_POPULAR_CANDIDATES": 100,
+    "RERANK_POPULAR_CANDIDATES": 200,
     # Popularity = distinct users with a positive interaction in the last N days (None: all
     # time), blended as log1p(users) / log1p(most users of any visible item).
     "POPULARITY_WINDOW_DAYS": 90,

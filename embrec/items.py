@@ -31,7 +31,10 @@ class Recommendable:
     Attributes (all optional):
 
     * ``fields`` — model fields (or attribute/method names) joined to make the item text.
-    * ``encoders`` — encoder aliases; default ``EMBREC["DEFAULT_ENCODERS"]``.
+    * ``encoders`` — encoder aliases; default ``EMBREC["DEFAULT_ENCODERS"]``. The first one
+      serves similar items and personal recommendations when a query names none.
+    * ``search_encoder`` — the alias (one of ``encoders``) that embeds search text when a query
+      names none; default: the first of ``encoders`` that works from text.
     * ``filter_fields`` — fields the read path may filter on (exact, ``__gte``/``__lte`` …).
     * ``serializer_class`` — dotted path or class of a DRF serializer for API results.
     * ``text_separator`` — what joins the field values (default ``". "``).
@@ -39,6 +42,7 @@ class Recommendable:
 
     fields: Sequence[str] = ()
     encoders: Sequence[str] | None = None
+    search_encoder: str | None = None
     filter_fields: Sequence[str] = ()
     serializer_class: Any = None
     text_separator: str = ". "

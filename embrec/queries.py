@@ -499,7 +499,8 @@ def _encoder_for(rec: Recommendable, encoder: str | None) -> str:
 
 
 def _text_encoder_for(rec: Recommendable, encoder: str | None) -> str:
-    """The encoder that embeds search text: the given one, or the first text encoder."""
+    """The encoder that embeds search text: the given one, the registration's
+    ``search_encoder``, or its first text encoder."""
     from embrec.encoders import get_encoder
 
     if encoder is not None:
@@ -511,6 +512,8 @@ def _text_encoder_for(rec: Recommendable, encoder: str | None) -> str:
                 field="encoder",
             )
         return alias
+    if rec.search_encoder and rec.search_encoder in rec.get_encoders():
+        return _text_encoder_for(rec, rec.search_encoder)
     for alias in rec.get_encoders():
         if get_encoder(alias).uses_text:
             return alias
@@ -983,7 +986,7 @@ def recommend(
     filters: Mapping[str, Any] | None = None,
     exclude_seen: bool = True,
     mmr_lambda: float | None = None,
-    popularity: float = 0.0,
+    popularity: float | None = None,
     recency: float = 0.0,
     explain: bool = True,
     ef_search: int | None = None,
@@ -995,11 +998,14 @@ def recommend(
     everything the user already interacted with. Each ``"personal"`` result carries an
     ``explanation``: the interacted items that contributed most. Anonymous users and users
     without a usable vector get :func:`popular` results; a short list is topped up with them.
+    ``popularity`` defaults to ``EMBREC["RECOMMEND_POPULARITY"]``.
     """
     from embrec.interactions import user_vector
 
     rec = get_registration(model)
     limit = clean_limit(limit)
+    if popularity is None:
+        popularity = embrec_settings.RECOMMEND_POPULARITY
     mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
     encoder = _encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)

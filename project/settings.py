@@ -134,6 +134,12 @@ EMBREC = {
     },
     # MovieLens ratings date from 1997-98: count popularity over all time.
     "POPULARITY_WINDOW_DAYS": None,
+    # The best configuration of docs/EVALUATION.md: a user's vector is the plain mean of their
+    # 3 most recent movies (every rating counts as having watched it; 1-2 star ratings still hide
+    # the movie), and 60 % of a recommendation's score is popularity.
+    "USER_VECTOR_MAX_INTERACTIONS": 3,
+    "USER_VECTOR_WEIGHTING": "uniform",
+    "RECOMMEND_POPULARITY": 0.6,
     # MovieLens star ratings are loaded as these kinds (see project/catalog/management/commands/demo.py).
     "INTERACTION_WEIGHTS": {
         "view": 1.0,

