@@ -145,6 +145,18 @@ class Exclusions:
             )
         return parts
 
+    def pk_set(self) -> set[str]:
+        """The excluded primary keys as strings (one indexed query for the user's part)."""
+        excluded = {str(pk) for pk in self.pks}
+        if self.user_id is not None:
+            inter = Interaction.objects.filter(
+                user_id=self.user_id, content_type_id=self.content_type_id
+            )
+            if not self.seen:
+                inter = inter.filter(weight__lt=0)
+            excluded.update(inter.values_list("object_pk", flat=True))
+        return excluded
+
     def q(self, field_name: str = "object_pk") -> Q:
         """The same exclusions for ORM queries over a table with an ``object_pk`` column."""
         q = Q()
@@ -599,13 +611,48 @@ def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
     return float(top or 0.0)
 
 
+@dataclass
+class PopularityRanking:
+    """One aggregate query's view of popularity for a query: the ``top`` visible objects by
+    popularity that are not excluded, the popularity of every object read, and the maximum over
+    the visible objects (what scores are normalised by)."""
+
+    top: list[tuple[str, float]]
+    scores: dict[str, float]
+    maximum: float
+
+
+def popularity_ranking(
+    content_type_id: int,
+    visible: models.QuerySet,
+    exclusions: Exclusions,
+    count: int,
+    skip: Iterable[str] = (),
+) -> PopularityRanking:
+    """The ``count`` most popular objects of ``visible`` not in ``exclusions`` nor ``skip``
+    (most users first, ties by key), and the visible maximum, from one aggregate query: it
+    reads ``count`` rows more than are excluded or skipped, so the exclusions can be applied here."""
+    excluded = exclusions.pk_set() | {str(pk) for pk in skip}
+    rows = list(
+        _popularity_qs(content_type_id)
+        .filter(object_pk__in=_visible_pks(visible))
+        .order_by("-popularity", "object_pk")
+        .values_list("object_pk", "popularity")[: max(count, 1) + len(excluded)]
+    )
+    scores = {pk: float(p) for pk, p in rows}
+    top = [(pk, float(p)) for pk, p in rows if pk not in excluded][:count]
+    return PopularityRanking(top=top, scores=scores, maximum=float(rows[0][1]) if rows else 0.0)
+
+
 def _blend(
     candidates: list[Candidate],
     content_type_id: int,
     popularity: float,
     recency: float,
-    visible: models.QuerySet | None = None,
+    ranking: PopularityRanking | None = None,
 ) -> None:
+    """Score ``candidates`` with :func:`embrec.scoring.blend_scores`. Popularity is normalised by
+    ``ranking.maximum`` (the most popular visible object) when given, else by the candidates'."""
     for c in candidates:
         c.score = c.similarity
     if not candidates or (not popularity and not recency):
@@ -613,10 +660,11 @@ def _blend(
     pops: dict[str, float] = {}
     top = 0.0
     if popularity:
-        pops = popularity_scores(content_type_id, [c.pk for c in candidates])
-        if visible is not None:
-            top = max_popularity(content_type_id, visible)
-        top = max(top, *pops.values(), 0.0)
+        known = ranking.scores if ranking is not None else {}
+        missing = [c.pk for c in candidates if c.pk not in known]
+        pops = {**known, **(popularity_scores(content_type_id, missing) if missing else {})}
+        top = ranking.maximum if ranking is not None else 0.0
+        top = max(top, *(pops.get(c.pk, 0.0) for c in candidates))
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
     for c in candidates:
@@ -628,34 +676,18 @@ def _blend(
         c.score = float(blend_scores(c.similarity, popularity, pop, recency, fresh))
 
 
-def popular_candidates(
+def candidates_for(
     spec: IndexSpec,
     vector: np.ndarray,
-    count: int,
+    pks: Sequence[str],
     *,
-    visible: models.QuerySet,
-    exclusions: Exclusions,
-    skip: Iterable[str] = (),
     with_vectors: bool = False,
     using: str | None = None,
 ) -> list[Candidate]:
-    """The ``count`` most popular objects of ``visible`` (minus ``exclusions`` and ``skip``) that
-    have a vector in ``spec``, with their distance to ``vector``.
-
-    A popularity blend adds them to the nearest candidates: an item a little farther than the
-    nearest ``limit × RERANK_POOL_FACTOR`` may still win once its popularity counts.
-    """
-    if count <= 0:
-        return []
-    skip = set(skip)
-    rows = list(
-        _popularity_qs(spec.content_type_id)
-        .filter(object_pk__in=_visible_pks(visible))
-        .exclude(exclusions.q())
-        .order_by("-popularity", "object_pk")
-        .values_list("object_pk", flat=True)[: count + len(skip)]
-    )
-    pks = [pk for pk in rows if pk not in skip][:count]
+    """Candidates for given objects (those with a vector in ``spec``), with their distance to
+    ``vector``. A popularity blend adds the most popular objects to the nearest ones this way:
+    an item a little farther than the nearest ``limit × RERANK_POOL_FACTOR`` may still win once
+    its popularity counts."""
     if not pks:
         return []
     using = using or router.db_for_read(Embedding)
@@ -672,7 +704,7 @@ def popular_candidates(
             from embrec.storage import _register_vector
 
             _register_vector(conn)
-        cursor.execute(sql, [vector_literal(vector), pks])
+        cursor.execute(sql, [vector_literal(vector), list(pks)])
         fetched = cursor.fetchall()
     return [
         Candidate(
@@ -738,17 +770,21 @@ def _rank(
         ef_search=ef_search,
         with_vectors=mmr_lambda is not None,
     )
+    ranking = None
     if popularity:
-        candidates += popular_candidates(
-            spec,
-            vector,
+        # The most popular visible items join the nearest (visibility, filters and exclusions
+        # hold for them too), and the blend normalises by the visible maximum.
+        ranking = popularity_ranking(
+            spec.content_type_id,
+            visible,
+            exclusions,
             int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
-            visible=visible,
-            exclusions=exclusions,
             skip=[c.pk for c in candidates],
-            with_vectors=mmr_lambda is not None,
         )
-    _blend(candidates, spec.content_type_id, popularity, recency, visible)
+        candidates += candidates_for(
+            spec, vector, [pk for pk, _ in ranking.top], with_vectors=mmr_lambda is not None
+        )
+    _blend(candidates, spec.content_type_id, popularity, recency, ranking)
     if mmr_lambda is not None:
         return mmr(candidates, limit, mmr_lambda)
     candidates.sort(key=lambda c: (-c.score, c.distance, c.pk))
@@ -819,17 +855,10 @@ def _popular_results(
 ) -> list[Result]:
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
     visible_pks = _visible_pks(visible)
-    rows = list(
-        _popularity_qs(ct.id)
-        .filter(object_pk__in=visible_pks)
-        .exclude(exclusions.q())
-        .order_by("-popularity", "object_pk")
-        .values_list("object_pk", "popularity")[:limit]
-    )
-    top = max_popularity(ct.id, visible) if rows else 0.0
+    ranking = popularity_ranking(ct.id, visible, exclusions, limit)
     candidates = [
-        Candidate(pk=pk, distance=1.0, score=float(normalized_popularity(float(p), top)))
-        for pk, p in rows
+        Candidate(pk=pk, distance=1.0, score=float(normalized_popularity(p, ranking.maximum)))
+        for pk, p in ranking.top
     ]
     results = hydrate(rec, candidates, SOURCE_POPULAR, visible)
     for r in results:
