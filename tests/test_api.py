@@ -358,3 +358,24 @@ def test_search_with_the_real_minilm_model(client):
     )
     assert {r["object"]["year"] >= 1990 for r in filtered.json()["results"]} == {True}
     assert "Die Hard" not in [r["object"]["title"] for r in filtered.json()["results"]]
+
+
+def test_recommendations_default_to_the_configured_popularity_share(client, catalog, settings):
+    user = make_user("share")
+    scifi = [a for a in catalog if a.category == "scifi"]
+    for item in scifi[:3]:
+        embrec.record_interaction(user, item, "like")
+    url = f"{BASE}/recommendations/?type=testapp.article&limit=8"
+    login(client, user)
+    plain = client.get(url).json()["results"]
+    assert all(r["score"] == pytest.approx(r["similarity"]) for r in plain)
+    # A popular item far from the user's taste.
+    far = next(a for a in catalog if a.category == "cooking")
+    for n in range(4):
+        embrec.record_interaction(make_user(f"cook{n}"), far, "purchase")
+    settings.EMBREC = {**settings.EMBREC, "RECOMMEND_POPULARITY": 0.9}
+    default = client.get(url).json()["results"]
+    assert default[0]["pk"] == str(far.pk) and default[0]["source"] == "personal"
+    assert pks(client.get(url + "&popularity=0.9")) == [r["pk"] for r in default]
+    assert pks(client.get(url + "&popularity=0")) == [r["pk"] for r in plain]
+    assert [r.pk for r in embrec.recommend(user, model=Article, limit=8)] == pks(client.get(url))

@@ -225,7 +225,14 @@ COMMON = [
         description="Diversity re-ranking (maximal marginal relevance): 1 keeps the relevance "
         "order, lower values favour variety. Left out: no re-ranking.",
     ),
-    OpenApiParameter("popularity", float, description="Share (0–1) of popularity in the score."),
+    OpenApiParameter(
+        "popularity",
+        float,
+        description=(
+            "Share (0–1) of popularity in the score (default 0; for recommendations, "
+            "EMBREC['RECOMMEND_POPULARITY'])."
+        ),
+    ),
     OpenApiParameter("recency", float, description="Share (0–1) of recency in the score."),
     OpenApiParameter(
         "exclude_seen",
