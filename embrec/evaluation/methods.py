@@ -174,13 +174,16 @@ class EmbeddingMethod(Method):
         )
         # Popularity as the read path counts it: distinct users with a positive interaction.
         self.counts = popularity_counts(train)
-        top = float(self.counts[mask].max()) if mask.any() else 0.0
+        # Normalised by the most popular item of the catalog, vector or not (the read path's
+        # maximum over the visible objects).
+        top = float(self.counts.max()) if self.counts.size else 0.0
         self.pop = np.asarray(normalized_popularity(self.counts, top), dtype=np.float64)
         # What the read path excludes (exclude_seen): every item the user interacted with.
         self.seen = train.matrix(binary=True).tocsr()
-        # Popular candidates in the read path's order: most users first, ties by key.
+        # Popular candidates in the read path's order: most users first, ties by key. Like the
+        # read path, items without a vector take a place among them and are then dropped.
         rank = _key_rank(train.items)
-        popular = np.flatnonzero((self.counts > 0) & mask)
+        popular = np.flatnonzero(self.counts > 0)
         self.popular_order = popular[np.lexsort((rank[popular], -self.counts[popular]))]
 
     def score(self, users: np.ndarray) -> np.ndarray:
@@ -215,8 +218,8 @@ class EmbeddingMethod(Method):
             keep[row, candidates] = True
             if self.popularity and self.popular_pool:
                 order = self.popular_order
-                extra = order[valid[order] & ~keep[row, order]][: self.popular_pool]
-                keep[row, extra] = True
+                extra = order[~seen[order] & ~keep[row, order]][: self.popular_pool]
+                keep[row, extra[self.mask[extra]]] = True
         return np.where(keep, scores, -1e9)
 
 
