@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
     # Popularity = distinct users with a positive interaction in the last N days (None: all
     # time), blended as log1p(users) / log1p(most users of any visible item).
     "POPULARITY_WINDOW_DAYS": 90,
+    # Seconds a process reuses its popularity counts (they are recounted at once when an
+    # interaction is added; this bounds staleness after deletions). 0: count on every query.
+    "POPULARITY_CACHE_SECONDS": 60,
     # Half-life of the recency bonus, in days since an item was first embedded.
     "RECENCY_HALF_LIFE_DAYS": 30.0,
     # Most events one POST to the interactions endpoint may carry.

@@ -15,6 +15,8 @@ a list of :class:`Result`; each result says where it came from (``source``).
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -579,11 +581,63 @@ def _visible(rec: Recommendable, request, filters: Mapping[str, Any] | None) -> 
     return visible.filter(q) if q else visible
 
 
+@dataclass
+class PopularityTable:
+    """Popularity of every object of one model: ``ranked`` most users first (ties by key) and
+    ``users`` per object key. Built by one aggregate query and cached per process."""
+
+    ranked: list[tuple[str, float]]
+    users: dict[str, float]
+    expires: float
+
+
+_popularity_tables: dict[tuple, PopularityTable] = {}
+_popularity_lock = threading.Lock()
+
+
+def popularity_table(content_type_id: int, using: str | None = None) -> PopularityTable:
+    """The cached :class:`PopularityTable` of a content type.
+
+    Counting distinct users per object over the whole interaction table costs ~100 ms at 100k
+    interactions, too much for every request. The table is rebuilt when an interaction was added
+    since (the newest interaction id is part of the cache key: one index probe per call) and at
+    the latest every ``POPULARITY_CACHE_SECONDS`` (deletions, the sliding window).
+    """
+    using = using or router.db_for_read(Interaction)
+    newest = (
+        Interaction.objects.using(using)
+        .filter(content_type_id=content_type_id)
+        .aggregate(newest=Max("id"))["newest"]
+    )
+    window = embrec_settings.POPULARITY_WINDOW_DAYS
+    key = (using, content_type_id, window, newest)
+    now = time.monotonic()
+    table = _popularity_tables.get(key)
+    if table is not None and table.expires > now:
+        return table
+    rows = list(_popularity_qs(content_type_id).using(using).values_list("object_pk", "popularity"))
+    ranked = sorted(((pk, float(p)) for pk, p in rows), key=lambda row: (-row[1], row[0]))
+    ttl = float(embrec_settings.POPULARITY_CACHE_SECONDS or 0)
+    table = PopularityTable(ranked=ranked, users=dict(ranked), expires=now + ttl)
+    with _popularity_lock:
+        for old in [k for k in _popularity_tables if k[:2] == key[:2]]:
+            del _popularity_tables[old]
+        if ttl > 0:
+            _popularity_tables[key] = table
+    return table
+
+
+def forget_popularity() -> None:
+    """Drop cached popularity tables (tests, or after bulk-deleting interactions)."""
+    with _popularity_lock:
+        _popularity_tables.clear()
+
+
 def popularity_scores(content_type_id: int, pks: Iterable[str]) -> dict[str, float]:
     """Popularity per object: distinct users with a positive interaction on it (within
     ``POPULARITY_WINDOW_DAYS``). Objects nobody liked are absent."""
-    qs = _popularity_qs(content_type_id).filter(object_pk__in=list(pks))
-    return {pk: float(score) for pk, score in qs.values_list("object_pk", "popularity")}
+    users = popularity_table(content_type_id).users
+    return {pk: users[pk] for pk in pks if pk in users}
 
 
 def _popularity_qs(content_type_id: int) -> models.QuerySet:
@@ -600,9 +654,46 @@ def _visible_pks(visible: models.QuerySet) -> models.QuerySet:
     return qs.values("_pk_str")
 
 
+#: Popular objects checked for visibility per query while walking the cached ranking; a
+#: restriction that hides most of them switches to one aggregate query instead.
+_VISIBILITY_PROBE = 500
+_VISIBILITY_PROBES = 3
+
+
+def _visible_in_order(visible: models.QuerySet, ranked: list[tuple[str, float]], wanted):
+    """Yield the visible entries of ``ranked`` in order until ``wanted()`` says stop; returns
+    ``False`` if the walk gave up (too few visible objects among the most popular)."""
+    pk_field = visible.model._meta.pk
+    for probe in range(_VISIBILITY_PROBES):
+        chunk = ranked[probe * _VISIBILITY_PROBE : (probe + 1) * _VISIBILITY_PROBE]
+        if not chunk:
+            return True
+        keys = {}
+        for pk, _ in chunk:
+            try:
+                keys[pk] = pk_field.to_python(pk)
+            except ValidationError:
+                continue
+        shown = {
+            str(pk)
+            for pk in visible.filter(pk__in=list(keys.values())).values_list("pk", flat=True)
+        }
+        for entry in chunk:
+            if entry[0] in shown:
+                yield entry
+                if not wanted():
+                    return True
+    return len(ranked) <= _VISIBILITY_PROBES * _VISIBILITY_PROBE
+
+
 def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
     """The popularity of the most popular object in ``visible``: what the blend normalises by,
     so that a score means the same whichever candidates a query happens to look at."""
+    table = popularity_table(content_type_id)
+    for _pk, users in _visible_in_order(visible, table.ranked, lambda: False):
+        return users
+    if len(table.ranked) <= _VISIBILITY_PROBES * _VISIBILITY_PROBE:
+        return 0.0
     top = (
         _popularity_qs(content_type_id)
         .filter(object_pk__in=_visible_pks(visible))
@@ -613,9 +704,9 @@ def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
 
 @dataclass
 class PopularityRanking:
-    """One aggregate query's view of popularity for a query: the ``top`` visible objects by
-    popularity that are not excluded, the popularity of every object read, and the maximum over
-    the visible objects (what scores are normalised by)."""
+    """Popularity as one query sees it: the ``top`` visible objects by popularity that are not
+    excluded, the popularity of every object (``scores``), and the maximum over the visible
+    objects (what scores are normalised by)."""
 
     top: list[tuple[str, float]]
     scores: dict[str, float]
@@ -630,18 +721,39 @@ def popularity_ranking(
     skip: Iterable[str] = (),
 ) -> PopularityRanking:
     """The ``count`` most popular objects of ``visible`` not in ``exclusions`` nor ``skip``
-    (most users first, ties by key), and the visible maximum, from one aggregate query: it
-    reads ``count`` rows more than are excluded or skipped, so the exclusions can be applied here."""
+    (most users first, ties by key), and the visible maximum.
+
+    Walks the cached :func:`popularity_table` and checks visibility a few hundred objects at a
+    time; when the restriction hides most popular objects it falls back to one aggregate query.
+    """
     excluded = exclusions.pk_set() | {str(pk) for pk in skip}
-    rows = list(
-        _popularity_qs(content_type_id)
-        .filter(object_pk__in=_visible_pks(visible))
-        .order_by("-popularity", "object_pk")
-        .values_list("object_pk", "popularity")[: max(count, 1) + len(excluded)]
-    )
-    scores = {pk: float(p) for pk, p in rows}
-    top = [(pk, float(p)) for pk, p in rows if pk not in excluded][:count]
-    return PopularityRanking(top=top, scores=scores, maximum=float(rows[0][1]) if rows else 0.0)
+    table = popularity_table(content_type_id)
+    top: list[tuple[str, float]] = []
+    maximum: float | None = None
+
+    def wanted() -> bool:
+        return len(top) < count or maximum is None
+
+    walk = _visible_in_order(visible, table.ranked, wanted)
+    try:
+        while True:
+            pk, users = next(walk)
+            if maximum is None:
+                maximum = users
+            if pk not in excluded and len(top) < count:
+                top.append((pk, users))
+    except StopIteration as stop:
+        complete = stop.value is not False
+    if not complete:
+        rows = list(
+            _popularity_qs(content_type_id)
+            .filter(object_pk__in=_visible_pks(visible))
+            .order_by("-popularity", "object_pk")
+            .values_list("object_pk", "popularity")[: max(count, 1) + len(excluded)]
+        )
+        top = [(pk, float(p)) for pk, p in rows if pk not in excluded][:count]
+        maximum = float(rows[0][1]) if rows else 0.0
+    return PopularityRanking(top=top, scores=table.users, maximum=float(maximum or 0.0))
 
 
 def _blend(

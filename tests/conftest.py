@@ -1,6 +1,7 @@
 import pytest
 
 from embrec.encoders import reset_encoders
+from embrec.queries import forget_popularity
 from embrec.storage import forget_indexes
 
 
@@ -8,8 +9,10 @@ from embrec.storage import forget_indexes
 def _fresh_caches():
     """Indexes are dropped with the test database between tests that flush it."""
     forget_indexes()
+    forget_popularity()
     yield
     forget_indexes()
+    forget_popularity()
 
 
 @pytest.fixture

@@ -387,3 +387,37 @@ def test_blend_reaches_popular_items_outside_the_nearest_pool(settings, exact_se
     settings.EMBREC = {**settings.EMBREC, "RERANK_POPULAR_CANDIDATES": 0}
     nearest_only = embrec.search(query, model=Article, limit=3, popularity=0.9, user=fan)
     assert {r.pk for r in nearest_only} == {r.pk for r in plain[:3]}
+
+
+def test_cached_popularity_follows_new_interactions_and_matches_the_aggregate(monkeypatch):
+    articles = make_catalog(per_category=3)
+    ct = ContentType.objects.get_for_model(Article)
+    for n, article in enumerate(articles[:4]):
+        for u in range(n + 1):
+            record_interaction(make_user(f"p{n}-{u}"), article, "view")
+    first = queries.popularity_table(ct.id)
+    assert first.ranked[0] == (str(articles[3].pk), 4.0)
+    assert queries.popularity_table(ct.id) is first  # served from the process cache
+
+    # A new interaction is visible at once: the newest interaction id is part of the key.
+    for u in range(5):
+        record_interaction(make_user(f"late{u}"), articles[8], "like")
+    assert queries.popularity_table(ct.id).ranked[0] == (str(articles[8].pk), 5.0)
+
+    # Walking the cached ranking with a visibility restriction gives what one aggregate query
+    # over the visible objects gives (the fallback used when few popular objects are visible).
+    visible = Article.objects.exclude(pk=articles[8].pk)
+    walked = queries.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    monkeypatch.setattr(queries, "_VISIBILITY_PROBE", 1)
+    monkeypatch.setattr(queries, "_VISIBILITY_PROBES", 1)
+    aggregated = queries.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    assert (
+        walked.top
+        == aggregated.top
+        == [
+            (str(articles[3].pk), 4.0),
+            (str(articles[2].pk), 3.0),
+            (str(articles[1].pk), 2.0),
+        ]
+    )
+    assert walked.maximum == aggregated.maximum == 4.0
