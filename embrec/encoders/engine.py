@@ -168,7 +168,7 @@ class EncodingEngine:
     ``dtype`` — ``"auto"`` (default), ``"float32"``, ``"float16"`` or ``"bfloat16"``. With a
     dtype other than the model's, the engine runs its own converted copy of the transformer and
     leaves the model itself untouched.
-    ``max_tokens`` — padded tokens per forward pass (default 65,536 on CUDA, 4,096 on CPU, where
+    ``max_tokens`` — padded tokens per forward pass (default 65,536 on CUDA, 2,048 on CPU, where
     smaller batches stay in cache).
     ``max_batch_size`` — texts per forward pass, whatever their length (default 2,048).
     ``chunk_size`` — texts tokenized and sorted together (default 65,536 on CUDA, 4,096 on CPU):
@@ -199,7 +199,7 @@ class EncodingEngine:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = resolve_dtype(dtype, self.device)
         cuda = self.device.type == "cuda"
-        self.max_tokens = int(max_tokens or (65536 if cuda else 4096))
+        self.max_tokens = int(max_tokens or (65536 if cuda else 2048))
         self.max_batch_size = int(max_batch_size)
         self.chunk_size = int(chunk_size or (65536 if cuda else 4096))
         self.normalize = parts["normalize"] if normalize is None else bool(normalize)

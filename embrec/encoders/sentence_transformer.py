@@ -20,7 +20,7 @@ Engine options (see :mod:`embrec.encoders.engine`):
 * ``dtype`` — ``"auto"`` (default: ``float16`` on CUDA, ``float32`` on CPU), ``"float32"``,
   ``"float16"`` or ``"bfloat16"``. On CPUs without native bfloat16 (AVX2-only machines) reduced
   precision is several times slower than ``float32``, hence the CPU default.
-* ``max_tokens`` — padded tokens per forward pass (default 65,536 on CUDA, 4,096 on CPU).
+* ``max_tokens`` — padded tokens per forward pass (default 65,536 on CUDA, 2,048 on CPU).
 * ``chunk_size`` — texts tokenized and length-sorted together (default 65,536 on CUDA, 4,096 on
   CPU).
 * ``threads`` — torch CPU threads (default: torch's own choice, one per core).
