@@ -68,6 +68,8 @@ def test_stream_stops_cleanly_when_abandoned(minilm):
     engine = EncodingEngine(minilm)
     stream = engine.encode_stream((f"text {i}" for i in range(10_000)), chunk_size=8)
     first = next(stream)
+    # The same thread may encode while its stream is suspended (no self-deadlock).
+    assert engine.encode(["meanwhile"]).shape == (1, 384)
     stream.close()  # the tokenizer thread must exit, and the engine stays usable
     assert first.shape == (8, 384)
     assert engine.encode(["again"]).shape == (1, 384)

@@ -232,7 +232,9 @@ class EncodingEngine:
             model.get_sentence_embedding_dimension
         )
         self.dimensions = int(get_dims())
-        self._lock = threading.Lock()
+        # One caller at a time on the device; re-entrant so that a thread may call encode()
+        # while one of its own streams is suspended between chunks.
+        self._lock = threading.RLock()
         self.oom_splits = 0
 
     # -- public ---------------------------------------------------------------------------------
@@ -251,7 +253,9 @@ class EncodingEngine:
         """Encode an iterable of texts chunk by chunk; yield one array per chunk, in order.
 
         At most three chunks (the one on the device, one prepared and one being tokenized) are
-        held in memory, whatever the length of ``texts``.
+        held in memory, whatever the length of ``texts``. ``texts`` is consumed from a background
+        thread: pass strings, or a generator that does not need this thread's state (a Django
+        queryset iterated there would open its own database connection).
         """
         chunk_size = int(chunk_size or self.chunk_size)
         with self._lock:
