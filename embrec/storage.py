@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from django.db import IntegrityError, transaction
 from django.db import connection as default_connection
-from django.db import transaction
 
 from embrec.conf import embrec_settings
 
@@ -144,13 +146,38 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0
 _COPY_TRAILER = b"\xff\xff"
 
 
-def copy_payload(rows: Sequence[VectorRow], dims: int) -> bytes:
-    """The binary ``COPY`` stream of ``(object_pk text, vector, content_hash text)`` rows.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
+
+def _binary_field(value: int | str | datetime) -> bytes:
+    """One field of a binary COPY row: length, then int4, UTF-8 text or timestamptz."""
+    if isinstance(value, datetime):
+        data = struct.pack(">q", (value - _PG_EPOCH) // timedelta(microseconds=1))
+    elif isinstance(value, int):
+        data = struct.pack(">i", value)
+    else:
+        data = value.encode()
+    return struct.pack(">i", len(data)) + data
+
+
+def copy_payload(
+    rows: Sequence[VectorRow],
+    dims: int,
+    *,
+    before_pk: Sequence[int | str | datetime] = (),
+    after_pk: Sequence[int | str | datetime] = (),
+) -> bytes:
+    """The binary ``COPY`` stream of ``(*before_pk, object_pk, *after_pk, vector, content_hash)``.
+
+    ``before_pk`` and ``after_pk`` are constant columns (int4, text or timestamptz) repeated on
+    every row.
     Built with numpy, one structured array per (pk length, hash length) group, instead of one
     Python call per row and field: rows of a group share one byte layout, so the whole group is
-    filled column by column. Row order does not matter (the rows land in a staging table).
+    filled column by column. Row order does not matter (the table's order is not the rows').
     """
+    pre = np.frombuffer(b"".join(_binary_field(v) for v in before_pk), dtype=np.uint8)
+    mid = np.frombuffer(b"".join(_binary_field(v) for v in after_pk), dtype=np.uint8)
+    n_fields = 3 + len(before_pk) + len(after_pk)
     pk_bytes = [row.object_pk.encode() for row in rows]
     hash_bytes = [row.content_hash.encode() for row in rows]
     vectors = np.asarray([row.vector for row in rows], dtype=np.float32)
@@ -164,8 +191,10 @@ def copy_payload(rows: Sequence[VectorRow], dims: int) -> bytes:
         layout = np.dtype(
             [
                 ("fields", ">i2"),
+                ("pre", "u1", (len(pre),)),
                 ("pk_len", ">i4"),
                 ("pk", f"S{pk_len}" if pk_len else "V0"),
+                ("mid", "u1", (len(mid),)),
                 ("vec_len", ">i4"),
                 ("dim", ">i2"),
                 ("unused", ">i2"),
@@ -175,10 +204,12 @@ def copy_payload(rows: Sequence[VectorRow], dims: int) -> bytes:
             ]
         )
         block = np.empty(len(members), dtype=layout)
-        block["fields"] = 3
+        block["fields"] = n_fields
+        block["pre"] = pre
         block["pk_len"] = pk_len
         if pk_len:
             block["pk"] = [pk_bytes[i] for i in members]
+        block["mid"] = mid
         block["vec_len"] = 4 + 4 * dims
         block["dim"] = dims
         block["unused"] = 0
@@ -191,6 +222,20 @@ def copy_payload(rows: Sequence[VectorRow], dims: int) -> bytes:
     return b"".join(parts)
 
 
+def _any_exists(cursor, content_type_id: int, encoder: str, pks: list[str]) -> bool:
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM embrec_embedding WHERE content_type_id = %s "
+        "AND encoder = %s AND object_pk = ANY(%s))",
+        [content_type_id, encoder, pks],
+    )
+    return bool(cursor.fetchone()[0])
+
+
+def _transaction_now(cursor) -> datetime:
+    cursor.execute("SELECT now()")
+    return cursor.fetchone()[0]
+
+
 def write_vectors(
     content_type_id: int,
     encoder: str,
@@ -199,7 +244,13 @@ def write_vectors(
     *,
     using=None,
 ) -> int:
-    """Upsert vectors in bulk: binary COPY into a temp table, then one INSERT … ON CONFLICT.
+    """Upsert vectors in bulk (binary COPY; see below). Returns the number of rows written.
+
+    When none of the rows exists yet (a first index, new objects), they are copied straight into
+    ``embrec_embedding`` under a savepoint. Otherwise, or when a concurrent writer inserted one of
+    them meanwhile (unique violation: the savepoint is rolled back), they are copied into a
+    temporary staging table and merged with one ``INSERT … ON CONFLICT DO UPDATE``; the direct
+    path writes each row once instead of twice and is about twice as fast.
 
     Must run inside a transaction (the staging table is emptied on commit).
     """
@@ -209,8 +260,28 @@ def write_vectors(
         return 0
     conn.ensure_connection()
     _register_vector(conn)
-    dims = int(rows[0].vector.shape[0])
+    dims = int(np.asarray(rows[0].vector).shape[0])
+    pks = [row.object_pk for row in rows]
     with conn.cursor() as cursor:
+        if len(set(pks)) == len(pks) and not _any_exists(cursor, content_type_id, encoder, pks):
+            now = _transaction_now(cursor)  # the same timestamps as the upsert's now()
+            payload = copy_payload(
+                rows,
+                dims,
+                before_pk=[int(content_type_id)],
+                after_pk=[encoder, identity, dims, now, now],
+            )
+            try:
+                with transaction.atomic(using=conn.alias), conn.wrap_database_errors:
+                    with cursor.cursor.copy(
+                        "COPY embrec_embedding (content_type_id, object_pk, encoder, identity, "
+                        "dimensions, created_at, updated_at, vector, content_hash) "
+                        "FROM STDIN WITH (FORMAT BINARY)"
+                    ) as copy:
+                        copy.write(payload)
+                return len(rows)
+            except IntegrityError:
+                pass  # another transaction wrote one of these rows first: merge instead
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS embrec_stage "
             "(object_pk text, vector vector, content_hash text) ON COMMIT DELETE ROWS"

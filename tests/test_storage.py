@@ -69,8 +69,11 @@ def test_write_vectors_uses_one_statement_per_batch_not_one_per_row():
     ct = ContentType.objects.get_for_model(Article)
     with CaptureQueriesContext(connection) as captured, transaction.atomic():
         write_vectors(ct.id, "hashing", "id", rows(500))
+    # New rows go in with one binary COPY (not captured here), existing ones with one
+    # INSERT ... ON CONFLICT: never one statement per row.
     inserts = [q for q in captured.captured_queries if "INSERT" in q["sql"].upper()]
-    assert len(inserts) == 1
+    assert len(inserts) <= 1
+    assert len(captured.captured_queries) <= 8
     assert Embedding.objects.filter(content_type=ct).count() == 500
 
 
