@@ -2,6 +2,7 @@
 
 import zipfile
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -164,3 +165,76 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     rec = registry.get(Movie)
     assert rec.get_encoders() == ["hybrid", "default"]
     assert _text_encoder_for(rec, None) == "default"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_serves_the_api_and_stops_its_worker_on_sigterm(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+    from django.db import connection
+
+    from tests.worker import REDIS_URL, wait_for
+
+    source = tmp_path / "ml-slice.zip"
+    make_slice(source)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "EMBREC_DATABASE_NAME": connection.settings_dict["NAME"],
+        "CELERY_BROKER_URL": REDIS_URL,
+    }
+    log = open(tmp_path / "demo.log", "wb")
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "demo",
+            "--source",
+            str(source),
+            "--addrport",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                    return resp.status, resp.read()
+            except OSError:
+                return None
+
+        wait_for(lambda: get("/api/docs/"), timeout=180, message="the demo server")
+        movie = Movie.objects.get(movielens_id=1)
+        status, body = get(f"/api/embrec/items/catalog.movie/{movie.pk}/similar/?limit=3")
+        assert status == 200
+        assert b'"results"' in body and b"Toy Story" not in body
+        workers = [
+            p
+            for p in psutil.Process(demo.pid).children(recursive=True)
+            if "celery" in " ".join(p.cmdline())
+        ]
+        assert workers, "the demo starts a Celery worker"
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+        log.close()
+    # The worker went down with the demo.
+    deadline = time.monotonic() + 30
+    while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers):
+        assert time.monotonic() < deadline, (tmp_path / "demo.log").read_text()[-2000:]
+        time.sleep(0.2)

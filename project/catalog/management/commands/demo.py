@@ -254,18 +254,39 @@ class Command(BaseCommand):
                 ],
                 cwd=settings.BASE_DIR,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             self.log("Worker: started (queue 'embrec', with the sweeper's beat schedule)")
         self.log(
             "API: http://127.0.0.1:8000/api/embrec/items/catalog.movie/1/similar/ · "
             "docs: http://127.0.0.1:8000/api/docs/"
         )
+        # `kill <pid>` (SIGTERM) ends the demo like Ctrl-C does, so the worker is stopped too.
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             call_command("runserver", addrport, use_reloader=False)
+        except KeyboardInterrupt:
+            pass
         finally:
+            signal.signal(signal.SIGTERM, previous)
             if worker is not None and worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGTERM)
                 try:
                     worker.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, signal.SIGKILL)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """In the worker child on Linux: get SIGTERM if the demo process dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
