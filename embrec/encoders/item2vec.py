@@ -17,7 +17,7 @@ Options (all optional):
   ``min_count`` (1), ``sample`` (0: no down-sampling of popular items), ``ns_exponent`` (0.75),
   ``alpha`` (0.025), ``seed`` (1), ``workers`` (1; more threads train faster but not bit-for-bit
   reproducibly) — word2vec parameters.
-* ``model_dir`` — where models are stored (default ``<BASE_DIR>/.embrec/models``).
+* ``model_dir`` — where models are stored (default ``<BASE_DIR>/.embrec/models/<database name>``).
 * ``kinds`` — interaction kinds used for training (default: all).
 * ``min_weight`` — interactions with weight at most this are ignored (default 0: dislikes and
   other negative signals are not co-consumption).
@@ -149,9 +149,13 @@ class Item2VecEncoder(BaseEncoder):
         base = self.options.get("model_dir")
         if not base:
             from django.conf import settings
+            from django.db import connections
 
             root = getattr(settings, "BASE_DIR", None) or os.getcwd()
-            base = Path(root) / ".embrec" / "models"
+            # One folder per database: a model trained on one database's interactions (say the
+            # test database) must not replace the one another database's vectors came from.
+            database = connections["default"].settings_dict["NAME"]
+            base = Path(root) / ".embrec" / "models" / str(database)
         return Path(base) / self.alias
 
     @property

@@ -114,6 +114,10 @@ class SentenceTransformerEncoder(BaseEncoder):
                         import torch
 
                         torch.set_num_threads(int(threads))
+                    from transformers.utils import logging as hf_logging
+
+                    # A progress bar per model load is noise in worker and command logs.
+                    hf_logging.disable_progress_bar()
                     try:
                         self._model = SentenceTransformer(path, device=self.device)
                     except OSError as exc:
