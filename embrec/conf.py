@@ -41,6 +41,19 @@ DEFAULTS: dict[str, Any] = {
     "HNSW_M": 16,
     "HNSW_EF_CONSTRUCTION": 64,
     "EF_SEARCH": 100,
+    # Bulk loads build the HNSW index once, after the vectors are written, instead of inserting
+    # every row into the graph (pgvector's advice, and many times faster). A drain that writes
+    # vectors for a (model, encoder) whose index does not exist yet defers the index while at
+    # least this many outbox rows of that model are pending (or while vectors without the index
+    # are already stored, e.g. after ``embrec_reindex --rebuild-index``); the index is built when
+    # a drain empties that model's backlog, at the end of ``embrec_reindex --sync``, or by the
+    # sweeper. Queries work meanwhile (exact scans). 0: never defer (index before the first write).
+    "INDEX_BUILD_THRESHOLD": 10_000,
+    # maintenance_work_mem for a deferred build (SET LOCAL, that transaction only): the build is
+    # much faster while the graph fits in it. None keeps the server's setting.
+    "INDEX_BUILD_MAINTENANCE_WORK_MEM": "1GB",
+    # max_parallel_maintenance_workers for a deferred build (None: the server's setting).
+    "INDEX_BUILD_PARALLEL_WORKERS": None,
     # Query limits.
     "DEFAULT_LIMIT": 10,
     "MAX_LIMIT": 100,

@@ -12,6 +12,10 @@ around four functions:
   workers from writing one object out of order.
 * :func:`reindex` — enqueue every indexable object of a model, by keyset pages.
 * :func:`sweep` — re-kick rows that have waited too long (the broker was down, a worker died).
+
+Bulk loads defer the HNSW index (``EMBREC["INDEX_BUILD_THRESHOLD"]``): the vectors are written
+without it and :func:`build_deferred_indexes` builds it in one ``CREATE INDEX`` once the model's
+backlog is gone.
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ from embrec.registry import registry
 from embrec.storage import (
     IndexSpec,
     VectorRow,
+    build_index,
     delete_vectors,
+    drop_index,
     ensure_index,
+    index_exists,
     write_vectors,
 )
 
@@ -279,6 +286,9 @@ class DrainResult:
     failed: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    #: Indexes this drain left unbuilt while writing (bulk load), and those it built afterwards.
+    deferred: set[IndexSpec] = field(default_factory=set)
+    indexes_built: list[str] = field(default_factory=list)
 
     def merge(self, other: DrainResult) -> None:
         self.batches += other.batches
@@ -288,6 +298,8 @@ class DrainResult:
         self.deleted += other.deleted
         self.failed += other.failed
         self.errors.extend(other.errors)
+        self.deferred |= other.deferred
+        self.indexes_built.extend(other.indexes_built)
 
 
 def _index_spec(ct_id: int, alias: str) -> IndexSpec:
@@ -305,7 +317,9 @@ def drain(
     """Process pending outbox rows until none are left (or a limit is reached).
 
     Each batch is one transaction (see :func:`drain_batch`). ``on_batch`` is called after each
-    committed batch (progress bars, fan-out to more workers).
+    committed batch (progress bars, fan-out to more workers). After a batch that deferred an
+    index, the index is built (outside the batch transaction) once no row of that model is
+    pending any more: the worker that commits the last batch builds it.
     """
     batch_size = int(batch_size or embrec_settings.BATCH_SIZE)
     if batch_size < 1:
@@ -321,6 +335,15 @@ def drain(
         total.merge(result)
         if on_batch is not None:
             on_batch(result)
+        if result.deferred:
+            built = build_deferred_indexes(result.deferred)
+            total.indexes_built.extend(built)
+            total.deferred -= {spec for spec in total.deferred if spec.name in built}
+    if total.deferred:
+        # Stopped by a limit, or the last rows were held by other workers: build what is ready.
+        built = build_deferred_indexes(total.deferred)
+        total.indexes_built.extend(built)
+        total.deferred -= {spec for spec in total.deferred if spec.name in built}
     total.seconds = time.monotonic() - started
     return total
 
@@ -385,9 +408,14 @@ def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
 
         plans = [_plan_group(ct_id, group) for ct_id, group in by_ct.items()]
         # Indexes first: CREATE INDEX locks the table against writers, which must not be us.
+        # A bulk load defers them instead (built after the backlog, see build_deferred_indexes).
         for plan in plans:
             for alias in plan.aliases:
-                ensure_index(_index_spec(plan.ct_id, alias))
+                spec = _index_spec(plan.ct_id, alias)
+                if _defer_index(spec):
+                    result.deferred.add(spec)
+                else:
+                    ensure_index(spec)
         done_ids: list[int] = []
         failed: dict[int, str] = {}
         for plan in plans:
@@ -399,6 +427,97 @@ def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
             _mark_failed(failed)
         result.failed = len(failed)
     return result
+
+
+def _pending_for(content_type_id: int, limit: int | None = None) -> int:
+    """Pending outbox rows of one model (counting stops at ``limit``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM embrec_outbox WHERE state = %s "
+            "AND content_type_id = %s LIMIT %s) AS pending",
+            [OutboxEntry.PENDING, content_type_id, limit],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _has_vectors(spec: IndexSpec) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM embrec_embedding WHERE {spec.predicate_sql()})"
+        )
+        return bool(cursor.fetchone()[0])
+
+
+def _defer_index(spec: IndexSpec) -> bool:
+    """Whether this batch writes ``spec``'s vectors without creating its missing index.
+
+    Deferred when the index does not exist and either a bulk load is pending (at least
+    ``INDEX_BUILD_THRESHOLD`` rows of the model) or vectors are already stored without it (a
+    deferred load under way, or an index dropped for a rebuild): creating it here would build the
+    whole graph inside the batch transaction while other workers wait.
+    """
+    threshold = int(embrec_settings.INDEX_BUILD_THRESHOLD or 0)
+    if threshold <= 0 or index_exists(spec):
+        return False
+    return _pending_for(spec.content_type_id, threshold) >= threshold or _has_vectors(spec)
+
+
+def build_deferred_indexes(specs: Iterable[IndexSpec]) -> list[str]:
+    """Build the missing indexes of ``specs`` whose model has no pending outbox row left.
+
+    Runs outside any batch transaction; :func:`~embrec.storage.build_index` serialises builders.
+    Returns the names of the indexes this call built.
+    """
+    built = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        if _pending_for(spec.content_type_id, 1) or index_exists(spec):
+            continue
+        started = time.monotonic()
+        if build_index(spec):
+            logger.info("embrec: built index %s in %.1f s.", spec.name, time.monotonic() - started)
+            built.append(spec.name)
+    return built
+
+
+def index_specs(recommendable: Recommendable, encoder: str | None = None) -> list[IndexSpec]:
+    """The HNSW index specs of a registered model (all its encoders, or one); loads encoders."""
+    ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
+    aliases = [encoder] if encoder else recommendable.get_encoders()
+    return [_index_spec(ct.id, alias) for alias in aliases]
+
+
+def drop_indexes(recommendable: Recommendable, encoder: str | None = None) -> list[str]:
+    """Drop a model's HNSW indexes before a full re-embed; returns the names that existed.
+
+    The drains that follow write without index maintenance (vectors without an index are
+    already stored, so they defer it) and the index is built once the backlog is gone.
+    """
+    return [spec.name for spec in index_specs(recommendable, encoder) if drop_index(spec)]
+
+
+def build_missing_indexes() -> list[str]:
+    """Safety net (the sweeper, ``embrec_reindex --sync``): build indexes left missing.
+
+    For every registered (model, encoder) with stored vectors, no pending outbox row and no
+    index, the index is built. Dimensions are read from the stored vectors, so no encoder is
+    loaded. Returns the names of the indexes built.
+    """
+    specs = set()
+    for rec in registry.all():
+        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        for alias in rec.get_encoders():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT dimensions FROM embrec_embedding WHERE content_type_id = %s "
+                    "AND encoder = %s LIMIT 1",
+                    [ct.id, alias],
+                )
+                row = cursor.fetchone()
+            if row is None:
+                continue
+            options = (embrec_settings.ENCODERS.get(alias) or {}).get("OPTIONS") or {}
+            specs.add(IndexSpec(ct.id, alias, int(row[0]), bool(options.get("halfvec"))))
+    return build_deferred_indexes(specs)
 
 
 def _object_key(object_pk: str) -> int:
@@ -667,6 +786,8 @@ def sweep(*, older_than: float | None = None) -> int:
     count = stale.count()
     if count:
         kick(force=True)
+    # An index left missing (a deferred build that never ran: the worker died) is built here.
+    build_missing_indexes()
     return count
 
 

@@ -84,6 +84,34 @@ def parse_vector(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
+def _create_index_sql(spec: IndexSpec) -> str:
+    return (
+        f"CREATE INDEX IF NOT EXISTS {spec.name} ON embrec_embedding "
+        f"USING hnsw ((vector::{spec.vector_type}) {spec.opclass}) "
+        f"WITH (m = {int(embrec_settings.HNSW_M)}, "
+        f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
+        f"WHERE {spec.predicate_sql()}"
+    )
+
+
+def index_exists(spec: IndexSpec, using=None) -> bool:
+    """Whether the HNSW index of ``spec`` exists, asked of the database (not the cache).
+
+    Another process may have dropped it (``embrec_reindex --rebuild-index``): a missing index is
+    also forgotten by this process's cache, so that :func:`ensure_index` creates it again.
+    """
+    conn = using or default_connection
+    key = (conn.alias, spec.name)
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", [spec.name])
+        exists = cursor.fetchone() is not None
+    if exists:
+        _known_indexes.add(key)
+    else:
+        _known_indexes.discard(key)
+    return exists
+
+
 def ensure_index(spec: IndexSpec, using=None) -> bool:
     """Create the HNSW index for ``spec`` if missing. Returns True when it was created.
 
@@ -107,17 +135,59 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
                 # CREATE INDEX refuses to run while deferred foreign-key checks of earlier writes
                 # in this transaction are queued on the table: run those checks now.
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                cursor.execute(
-                    f"CREATE INDEX IF NOT EXISTS {spec.name} ON embrec_embedding "
-                    f"USING hnsw ((vector::{spec.vector_type}) {spec.opclass}) "
-                    f"WITH (m = {int(embrec_settings.HNSW_M)}, "
-                    f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
-                    f"WHERE {spec.predicate_sql()}"
-                )
+                cursor.execute(_create_index_sql(spec))
                 cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     # A rolled-back transaction takes the index with it: only remember it once committed.
     transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
     return True
+
+
+def build_index(spec: IndexSpec, using=None) -> bool:
+    """Build the HNSW index of ``spec`` over the rows already written; True when this call built it.
+
+    For bulk loads that deferred the index (see ``EMBREC["INDEX_BUILD_THRESHOLD"]``): one
+    ``CREATE INDEX`` over all rows is far cheaper than inserting them into the graph one by one.
+    Call it outside any batch transaction. It runs in a transaction of its own, serialised with
+    :func:`ensure_index` by the same advisory lock, so two workers never build one index twice
+    (the second waits, then finds it built). ``maintenance_work_mem`` and
+    ``max_parallel_maintenance_workers`` are raised for this transaction only
+    (``INDEX_BUILD_MAINTENANCE_WORK_MEM``, ``INDEX_BUILD_PARALLEL_WORKERS``). While it builds,
+    queries keep running (exact scans) and writes to ``embrec_embedding`` wait.
+    """
+    conn = using or default_connection
+    key = (conn.alias, spec.name)
+    with _lock, transaction.atomic(using=conn.alias), conn.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
+        if cursor.fetchone():
+            _known_indexes.add(key)
+            return False
+        memory = embrec_settings.INDEX_BUILD_MAINTENANCE_WORK_MEM
+        if memory:
+            cursor.execute("SELECT set_config('maintenance_work_mem', %s, true)", [str(memory)])
+        workers = embrec_settings.INDEX_BUILD_PARALLEL_WORKERS
+        if workers is not None:
+            cursor.execute(
+                "SELECT set_config('max_parallel_maintenance_workers', %s, true)",
+                [str(int(workers))],
+            )
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(_create_index_sql(spec))
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+    return True
+
+
+def drop_index(spec: IndexSpec, using=None) -> bool:
+    """Drop the HNSW index of ``spec`` (before a full re-embed); True when it existed."""
+    conn = using or default_connection
+    with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
+        existed = cursor.fetchone() is not None
+        cursor.execute(f"DROP INDEX IF EXISTS {spec.name}")
+    _known_indexes.discard((conn.alias, spec.name))
+    return existed
 
 
 def forget_indexes() -> None:

@@ -2,7 +2,10 @@
 
 Queues every object of the given registered models (all of them by default) for embedding. Objects
 whose text and encoder are unchanged are not re-encoded (unless ``--force``). With ``--sync`` the
-outbox is drained in this process instead of by Celery workers.
+outbox is drained in this process instead of by Celery workers, and missing HNSW indexes are built
+at the end. ``--rebuild-index`` drops the models' HNSW indexes before queueing, so that a full
+re-embed (a new model) loads without index maintenance; the index is built once, when the backlog
+is gone (by the worker that empties it, here with ``--sync``, or by the sweeper).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force", action="store_true", help="Re-encode even objects whose text is unchanged."
         )
+        parser.add_argument(
+            "--rebuild-index",
+            action="store_true",
+            help="Drop the HNSW indexes first and build them once the vectors are written "
+            "(full re-embeds: much faster than maintaining the index row by row).",
+        )
 
     def handle(self, *args: str, **options) -> None:
         labels = options["labels"]
@@ -51,6 +60,15 @@ class Command(BaseCommand):
         batch_size = batch_size or int(embrec_settings.BATCH_SIZE)
         sync = options["sync"]
         quiet = options["verbosity"] == 0
+
+        if options["rebuild_index"]:
+            for rec in recs:
+                try:
+                    dropped = indexing.drop_indexes(rec, encoder)
+                except ImproperlyConfigured as exc:
+                    raise CommandError(str(exc)) from None
+                for name in dropped:
+                    self.stdout.write(f"{rec.label}: dropped index {name}; rebuilt after the load.")
 
         queued: dict[str, int] = {}
         for rec in recs:
@@ -92,6 +110,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if bar:
             bar.close()
+        # The drain builds the indexes it deferred; this also builds those dropped by
+        # --rebuild-index when nothing needed re-encoding.
+        specs = [spec for rec in recs for spec in indexing.index_specs(rec, encoder)]
+        built = result.indexes_built + indexing.build_deferred_indexes(specs)
+        if built:
+            self.stdout.write(f"Built index(es) after the load: {', '.join(built)}.")
         style = self.style.WARNING if result.failed else self.style.SUCCESS
         self.stdout.write(
             style(
