@@ -8,6 +8,10 @@ all-MiniLM-L6-v2 weights; runs alternate (encode, engine, encode, engine, ...) s
 a shared machine hits both alike, and the ratio is taken between medians. The engine's vectors
 are compared with ``encode``'s float32 vectors (min and mean cosine). ``--stream N`` also
 encodes N texts from a generator through the streaming API and reports the process's peak RSS.
+``--onnx`` adds a third side: the engine's tokenization thread and length-sorted batches, with the
+transformer forward exported once to ONNX (``torch.onnx.export``, TorchScript exporter) and run
+by ONNX Runtime on CPU, pooling and normalisation in numpy (needs ``onnxruntime`` and ``onnx``,
+not embrec requirements).
 """
 
 from __future__ import annotations
@@ -51,6 +55,69 @@ def padded_tokens(texts: list[str], engine, st_batch: int) -> dict:
     return {"encode": round(st / real, 3), "engine": round(ours / real, 3)}
 
 
+def onnx_engine(model, max_tokens: int, cache: str):
+    """An :class:`EncodingEngine` whose forward pass runs in ONNX Runtime (benchmark only)."""
+    import onnxruntime as ort
+    import torch
+
+    from embrec.encoders.engine import EncodingEngine
+
+    path = os.path.join(cache, "model.onnx")
+    transformer = model[0].auto_model.eval()
+    if not os.path.exists(path):
+        os.makedirs(cache, exist_ok=True)
+
+        class Forward(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                out = self.inner(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    token_type_ids=token_type_ids,
+                    return_dict=True,
+                )
+                return out.last_hidden_state
+
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        dummy = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
+        torch.onnx.export(
+            Forward(transformer),
+            dummy,
+            path,
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={k: {0: "batch", 1: "seq"} for k in [*names, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    class OnnxEngine(EncodingEngine):
+        def _forward(self, input_ids, mask):
+            ids = input_ids.numpy()
+            m = mask.numpy()
+            feeds = {"input_ids": ids, "attention_mask": m, "token_type_ids": np.zeros_like(ids)}
+            hidden = session.run(None, feeds)[0]
+            if self.pooling == "cls":
+                vectors = hidden[:, 0]
+            else:
+                w = m[..., None].astype(np.float32)
+                vectors = (hidden * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1.0)
+            if self.normalize:
+                vectors = vectors / np.maximum(
+                    np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12
+                )
+            return torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    return OnnxEngine(model, device="cpu", dtype="float32", max_tokens=max_tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="texts per run")
@@ -61,6 +128,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="engine token budget")
     parser.add_argument("--stream", type=int, default=0, help="also stream N texts; peak RSS")
     parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument("--onnx", action="store_true", help="third side: ONNX Runtime forward")
+    parser.add_argument("--onnx-max-tokens", type=int, default=512, help="its token budget")
     args = parser.parse_args()
 
     import torch
@@ -74,6 +143,9 @@ def main() -> None:
     st_batch = args.st_batch_size or (512 if cuda else 32)
     model = SentenceTransformer(default_model_path(), device=device)
     engine = EncodingEngine(model, device=device, dtype=args.dtype, max_tokens=args.max_tokens)
+    onnx = None
+    if args.onnx:
+        onnx = onnx_engine(model, args.onnx_max_tokens, os.path.join(".embrec", "onnx", "bench"))
     texts = item_texts(args.n, seed=7)
     stats = length_stats(texts, model[0].tokenizer)
     padding = padded_tokens(texts, engine, st_batch)
@@ -88,10 +160,13 @@ def main() -> None:
     warm = texts[: min(len(texts), 2000 if cuda else 200)]
     model.encode(warm, batch_size=st_batch, normalize_embeddings=True)
     engine.encode(warm)
+    if onnx is not None:
+        onnx.encode(warm)
     sync()
 
     st_times, engine_times, st_cpu, engine_cpu = [], [], [], []
-    reference = vectors = None
+    onnx_times, onnx_cpu = [], []
+    reference = vectors = onnx_vectors = None
     for r in range(args.repeats):
         cpu = time.process_time()
         with Timer() as t:
@@ -107,17 +182,27 @@ def main() -> None:
             sync()
         engine_times.append(t.seconds)
         engine_cpu.append(time.process_time() - cpu)
-        print(
+        line = (
             f"run {r + 1}: encode {args.n / st_times[-1]:,.0f} texts/s, "
             f"engine {args.n / engine_times[-1]:,.0f} texts/s"
         )
+        if onnx is not None:
+            cpu = time.process_time()
+            with Timer() as t:
+                onnx_vectors = onnx.encode(texts)
+            onnx_times.append(t.seconds)
+            onnx_cpu.append(time.process_time() - cpu)
+            line += f", onnx {args.n / onnx_times[-1]:,.0f} texts/s"
+        print(line, flush=True)
     cos = (reference * vectors).sum(axis=1)
     st_rate = args.n / statistics.median(st_times)
     engine_rate = args.n / statistics.median(engine_times)
     result = {
         "command": "python -m benchmarks.bench_encode "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, 0)
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items()
+            if v not in (None, 0, False)
         ),
         "device": device,
         "n_texts": args.n,
@@ -143,6 +228,28 @@ def main() -> None:
         f"\nencode: {st_rate:,.0f} texts/s   engine: {engine_rate:,.0f} texts/s   "
         f"ratio {engine_rate / st_rate:.2f}x   min cosine {cos.min():.6f}"
     )
+    if onnx is not None:
+        onnx_rate = args.n / statistics.median(onnx_times)
+        onnx_cos = (reference * onnx_vectors).sum(axis=1)
+        import onnxruntime
+
+        result["onnx"] = {
+            "onnxruntime": onnxruntime.__version__,
+            "max_tokens": onnx.max_tokens,
+            "texts_per_s": round(onnx_rate, 1),
+            "ratio_vs_encode": round(onnx_rate / st_rate, 2),
+            "ratio_vs_engine": round(onnx_rate / engine_rate, 2),
+            "runs_s": onnx_times,
+            "cpu_s": onnx_cpu,
+            "ratio_cpu_time_vs_encode": round(
+                statistics.median(st_cpu) / statistics.median(onnx_cpu), 2
+            ),
+            "cosine_vs_encode_fp32": {"min": float(onnx_cos.min()), "mean": float(onnx_cos.mean())},
+        }
+        print(
+            f"onnx: {onnx_rate:,.0f} texts/s   ratio {onnx_rate / st_rate:.2f}x vs encode, "
+            f"{onnx_rate / engine_rate:.2f}x vs engine   min cosine {onnx_cos.min():.6f}"
+        )
     if cuda:
         # Precision check of the other half type, on a slice.
         other = "bfloat16" if engine.dtype == torch.float16 else "float16"
@@ -150,7 +257,7 @@ def main() -> None:
         alt_cos = (reference[:20000] * alt).sum(axis=1)
         result["cosine_other_half_dtype"] = {"dtype": other, "min": float(alt_cos.min())}
         result["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    del reference, vectors
+    del reference, vectors, onnx_vectors
     if args.stream:
         before = peak_rss_mb()
         count = 0
