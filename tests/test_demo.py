@@ -104,29 +104,27 @@ def test_demo_reports_a_bad_source_clearly(tmp_path):
 
 
 def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
-    # The demo settings: item2vec trained on the ratings, hybrid vectors for recommendations.
+    # The demo's own EMBREC settings (item2vec trained on the ratings, hybrid vectors for
+    # recommendations, the evaluated profile and blend), with item2vec kept in a temp folder and
+    # trained briefly, plus the test suite's encoders.
+    from project import settings as demo_settings
+
+    demo = demo_settings.EMBREC
+    item2vec = demo["ENCODERS"]["item2vec"]
     settings.EMBREC = {
-        **settings.EMBREC,
+        **demo,
         "ENCODERS": {
             **settings.EMBREC["ENCODERS"],
+            **demo["ENCODERS"],
             "item2vec": {
-                "CLASS": "embrec.encoders.item2vec.Item2VecEncoder",
-                "OPTIONS": {"model_dir": str(tmp_path / "models"), "epochs": 2},
-            },
-            "hybrid": {
-                "CLASS": "embrec.encoders.hybrid.HybridEncoder",
+                **item2vec,
                 "OPTIONS": {
-                    "parts": [
-                        {"encoder": "item2vec", "weight": 1.0},
-                        {"encoder": "default", "weight": 0.5},
-                    ]
+                    **item2vec.get("OPTIONS", {}),
+                    "model_dir": str(tmp_path / "models"),
+                    "epochs": 2,
                 },
             },
         },
-        "POPULARITY_WINDOW_DAYS": None,
-        "USER_VECTOR_MAX_INTERACTIONS": 3,
-        "USER_VECTOR_WEIGHTING": "uniform",
-        "RECOMMEND_POPULARITY": 0.6,
     }
     source = tmp_path / "ml-slice.zip"
     make_slice(source)
