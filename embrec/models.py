@@ -21,9 +21,22 @@ from pgvector.django import VectorField
 
 
 class Embedding(models.Model):
-    """The vector of one object under one encoder."""
+    """The vector of one object under one encoder.
 
-    content_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    Rows are derived data (rebuilt from the objects at any time), written in bulk by the workers.
+    ``content_type`` is therefore a foreign key without a database constraint or an index of its
+    own: Django still deletes the rows with their content type (``on_delete=CASCADE`` runs in
+    Python), lookups by content type use the unique (content type, pk, encoder) index, and bulk
+    writes skip one index insert and one deferred constraint check per row.
+    """
+
+    content_type = models.ForeignKey(
+        ContentType,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
     object_pk = models.CharField(max_length=64)
     encoder = models.CharField(max_length=64, help_text="Encoder alias from EMBREC['ENCODERS'].")
     identity = models.CharField(max_length=255, help_text="Model, revision, dimensions, norm.")
