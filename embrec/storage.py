@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.db import IntegrityError, transaction
 from django.db import connection as default_connection
+from psycopg.copy import QueuedLibpqWriter
 
 from embrec.conf import embrec_settings
 
@@ -214,6 +215,9 @@ class VectorRow:
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
+# Rows per chunk of a streamed COPY, and pks looked up to choose between direct COPY and upsert.
+_COPY_CHUNK_ROWS = 2_000
+_EXISTS_SAMPLE = 64
 
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -237,7 +241,19 @@ def copy_payload(
     before_pk: Sequence[int | str | datetime] = (),
     after_pk: Sequence[int | str | datetime] = (),
 ) -> bytes:
-    """The binary ``COPY`` stream of ``(*before_pk, object_pk, *after_pk, vector, content_hash)``.
+    """The whole binary ``COPY`` stream (header, rows, trailer); see :func:`copy_rows`."""
+    rows_data = copy_rows(rows, dims, before_pk=before_pk, after_pk=after_pk)
+    return _COPY_HEADER + rows_data + _COPY_TRAILER
+
+
+def copy_rows(
+    rows: Sequence[VectorRow],
+    dims: int,
+    *,
+    before_pk: Sequence[int | str | datetime] = (),
+    after_pk: Sequence[int | str | datetime] = (),
+) -> bytes:
+    """The rows of a binary ``COPY`` stream: ``(*before_pk, object_pk, *after_pk, vector, content_hash)``.
 
     ``before_pk`` and ``after_pk`` are constant columns (int4, text or timestamptz) repeated on
     every row.
@@ -256,7 +272,7 @@ def copy_payload(
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (pk, digest) in enumerate(zip(pk_bytes, hash_bytes, strict=True)):
         groups.setdefault((len(pk), len(digest)), []).append(i)
-    parts = [_COPY_HEADER]
+    parts = []
     for (pk_len, hash_len), members in groups.items():
         layout = np.dtype(
             [
@@ -288,11 +304,40 @@ def copy_payload(
         if hash_len:
             block["hash"] = [hash_bytes[i] for i in members]
         parts.append(block.tobytes())
-    parts.append(_COPY_TRAILER)
     return b"".join(parts)
 
 
+def _copy_in(
+    raw_cursor,
+    sql: str,
+    rows: Sequence[VectorRow],
+    dims: int,
+    **constants: Sequence[int | str | datetime],
+) -> None:
+    """Run ``COPY … FROM STDIN (FORMAT BINARY)`` over ``rows``, streamed in chunks.
+
+    Large batches are sent from a writer thread while the next chunk is being built, so that
+    building the payload (numpy, this process) overlaps PostgreSQL's ingest of the previous chunk
+    instead of adding to it; the whole payload is never held at once.
+    """
+    chunk = _COPY_CHUNK_ROWS
+    writer = QueuedLibpqWriter(raw_cursor) if len(rows) > chunk else None
+    with raw_cursor.copy(sql, writer=writer) as copy:
+        copy.write(_COPY_HEADER)
+        for start in range(0, len(rows), chunk):
+            copy.write(copy_rows(rows[start : start + chunk], dims, **constants))
+        copy.write(_COPY_TRAILER)
+
+
 def _any_exists(cursor, content_type_id: int, encoder: str, pks: list[str]) -> bool:
+    """Whether a sample of ``pks`` (at most ``_EXISTS_SAMPLE``, spread over the list) is stored.
+
+    Only chooses the write path: a row the sample missed makes the direct COPY fail with a unique
+    violation, which falls back to the upsert. Checking every pk of a large batch cost about as
+    much as a sixth of the write itself.
+    """
+    if len(pks) > _EXISTS_SAMPLE:
+        pks = pks[:: -(-len(pks) // _EXISTS_SAMPLE)]
     cursor.execute(
         "SELECT EXISTS (SELECT 1 FROM embrec_embedding WHERE content_type_id = %s "
         "AND encoder = %s AND object_pk = ANY(%s))",
@@ -331,24 +376,28 @@ def write_vectors(
     conn.ensure_connection()
     _register_vector(conn)
     dims = int(np.asarray(rows[0].vector).shape[0])
+    for row in rows:
+        if np.shape(row.vector) != (dims,):
+            raise ValueError(
+                f"all vectors must have {dims} dimensions; object {row.object_pk!r} has "
+                f"shape {np.shape(row.vector)}"
+            )
     pks = [row.object_pk for row in rows]
     with conn.cursor() as cursor:
         if len(set(pks)) == len(pks) and not _any_exists(cursor, content_type_id, encoder, pks):
             now = _transaction_now(cursor)  # the same timestamps as the upsert's now()
-            payload = copy_payload(
-                rows,
-                dims,
-                before_pk=[int(content_type_id)],
-                after_pk=[encoder, identity, dims, now, now],
-            )
             try:
                 with transaction.atomic(using=conn.alias), conn.wrap_database_errors:
-                    with cursor.cursor.copy(
+                    _copy_in(
+                        cursor.cursor,
                         "COPY embrec_embedding (content_type_id, object_pk, encoder, identity, "
                         "dimensions, created_at, updated_at, vector, content_hash) "
-                        "FROM STDIN WITH (FORMAT BINARY)"
-                    ) as copy:
-                        copy.write(payload)
+                        "FROM STDIN WITH (FORMAT BINARY)",
+                        rows,
+                        dims,
+                        before_pk=[int(content_type_id)],
+                        after_pk=[encoder, identity, dims, now, now],
+                    )
                 return len(rows)
             except IntegrityError:
                 pass  # another transaction wrote one of these rows first: merge instead
@@ -356,11 +405,12 @@ def write_vectors(
             "CREATE TEMP TABLE IF NOT EXISTS embrec_stage "
             "(object_pk text, vector vector, content_hash text) ON COMMIT DELETE ROWS"
         )
-        raw = cursor.cursor
-        with raw.copy(
-            "COPY embrec_stage (object_pk, vector, content_hash) FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy:
-            copy.write(copy_payload(rows, dims))
+        _copy_in(
+            cursor.cursor,
+            "COPY embrec_stage (object_pk, vector, content_hash) FROM STDIN WITH (FORMAT BINARY)",
+            rows,
+            dims,
+        )
         cursor.execute(
             """
             INSERT INTO embrec_embedding

@@ -61,3 +61,48 @@ def test_direct_copy_falls_back_to_upsert_on_a_concurrent_insert(monkeypatch):
         assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
         assert Embedding.objects.filter(encoder="w").count() == len(PKS)  # still usable
     assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)
+
+
+def test_batches_larger_than_a_chunk_are_streamed_whole(monkeypatch):
+    """Chunked COPY (writer thread) on both paths: every row arrives exactly once."""
+    monkeypatch.setattr(storage, "_COPY_CHUNK_ROWS", 7)
+    ct = ContentType.objects.get_for_model(Article)
+    with transaction.atomic():
+        assert write_vectors(ct.id, "w", "id1", make_rows()) == len(PKS)
+    assert_stored("w", make_rows(), "id1", ct.id)
+    with transaction.atomic():
+        assert write_vectors(ct.id, "w", "id2", make_rows(1.0, "b")) == len(PKS)
+    assert_stored("w", make_rows(1.0, "b"), "id2", ct.id)
+
+
+def test_a_stored_row_the_existence_sample_misses_falls_back_to_the_upsert(monkeypatch):
+    monkeypatch.setattr(storage, "_EXISTS_SAMPLE", 4)
+    ct = ContentType.objects.get_for_model(Article)
+    rows = make_rows()
+    # The sample takes every 8th of the 30 pks (0, 8, 16, 24): pk index 5 is not looked up.
+    with transaction.atomic():
+        write_vectors(ct.id, "w", "old", [rows[5]])
+    with transaction.atomic():
+        assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
+    assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)
+
+
+def test_vectors_of_mixed_dimensions_are_refused_and_nothing_is_written(monkeypatch):
+    monkeypatch.setattr(storage, "_COPY_CHUNK_ROWS", 7)
+    ct = ContentType.objects.get_for_model(Article)
+    rows = make_rows()
+    rows[20] = VectorRow(rows[20].object_pk, np.zeros(16, dtype=np.float32), "h")
+    with pytest.raises(ValueError, match="32 dimensions"):
+        with transaction.atomic():
+            write_vectors(ct.id, "w", "id1", rows)
+    assert not Embedding.objects.filter(encoder="w").exists()
+
+
+def test_vectors_go_with_their_content_type():
+    """No database constraint on ``content_type``: Django's cascade still removes the rows."""
+    ct = ContentType.objects.get_for_model(Article)
+    with transaction.atomic():
+        write_vectors(ct.id, "w", "id1", make_rows())
+    ct.delete()
+    ContentType.objects.clear_cache()  # the row comes back with the test's rollback
+    assert not Embedding.objects.filter(encoder="w").exists()
