@@ -27,7 +27,9 @@ class Embedding(models.Model):
     ``content_type`` is therefore a foreign key without a database constraint or an index of its
     own: Django still deletes the rows with their content type (``on_delete=CASCADE`` runs in
     Python), lookups by content type use the unique (content type, pk, encoder) index, and bulk
-    writes skip one index insert and one deferred constraint check per row.
+    writes skip one deferred constraint check per row. The table keeps only the indexes that
+    serve queries (primary key, that unique index, the HNSW indexes): every other one would be
+    one more insert per written vector.
     """
 
     content_type = models.ForeignKey(
@@ -53,7 +55,6 @@ class Embedding(models.Model):
                 name="embrec_embedding_unique",
             )
         ]
-        indexes = [models.Index(fields=["content_type", "encoder"], name="embrec_emb_ct_enc")]
 
     def __str__(self) -> str:
         return f"{self.content_type.app_label}.{self.content_type.model}:{self.object_pk} [{self.encoder}]"

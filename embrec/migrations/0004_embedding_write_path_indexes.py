@@ -22,4 +22,8 @@ class Migration(migrations.Migration):
                 to="contenttypes.contenttype",
             ),
         ),
+        migrations.RemoveIndex(
+            model_name="embedding",
+            name="embrec_emb_ct_enc",
+        ),
     ]
