@@ -16,6 +16,7 @@ vectors (half the memory; recall is unchanged in practice for normalised text em
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import struct
 import threading
@@ -29,6 +30,8 @@ from django.db import connection as default_connection
 from psycopg.copy import QueuedLibpqWriter
 
 from embrec.conf import embrec_settings
+
+logger = logging.getLogger(__name__)
 
 _known_indexes: set[tuple[str, str]] = set()
 _lock = threading.Lock()
@@ -172,11 +175,47 @@ def build_index(spec: IndexSpec, using=None) -> bool:
                 "SELECT set_config('max_parallel_maintenance_workers', %s, true)",
                 [str(int(workers))],
             )
+        _warn_if_graph_exceeds_memory(cursor, spec)
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(_create_index_sql(spec))
         cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
     return True
+
+
+def hnsw_build_memory(rows: int, dimensions: int, *, halfvec: bool = False, m: int = 16) -> int:
+    """Bytes pgvector needs to build an HNSW graph of ``rows`` vectors in memory (an estimate).
+
+    Per element: the vector itself, the layer-0 neighbour list (2·m candidates of ~16 bytes) and
+    ~200 bytes of element and upper-layer bookkeeping. A build whose graph outgrows
+    ``maintenance_work_mem`` goes on inserting on disk, many times slower. Checked against
+    pgvector's own notice at 384 dimensions: 16MB holds 7,436 vectors by this estimate, 7,453 by
+    pgvector's count.
+    """
+    per_vector = (2 if halfvec else 4) * dimensions + 8
+    return int(rows * (per_vector + 32 * m + 200))
+
+
+def _warn_if_graph_exceeds_memory(cursor, spec: IndexSpec) -> None:
+    cursor.execute(f"SELECT count(*) FROM embrec_embedding WHERE {spec.predicate_sql()}")
+    rows = cursor.fetchone()[0]
+    cursor.execute(
+        "SELECT setting::bigint * 1024 FROM pg_settings WHERE name = 'maintenance_work_mem'"
+    )
+    available = cursor.fetchone()[0]
+    needed = hnsw_build_memory(
+        rows, spec.dimensions, halfvec=spec.halfvec, m=int(embrec_settings.HNSW_M)
+    )
+    if needed > available:
+        logger.warning(
+            "Building %s over %d vectors needs about %d MB of maintenance_work_mem to keep the "
+            "graph in memory; it has %d MB, so the build will be much slower. Raise "
+            "EMBREC['INDEX_BUILD_MAINTENANCE_WORK_MEM'] (the server must have that memory free).",
+            spec.name,
+            rows,
+            -(-needed // 2**20),
+            available // 2**20,
+        )
 
 
 def drop_index(spec: IndexSpec, using=None) -> bool:

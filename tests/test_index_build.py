@@ -177,3 +177,34 @@ def test_rebuild_index_without_anything_to_encode_still_rebuilds():
     out = run("testapp.Article", "--sync", "--rebuild-index")
     assert f"Built index(es) after the load: {spec.name}" in out
     assert index_exists(spec)
+
+
+def _write_random_vectors(n: int, dims: int) -> IndexSpec:
+    from embrec.storage import VectorRow, write_vectors
+
+    ct = ContentType.objects.get_for_model(Article)
+    rng = np.random.default_rng(0)
+    rows = [VectorRow(str(i), v, "h") for i, v in enumerate(rng.standard_normal((n, dims)))]
+    with transaction.atomic():
+        write_vectors(ct.id, "sized", "sized@1", rows)
+    return IndexSpec(ct.id, "sized", dims)
+
+
+@pytest.mark.parametrize(
+    ("memory", "warned"), [("1MB", True), ("64MB", False)], ids=["too-small", "enough"]
+)
+def test_a_build_whose_graph_will_not_fit_says_so(memory, warned, caplog):
+    from embrec.storage import build_index, hnsw_build_memory
+
+    spec = _write_random_vectors(2_000, 8)
+    assert hnsw_build_memory(2_000, 8) > 2**20  # the estimate itself: ~1.5 MB
+    with override_settings(EMBREC={**TEST_EMBREC, "INDEX_BUILD_MAINTENANCE_WORK_MEM": memory}):
+        with caplog.at_level("WARNING", logger="embrec.storage"):
+            assert build_index(spec)
+    assert index_exists(spec)  # built either way, only slower
+    messages = [r.getMessage() for r in caplog.records if r.name == "embrec.storage"]
+    if warned:
+        assert len(messages) == 1
+        assert "2000 vectors" in messages[0] and "INDEX_BUILD_MAINTENANCE_WORK_MEM" in messages[0]
+    else:
+        assert messages == []
