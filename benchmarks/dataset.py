@@ -62,7 +62,7 @@ def ensure_catalog(n: int, *, users: int = 50, interactions_per_user: int = 30) 
     from embrec.encoders import get_encoder
     from embrec.interactions import refresh_user_vector
     from embrec.models import Embedding, Interaction
-    from embrec.storage import IndexSpec, VectorRow, ensure_index, write_vectors
+    from embrec.storage import IndexSpec, VectorRow, build_index, write_vectors
     from project.catalog.models import Movie
 
     ct = ContentType.objects.get_for_model(Movie)
@@ -91,7 +91,7 @@ def ensure_catalog(n: int, *, users: int = 50, interactions_per_user: int = 30) 
         info["vectors_s"] = round(time.perf_counter() - started, 1)
         info["reused"] = False
     started = time.perf_counter()
-    if ensure_index(spec):
+    if build_index(spec):  # INDEX_BUILD_MAINTENANCE_WORK_MEM applies
         info["hnsw_build_s"] = round(time.perf_counter() - started, 1)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE embrec_embedding")

@@ -33,6 +33,8 @@ EMBREC = {
     "ENCODERS": {"default": _ENCODER},
     "AUTO_KICK": False,
     "BATCH_SIZE": int(os.environ.get("EMBREC_BENCH_BATCH_SIZE", "256")),
+    # Room for the HNSW graph of a 1M-vector build (~2.2GB at 384-d); the machine has 24 GiB.
+    "INDEX_BUILD_MAINTENANCE_WORK_MEM": os.environ.get("EMBREC_BENCH_INDEX_MEMORY", "3GB"),
 }
 
 # Basic auth on every request of the load test: a cheap hasher keeps password hashing
