@@ -147,7 +147,8 @@ def _tiny_bert(tmp_path, pooling: str):
 def test_cls_pooling_on_a_tiny_model(tmp_path):
     model = _tiny_bert(tmp_path, "cls")
     expected = model.encode(TEXTS, batch_size=8)
-    engine = EncodingEngine(model, max_tokens=256)
+    # float32 pinned: the magnitude check below is a float32 property (auto may pick bfloat16).
+    engine = EncodingEngine(model, max_tokens=256, dtype="float32")
     assert engine.pooling == "cls" and not engine.normalize
     vectors = engine.encode(TEXTS)
     assert cosine_rows(vectors, expected).min() >= 0.999
@@ -174,3 +175,26 @@ def test_encoder_uses_the_engine_by_default(minilm, reference):
     assert cosine_rows(plain.encode(TEXTS[:4]), reference[:4]).min() >= 0.9999
     streamed = np.concatenate(list(fast.encode_stream(iter(TEXTS), chunk_size=30)))
     assert cosine_rows(streamed, reference).min() >= 0.999
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "avx2-only"])
+def test_auto_dtype_follows_the_hardware(native, monkeypatch):
+    from embrec.encoders import engine as engine_module
+    from embrec.encoders.engine import resolve_dtype
+
+    monkeypatch.setattr(engine_module, "cpu_has_native_bfloat16", lambda: native)
+    cpu = resolve_dtype("auto", torch.device("cpu"))
+    assert cpu == (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.float16
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32  # explicit wins
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int4", torch.device("cpu"))
+
+
+def test_auto_dtype_on_this_machine_gives_the_same_vectors(minilm, reference):
+    """Whatever ``auto`` picks on the machine running the tests, vectors match ``encode``."""
+    from embrec.encoders.engine import cpu_has_native_bfloat16
+
+    engine = EncodingEngine(minilm)
+    assert engine.dtype == (torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32)
+    assert cosine_rows(engine.encode(TEXTS), reference).min() >= 0.999

@@ -17,9 +17,10 @@ Engine options (see :mod:`embrec.encoders.engine`):
   on CUDA, pinned-memory transfers, out-of-memory backoff. ``False`` uses
   ``SentenceTransformer.encode``. Models the engine cannot reproduce exactly (pooling other than
   mean or CLS, extra modules such as Dense) fall back to ``encode`` automatically, with a log line.
-* ``dtype`` — ``"auto"`` (default: ``float16`` on CUDA, ``float32`` on CPU), ``"float32"``,
+* ``dtype`` — ``"auto"`` (default: ``float16`` on CUDA; ``bfloat16`` on CPUs with native
+  bfloat16 instructions, AVX512-BF16 or AMX; ``float32`` on other CPUs), ``"float32"``,
   ``"float16"`` or ``"bfloat16"``. On CPUs without native bfloat16 (AVX2-only machines) reduced
-  precision is several times slower than ``float32``, hence the CPU default.
+  precision is several times slower than ``float32``, hence ``auto`` checks the CPU first.
 * ``max_tokens`` — padded tokens per forward pass (default 65,536 on CUDA, 2,048 on CPU).
 * ``chunk_size`` — texts tokenized and length-sorted together (default 65,536 on CUDA, 4,096 on
   CPU).
@@ -160,6 +161,12 @@ class SentenceTransformerEncoder(BaseEncoder):
                             max_tokens=self.options.get("max_tokens"),
                             chunk_size=self.options.get("chunk_size"),
                             normalize=normalized,
+                        )
+                        logger.info(
+                            "embrec: encoder %r runs on %s in %s.",
+                            self.alias,
+                            self._engine.device,
+                            str(self._engine.dtype).removeprefix("torch."),
                         )
                     except UnsupportedModel as exc:
                         logger.info(
