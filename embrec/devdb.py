@@ -24,6 +24,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -96,13 +98,38 @@ def _bin_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
+_SETTING_NAME = re.compile(r"^[a-z][a-z0-9_.]*$")
+
+
+def parse_server_settings(text: str) -> dict[str, str]:
+    """``EMBREC_PG_SETTINGS``: ``"shared_buffers=4GB,work_mem=16MB"`` → ``{name: value}``.
+
+    Applied when a process starts the embedded server (not to one already running).
+    """
+    settings: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not sep or not _SETTING_NAME.match(name) or not value:
+            raise EmbeddedDatabaseError(
+                "EMBREC_PG_SETTINGS must be comma-separated name=value PostgreSQL settings "
+                f"(e.g. shared_buffers=4GB,work_mem=16MB), got {item!r}."
+            )
+        settings[name] = value
+    return settings
+
+
 class EmbeddedPostgres:
     """One embedded PostgreSQL server for one data folder, shared between processes."""
 
     _instances: dict[Path, EmbeddedPostgres] = {}
 
-    def __init__(self, root: Path, *, port: int | None = None):
+    def __init__(
+        self, root: Path, *, port: int | None = None, settings: dict[str, str] | None = None
+    ):
         self.root = root.resolve()
+        # Server settings passed as ``-c name=value`` when this process starts the server.
+        self.settings = dict(settings or {})
         self.pgdata = self.root / "pgdata"
         self.clients = self.root / "clients"
         self.lock_path = self.root / "server.lock"
@@ -126,9 +153,10 @@ class EmbeddedPostgres:
                     f"EMBREC_PG_PORT must be a TCP port number, got {port_env!r}."
                 )
             port = int(port_env)
+        settings = parse_server_settings(os.environ.get("EMBREC_PG_SETTINGS", ""))
         key = root.resolve()
         if key not in cls._instances:
-            cls._instances[key] = cls(root, port=port)
+            cls._instances[key] = cls(root, port=port, settings=settings)
         return cls._instances[key]
 
     # -- public -----------------------------------------------------------------------------
@@ -333,6 +361,8 @@ class EmbeddedPostgres:
         self._chown(self.logfile)
         listen = "127.0.0.1" if self.tcp_port else ""
         options = f"-k {self.socket_dir} -p {self.port} -h '{listen}' -c max_connections=200"
+        for name, value in self.settings.items():
+            options += f" -c {shlex.quote(f'{name}={value}')}"
         result = self._pg_ctl(
             ["start", "-w", "-t", "60", "-l", str(self.logfile), "-o", options],
             check=False,

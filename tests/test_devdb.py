@@ -180,3 +180,23 @@ def test_two_processes_share_one_server_and_the_last_one_stops_it(tmp_path):
     finally:
         server.release()
     assert not server.is_running()
+
+
+def test_server_settings_from_the_environment(tmp_path, monkeypatch):
+    from embrec.devdb import parse_server_settings
+
+    assert parse_server_settings(" shared_buffers=256MB , work_mem=7MB,") == {
+        "shared_buffers": "256MB",
+        "work_mem": "7MB",
+    }
+    for bad in ["shared_buffers", "=1", "work mem=1MB", "work_mem="]:
+        monkeypatch.setenv("EMBREC_PG_SETTINGS", bad)
+        with pytest.raises(EmbeddedDatabaseError, match="EMBREC_PG_SETTINGS must be"):
+            EmbeddedPostgres.for_base_dir(tmp_path / "unused")
+    server = EmbeddedPostgres(tmp_path, settings={"work_mem": "7MB", "application_name": "a b"})
+    server.start()
+    try:
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"
+    finally:
+        server.release()
