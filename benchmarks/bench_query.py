@@ -37,6 +37,24 @@ def exact_top(all_vectors: np.ndarray, query: np.ndarray, exclude: set[int], k: 
     return {int(i) + 1 for i in top}
 
 
+def prewarm(conn, relations: list[str]) -> dict:
+    """Load the table and its HNSW index into shared buffers (``pg_prewarm``), as on a server
+    that has been serving them: every side then reads the same warm pages, not the disk.
+
+    Needs ``shared_buffers`` larger than both (for 1M items ~4 GB:
+    ``EMBREC_PG_SETTINGS=shared_buffers=6GB`` on the embedded server).
+    """
+    import psycopg
+
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+    except psycopg.Error as exc:
+        return {"skipped": str(exc).strip()}
+    shared = conn.execute("SHOW shared_buffers").fetchone()[0]
+    blocks = {r: conn.execute("SELECT pg_prewarm(%s)", [r]).fetchone()[0] for r in relations}
+    return {"shared_buffers": shared, "blocks": blocks}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
@@ -76,6 +94,8 @@ def main() -> None:
     raw.execute(f"SET hnsw.ef_search = {ef_default}")
     raw.execute("SET hnsw.iterative_scan = relaxed_order")
     spec = IndexSpec(ct.id, "default", DIMS)
+    info["prewarm"] = prewarm(raw, ["embrec_embedding", spec.name])
+    print("prewarm:", info["prewarm"])
     # The same predicate and expression as the partial HNSW index, or PostgreSQL cannot use it.
     base_sql = (
         f"SELECT object_pk FROM embrec_embedding WHERE {spec.predicate_sql()} AND {{extra}} "
