@@ -86,7 +86,6 @@ class OutboxEntry(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
-    kicked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "embrec_outbox"

@@ -273,18 +273,6 @@ def _binary_field(value: int | str | datetime) -> bytes:
     return struct.pack(">i", len(data)) + data
 
 
-def copy_payload(
-    rows: Sequence[VectorRow],
-    dims: int,
-    *,
-    before_pk: Sequence[int | str | datetime] = (),
-    after_pk: Sequence[int | str | datetime] = (),
-) -> bytes:
-    """The whole binary ``COPY`` stream (header, rows, trailer); see :func:`copy_rows`."""
-    rows_data = copy_rows(rows, dims, before_pk=before_pk, after_pk=after_pk)
-    return _COPY_HEADER + rows_data + _COPY_TRAILER
-
-
 def copy_rows(
     rows: Sequence[VectorRow],
     dims: int,

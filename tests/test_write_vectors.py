@@ -75,8 +75,10 @@ def test_batches_larger_than_a_chunk_are_streamed_whole(monkeypatch):
     assert_stored("w", make_rows(1.0, "b"), "id2", ct.id)
 
 
-def test_a_stored_row_the_existence_sample_misses_falls_back_to_the_upsert(monkeypatch):
+@pytest.mark.parametrize("chunk", [2_000, 7], ids=["one-write", "writer-thread"])
+def test_a_stored_row_the_existence_sample_misses_falls_back_to_the_upsert(chunk, monkeypatch):
     monkeypatch.setattr(storage, "_EXISTS_SAMPLE", 4)
+    monkeypatch.setattr(storage, "_COPY_CHUNK_ROWS", chunk)
     ct = ContentType.objects.get_for_model(Article)
     rows = make_rows()
     # The sample takes every 8th of the 30 pks (0, 8, 16, 24): pk index 5 is not looked up.
