@@ -40,7 +40,10 @@ def assert_stored(encoder: str, rows: list[VectorRow], identity: str, ct_id: int
         assert e.created_at is not None and e.updated_at is not None
 
 
-def test_new_rows_then_updates_round_trip():
+@pytest.mark.parametrize("chunk", [2_000, 7], ids=["one-write", "writer-thread"])
+def test_new_rows_then_updates_round_trip(chunk, monkeypatch):
+    """Both paths, sent in one write or in chunks from the writer thread: every row arrives once."""
+    monkeypatch.setattr(storage, "_COPY_CHUNK_ROWS", chunk)
     ct = ContentType.objects.get_for_model(Article)
     with transaction.atomic():
         assert write_vectors(ct.id, "w", "id1", make_rows()) == len(PKS)
@@ -61,18 +64,6 @@ def test_direct_copy_falls_back_to_upsert_on_a_concurrent_insert(monkeypatch):
         assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
         assert Embedding.objects.filter(encoder="w").count() == len(PKS)  # still usable
     assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)
-
-
-def test_batches_larger_than_a_chunk_are_streamed_whole(monkeypatch):
-    """Chunked COPY (writer thread) on both paths: every row arrives exactly once."""
-    monkeypatch.setattr(storage, "_COPY_CHUNK_ROWS", 7)
-    ct = ContentType.objects.get_for_model(Article)
-    with transaction.atomic():
-        assert write_vectors(ct.id, "w", "id1", make_rows()) == len(PKS)
-    assert_stored("w", make_rows(), "id1", ct.id)
-    with transaction.atomic():
-        assert write_vectors(ct.id, "w", "id2", make_rows(1.0, "b")) == len(PKS)
-    assert_stored("w", make_rows(1.0, "b"), "id2", ct.id)
 
 
 @pytest.mark.parametrize("chunk", [2_000, 7], ids=["one-write", "writer-thread"])
