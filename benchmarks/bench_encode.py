@@ -118,6 +118,15 @@ def onnx_engine(model, max_tokens: int, cache: str):
     return OnnxEngine(model, device="cpu", dtype="float32", max_tokens=max_tokens)
 
 
+def current_rss_mb() -> float:
+    """Resident set size of this process now (``VmRSS``), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="texts per run")
@@ -261,17 +270,22 @@ def main() -> None:
     if args.stream:
         before = peak_rss_mb()
         count = 0
+        samples = []  # (texts so far, current RSS): flat after warm-up means bounded memory
         with Timer() as t:
             for part in engine.encode_stream(iter_item_texts(args.stream, seed=11)):
                 count += len(part)
                 assert np.isfinite(part).all()
+                samples.append((count, round(current_rss_mb(), 1)))
         sync()
         result["stream"] = {
             "n_texts": count,
             "texts_per_s": round(count / t.seconds, 1),
             "peak_rss_mb_before": round(before, 1),
             "peak_rss_mb_after": round(peak_rss_mb(), 1),
+            "rss_mb_by_texts": samples,
         }
+        step = max(1, len(samples) // 10)
+        print("RSS (MiB) by texts streamed:", samples[::step] + samples[-1:])
         print(f"streamed {count} texts: peak RSS {before:.0f} -> {peak_rss_mb():.0f} MiB")
     save(args.name or f"encode-{'gpu' if cuda else 'cpu'}", result)
 
