@@ -660,40 +660,54 @@ _VISIBILITY_PROBE = 500
 _VISIBILITY_PROBES = 3
 
 
-def _visible_in_order(visible: models.QuerySet, ranked: list[tuple[str, float]], wanted):
-    """Yield the visible entries of ``ranked`` in order until ``wanted()`` says stop; returns
-    ``False`` if the walk gave up (too few visible objects among the most popular)."""
+def _popular_visible(
+    visible: models.QuerySet,
+    ranked: list[tuple[str, float]],
+    count: int,
+    excluded: set[str] = frozenset(),
+) -> tuple[float, list[tuple[str, float]]] | None:
+    """Walk ``ranked`` (most popular first), checking visibility a chunk at a time.
+
+    Returns ``(maximum, top)``: the popularity of the first visible object (0.0 if none) and the
+    first ``count`` visible objects not in ``excluded``. ``None`` when the first
+    ``_VISIBILITY_PROBES`` chunks do not settle it (a restriction that hides most popular
+    objects): the caller then asks one aggregate query instead.
+    """
     pk_field = visible.model._meta.pk
-    for probe in range(_VISIBILITY_PROBES):
-        chunk = ranked[probe * _VISIBILITY_PROBE : (probe + 1) * _VISIBILITY_PROBE]
+    maximum: float | None = None
+    top: list[tuple[str, float]] = []
+    for start in range(0, _VISIBILITY_PROBES * _VISIBILITY_PROBE, _VISIBILITY_PROBE):
+        chunk = ranked[start : start + _VISIBILITY_PROBE]
         if not chunk:
-            return True
-        keys = {}
+            break
+        keys = []
         for pk, _ in chunk:
             try:
-                keys[pk] = pk_field.to_python(pk)
+                keys.append(pk_field.to_python(pk))
             except ValidationError:
                 continue
-        shown = {
-            str(pk)
-            for pk in visible.filter(pk__in=list(keys.values())).values_list("pk", flat=True)
-        }
-        for entry in chunk:
-            if entry[0] in shown:
-                yield entry
-                if not wanted():
-                    return True
-    return len(ranked) <= _VISIBILITY_PROBES * _VISIBILITY_PROBE
+        shown = {str(pk) for pk in visible.filter(pk__in=keys).values_list("pk", flat=True)}
+        for pk, users in chunk:
+            if pk not in shown:
+                continue
+            if maximum is None:
+                maximum = users
+            if len(top) < count and pk not in excluded:
+                top.append((pk, users))
+            if len(top) >= count:
+                return maximum, top
+    else:
+        if len(ranked) > _VISIBILITY_PROBES * _VISIBILITY_PROBE:
+            return None
+    return maximum or 0.0, top
 
 
 def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
     """The popularity of the most popular object in ``visible``: what the blend normalises by,
     so that a score means the same whichever candidates a query happens to look at."""
-    table = popularity_table(content_type_id)
-    for _pk, users in _visible_in_order(visible, table.ranked, lambda: False):
-        return users
-    if len(table.ranked) <= _VISIBILITY_PROBES * _VISIBILITY_PROBE:
-        return 0.0
+    head = _popular_visible(visible, popularity_table(content_type_id).ranked, 0)
+    if head is not None:
+        return head[0]
     top = (
         _popularity_qs(content_type_id)
         .filter(object_pk__in=_visible_pks(visible))
@@ -728,23 +742,10 @@ def popularity_ranking(
     """
     excluded = exclusions.pk_set() | {str(pk) for pk in skip}
     table = popularity_table(content_type_id)
-    top: list[tuple[str, float]] = []
-    maximum: float | None = None
-
-    def wanted() -> bool:
-        return len(top) < count or maximum is None
-
-    walk = _visible_in_order(visible, table.ranked, wanted)
-    try:
-        while True:
-            pk, users = next(walk)
-            if maximum is None:
-                maximum = users
-            if pk not in excluded and len(top) < count:
-                top.append((pk, users))
-    except StopIteration as stop:
-        complete = stop.value is not False
-    if not complete:
+    head = _popular_visible(visible, table.ranked, count, excluded)
+    if head is not None:
+        maximum, top = head
+    else:
         rows = list(
             _popularity_qs(content_type_id)
             .filter(object_pk__in=_visible_pks(visible))
@@ -753,7 +754,7 @@ def popularity_ranking(
         )
         top = [(pk, float(p)) for pk, p in rows if pk not in excluded][:count]
         maximum = float(rows[0][1]) if rows else 0.0
-    return PopularityRanking(top=top, scores=table.users, maximum=float(maximum or 0.0))
+    return PopularityRanking(top=top, scores=table.users, maximum=float(maximum))
 
 
 def _blend(
@@ -772,11 +773,12 @@ def _blend(
     pops: dict[str, float] = {}
     top = 0.0
     if popularity:
-        known = ranking.scores if ranking is not None else {}
-        missing = [c.pk for c in candidates if c.pk not in known]
-        pops = {**known, **(popularity_scores(content_type_id, missing) if missing else {})}
-        top = ranking.maximum if ranking is not None else 0.0
-        top = max(top, *(pops.get(c.pk, 0.0) for c in candidates))
+        if ranking is not None:  # its scores cover every object already
+            scores, top = ranking.scores, ranking.maximum
+        else:
+            scores = popularity_scores(content_type_id, [c.pk for c in candidates])
+        pops = {c.pk: scores.get(c.pk, 0.0) for c in candidates}
+        top = max(top, *pops.values())
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
     for c in candidates:
