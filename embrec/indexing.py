@@ -301,6 +301,12 @@ class DrainResult:
         self.deferred |= other.deferred
         self.indexes_built.extend(other.indexes_built)
 
+    def build_ready_indexes(self) -> None:
+        """Build the deferred indexes whose model has nothing pending any more."""
+        built = build_deferred_indexes(self.deferred)
+        self.indexes_built.extend(built)
+        self.deferred = {spec for spec in self.deferred if spec.name not in built}
+
 
 def _index_spec(ct_id: int, alias: str) -> IndexSpec:
     encoder = get_encoder(alias)
@@ -336,14 +342,10 @@ def drain(
         if on_batch is not None:
             on_batch(result)
         if result.deferred:
-            built = build_deferred_indexes(result.deferred)
-            total.indexes_built.extend(built)
-            total.deferred -= {spec for spec in total.deferred if spec.name in built}
+            total.build_ready_indexes()
     if total.deferred:
         # Stopped by a limit, or the last rows were held by other workers: build what is ready.
-        built = build_deferred_indexes(total.deferred)
-        total.indexes_built.extend(built)
-        total.deferred -= {spec for spec in total.deferred if spec.name in built}
+        total.build_ready_indexes()
     total.seconds = time.monotonic() - started
     return total
 

@@ -112,7 +112,10 @@ class Command(BaseCommand):
             bar.close()
         # The drain builds the indexes it deferred; this also builds those dropped by
         # --rebuild-index when nothing needed re-encoding.
-        specs = [spec for rec in recs for spec in indexing.index_specs(rec, encoder)]
+        try:
+            specs = [spec for rec in recs for spec in indexing.index_specs(rec, encoder)]
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         built = result.indexes_built + indexing.build_deferred_indexes(specs)
         if built:
             self.stdout.write(f"Built index(es) after the load: {', '.join(built)}.")
