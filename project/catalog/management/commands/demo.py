@@ -264,7 +264,9 @@ class Command(BaseCommand):
         # `kill <pid>` (SIGTERM) ends the demo like Ctrl-C does, so the worker is stopped too.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
-            call_command("runserver", addrport, use_reloader=False)
+            # --insecure: serve the admin's and API docs' static files with DEBUG off (the demo
+            # has no web server in front; a real site uses collectstatic and its web server).
+            call_command("runserver", addrport, use_reloader=False, insecure_serving=True)
         except KeyboardInterrupt:
             pass
         finally:
