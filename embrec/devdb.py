@@ -146,6 +146,25 @@ def parse_server_settings(text: str) -> dict[str, str]:
     return settings
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (None where there is no /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _is_zombie(pid: int) -> bool:
+    fields = _proc_stat(pid)
+    return bool(fields) and fields[0] in {"Z", "X"}
+
+
 class EmbeddedPostgres:
     """One embedded PostgreSQL server for one data folder, shared between processes."""
 
@@ -246,7 +265,9 @@ class EmbeddedPostgres:
             if not running:
                 self._start_server()
             self._ensure_databases([DATABASE_NAME, *extra_databases])
-            (self.clients / str(os.getpid())).touch()
+            # The process's start time goes with its pid, so that a pid reused by an unrelated
+            # process is not mistaken for a client.
+            (self.clients / str(os.getpid())).write_text(_start_time(os.getpid()) or "")
             self._registered = True
         atexit.register(self.release)
 
@@ -276,6 +297,11 @@ class EmbeddedPostgres:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _live_clients(self) -> list[int]:
+        """Pids of the registered processes still alive; stale registrations are removed.
+
+        Stale: the process is gone, is a zombie (killed, not yet reaped: it will never release),
+        or its pid now belongs to another process (the start time differs).
+        """
         live = []
         for entry in self.clients.iterdir():
             if not entry.name.isdigit():
@@ -288,6 +314,10 @@ class EmbeddedPostgres:
                 continue
             except PermissionError:
                 pass
+            recorded = entry.read_text().strip()
+            if _is_zombie(pid) or (recorded and _start_time(pid) not in {None, recorded}):
+                entry.unlink(missing_ok=True)
+                continue
             live.append(pid)
         return live
 

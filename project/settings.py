@@ -148,6 +148,17 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1"
+# Item encoding (the outbox drain, what makes an admin edit show up) has its own queue and its
+# own worker process in the demo, so it never waits behind a backlog of user-vector refreshes
+# (a demo start queues hundreds). Queue order in `-Q a,b` is no priority: Kombu's Redis and
+# filesystem transports take turns between queues.
+ENCODE_QUEUE = "embrec.encode"
+USER_VECTOR_QUEUE = "embrec.users"
+CELERY_TASK_ROUTES = {
+    "embrec.drain": {"queue": ENCODE_QUEUE},
+    "embrec.refresh_user_vectors": {"queue": USER_VECTOR_QUEUE},
+    "embrec.refresh_user_vectors_for_items": {"queue": USER_VECTOR_QUEUE},
+}
 CELERY_BEAT_SCHEDULE = {
     "embrec-sweep": {"task": "embrec.sweep", "schedule": 60.0},
     # Retrain item2vec nightly; it queues re-embedding only when the model changed.
@@ -160,6 +171,7 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- embrec -------------------------------------------------------------------------------
 EMBREC = {
+    "QUEUE": ENCODE_QUEUE,
     "ENCODERS": {
         "default": {
             "CLASS": "embrec.encoders.sentence_transformer.SentenceTransformerEncoder",

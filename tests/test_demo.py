@@ -256,3 +256,92 @@ def test_demo_serves_the_api_and_stops_its_worker_on_sigterm(tmp_path):
     while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers):
         assert time.monotonic() < deadline, (tmp_path / "demo.log").read_text()[-2000:]
         time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- the demo's workers
+
+
+def _queue_of(command: list[str]) -> str:
+    return command[command.index("-Q") + 1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
+    """A demo start queues a refresh per user; an admin edit must still be embedded at once."""
+    import json
+
+    import redis
+
+    from embrec.tasks import queue_options, refresh_user_vectors
+    from project import settings as demo_settings
+    from project.catalog.management.commands.demo import worker_commands
+    from project.celery import app
+    from tests.testapp.models import Note
+    from tests.worker import (
+        REDIS_URL,
+        flush_broker,
+        redis_available,
+        start_worker,
+        stop_worker,
+        use_broker,
+        wait_for,
+    )
+
+    assert redis_available(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    flush_broker()
+    routes = demo_settings.CELERY_TASK_ROUTES
+    settings.CELERY_TASK_ROUTES = routes
+    settings.EMBREC = {**settings.EMBREC, "QUEUE": demo_settings.EMBREC["QUEUE"]}
+    commands = dict(worker_commands())
+    encode_queue = _queue_of(commands["encoding worker"])
+    other_queues = _queue_of(commands["worker"])
+    users_queue = routes["embrec.refresh_user_vectors"]["queue"]
+    assert routes["embrec.drain"]["queue"] == encode_queue != users_queue
+    assert users_queue in other_queues.split(",") and encode_queue not in other_queues
+    assert "beat" in commands and "-B" not in commands["encoding worker"] + commands["worker"]
+
+    backlog = 3000
+    broker = redis.Redis.from_url(REDIS_URL)
+    saved_routes = app.conf.task_routes
+    app.conf.task_routes = routes
+    workers = []
+    try:
+        with use_broker():
+            with app.producer_or_acquire() as producer:
+                for user_id in range(10**6, 10**6 + backlog):
+                    refresh_user_vectors.apply_async(
+                        args=[user_id, None],
+                        producer=producer,
+                        **queue_options(refresh_user_vectors),
+                    )
+            assert broker.llen(users_queue) == backlog
+            Note.objects.create(slug="edited", text="an edit made in the admin")
+            assert broker.llen(encode_queue) == 1  # the drain, on its own queue
+
+            env = {
+                "EMBREC_TEST_TASK_ROUTES": json.dumps(routes),
+                "EMBREC_TEST_OVERRIDES": json.dumps({"QUEUE": encode_queue}),
+            }
+            workers.append(
+                start_worker(
+                    queues=other_queues, name="tasks", extra_env=env, logfile=tmp_path / "t.log"
+                )
+            )
+            workers.append(
+                start_worker(
+                    queues=encode_queue, name="encode", extra_env=env, logfile=tmp_path / "e.log"
+                )
+            )
+            wait_for(
+                lambda: Embedding.objects.filter(object_pk="edited").exists(),
+                timeout=120,
+                message="the edited note embedded",
+            )
+            left = broker.llen(users_queue)
+        # Embedded while most of the backlog still waited: the drain did not queue behind it.
+        assert left > backlog // 2, left
+    finally:
+        app.conf.task_routes = saved_routes
+        for worker in workers:
+            stop_worker(worker, kill=True)
+        flush_broker()
