@@ -372,6 +372,14 @@ def _alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """Whether ``pid`` has installed a SIGTERM handler (a booting worker has not yet)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (15 - 1)))
+    return False
+
+
 def _start_demo(source, db_root, port, tmp_path, run):
     import os
     import socket
@@ -477,6 +485,9 @@ def test_stopping_the_demo_stops_workers_beat_and_the_embedded_server(tmp_path):
     children = _children(demo.pid)
     postmaster = server_pid()
     encoder = next(pid for pid, cmd in children.items() if "embrec.encode" in cmd)
+    # Once it handles SIGTERM itself (a worker still booting would just die of it), stop it: it
+    # can no longer react, so the demo has to kill it.
+    wait_for(lambda: _catches_sigterm(encoder), timeout=120, message="the worker's handlers")
     os.kill(encoder, signal.SIGSTOP)
     demo.send_signal(signal.SIGTERM)
     assert demo.wait(timeout=90) == 0
