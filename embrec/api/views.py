@@ -30,6 +30,7 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import exceptions, status
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -128,6 +129,23 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+# --------------------------------------------------------------------------- parsing
+
+
+class SafeJSONParser(JSONParser):
+    """DRF's JSON parser, with every way a body can fail to parse answered as a 400.
+
+    DRF catches ``ValueError`` only; a deeply nested document (``[[[[…]]]]``) exhausts the
+    recursion limit of ``json`` and would otherwise surface as a 500.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except (RecursionError, ValueError, UnicodeError) as exc:
+            raise exceptions.ParseError(f"JSON parse error - {type(exc).__name__}") from None
+
+
 # --------------------------------------------------------------------------- base view
 
 
@@ -136,6 +154,13 @@ class EmbrecAPIView(APIView):
 
     #: Added in front of the configured permission classes (personal endpoints).
     required_permission_classes: tuple = ()
+
+    def get_parsers(self):
+        # The configured parsers, with DRF's JSON parser replaced by one that never raises a 500.
+        return [
+            SafeJSONParser() if type(parser) is JSONParser else parser
+            for parser in super().get_parsers()
+        ]
 
     def get_permissions(self):
         configured = embrec_settings.API_PERMISSION_CLASSES
@@ -283,7 +308,8 @@ class SimilarItemsView(EmbrecAPIView):
     @staticmethod
     def _get_object(request, rec, type: str, pk: str):
         try:
-            return rec.get_visible_queryset(request).get(pk=rec.pk_from_string(pk))
+            pk_value = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(pk))
+            return rec.get_visible_queryset(request).get(pk=pk_value)
         except (rec.model.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             # Hidden objects get the same answer as missing ones.
             raise EmbrecAPIError(
@@ -358,7 +384,7 @@ class RecommendationsView(EmbrecAPIView):
             )
         User = get_user_model()
         try:
-            return User._default_manager.get(pk=User._meta.pk.to_python(wanted))
+            return User._default_manager.get(pk=queries.clean_value(User._meta.pk, wanted))
         except (User.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             raise EmbrecAPIError(
                 f"No user with pk {wanted!r}.", code="not_found", status_code=404, field="user"
@@ -450,7 +476,8 @@ class InteractionsView(EmbrecAPIView):
         for i, event in enumerate(events):
             rec = registry.get(event["type"])
             try:
-                wanted[rec.label].append((i, rec.pk_from_string(event["pk"])))
+                pk = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(event["pk"]))
+                wanted[rec.label].append((i, pk))
             except (ValueError, TypeError, DjangoValidationError):
                 raise EmbrecAPIError(
                     f"No {event['type']} with pk {event['pk']!r} (events[{i}]).",
