@@ -98,13 +98,23 @@ DEFAULTS: dict[str, Any] = {
     "RECENCY_HALF_LIFE_DAYS": 30.0,
     # Most events one POST to the interactions endpoint may carry.
     "MAX_INTERACTION_BATCH": 100,
-    # DRF permission and throttle classes for the API (dotted paths); None keeps DRF's defaults.
-    # Personal endpoints (recommendations, interactions) always add IsAuthenticated.
+    # DRF permission and throttle classes for the API (dotted paths); None keeps DRF's defaults
+    # (REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"] / ["DEFAULT_THROTTLE_CLASSES"]). Personal
+    # endpoints (recommendations, interactions) always add IsAuthenticated; search always adds
+    # embrec.api.throttling.SearchRateThrottle (rate "search" below).
     "API_PERMISSION_CLASSES": None,
-    "API_THROTTLE_CLASSES": None,
+    "API_THROTTLE_CLASSES": [
+        "embrec.api.throttling.AnonRateThrottle",
+        "embrec.api.throttling.UserRateThrottle",
+    ],
+    # Rates of embrec's throttles ("<n>/<s|min|hour|day>", None: off). Keys given here replace
+    # the defaults one by one.
+    "THROTTLE_RATES": {"anon": "100/min", "user": "1000/min", "search": "30/min"},
 }
 
 _IMPORT_STRINGS = {"API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES"}
+#: Dict settings whose keys, when given, replace the defaults one by one.
+_MERGED = {"THROTTLE_RATES"}
 
 
 class EmbrecSettings:
@@ -135,6 +145,8 @@ class EmbrecSettings:
         if name not in self._cache:
             if name in self.user_settings:
                 value = self.user_settings[name]
+                if name in _MERGED and isinstance(value, dict):
+                    value = {**DEFAULTS[name], **value}
             else:
                 value = copy.deepcopy(DEFAULTS[name])
             if name in _IMPORT_STRINGS and value is not None:

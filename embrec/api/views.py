@@ -46,10 +46,14 @@ from embrec.api.serializers import (
     ResultSerializer,
     object_serializer_for,
 )
+from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
+
+#: Permission to see another user's recommendations (and, in their explanations, history).
+VIEW_USER_RECOMMENDATIONS = "embrec.view_user_recommendations"
 
 #: Query parameters that are not filters.
 RESERVED_PARAMS = frozenset(
@@ -154,6 +158,8 @@ class EmbrecAPIView(APIView):
 
     #: Added in front of the configured permission classes (personal endpoints).
     required_permission_classes: tuple = ()
+    #: Added after the configured throttle classes (search: the encoder runs per request).
+    required_throttle_classes: tuple = ()
 
     def get_parsers(self):
         # The configured parsers, with DRF's JSON parser replaced by one that never raises a 500.
@@ -170,7 +176,7 @@ class EmbrecAPIView(APIView):
     def get_throttles(self):
         configured = embrec_settings.API_THROTTLE_CLASSES
         classes = self.throttle_classes if configured is None else configured
-        return [cls() for cls in classes]
+        return [cls() for cls in (*classes, *self.required_throttle_classes)]
 
     def get_exception_handler(self):
         return exception_handler
@@ -341,7 +347,9 @@ class PopularItemsView(EmbrecAPIView):
 class RecommendationsView(EmbrecAPIView):
     """``GET recommendations/`` — personal recommendations for the current user.
 
-    Staff may pass ``user=<pk>`` to see another user's recommendations; anyone else gets 403.
+    Users with the permission ``embrec.view_user_recommendations`` (superusers implicitly) may
+    pass ``user=<pk>`` to see another user's recommendations, whose explanations show that user's
+    history; anyone else gets 403. Staff status alone is not enough.
     """
 
     required_permission_classes = (IsAuthenticated,)
@@ -350,7 +358,12 @@ class RecommendationsView(EmbrecAPIView):
         summary="Personal recommendations",
         parameters=[
             TYPE_QUERY,
-            OpenApiParameter("user", str, description="Staff only: another user's pk."),
+            OpenApiParameter(
+                "user",
+                str,
+                description="Another user's pk; needs the permission "
+                "embrec.view_user_recommendations.",
+            ),
             OpenApiParameter("explain", bool, description="Include explanations (default true)."),
             *COMMON,
         ],
@@ -378,9 +391,10 @@ class RecommendationsView(EmbrecAPIView):
         wanted = request.query_params.get("user")
         if wanted in (None, "") or wanted == str(request.user.pk):
             return request.user
-        if not request.user.is_staff:
+        if not request.user.has_perm(VIEW_USER_RECOMMENDATIONS):
             raise exceptions.PermissionDenied(
-                "Only staff may ask for another user's recommendations."
+                "Asking for another user's recommendations needs the permission "
+                f"{VIEW_USER_RECOMMENDATIONS}."
             )
         User = get_user_model()
         try:
@@ -392,7 +406,9 @@ class RecommendationsView(EmbrecAPIView):
 
 
 class SearchView(EmbrecAPIView):
-    """``GET search/?q=...`` — semantic search from free text."""
+    """``GET search/?q=...`` — semantic search from free text (throttled by ``search``)."""
+
+    required_throttle_classes = (SearchRateThrottle,)
 
     @extend_schema(
         summary="Semantic search",
