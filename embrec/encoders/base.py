@@ -44,6 +44,10 @@ class BaseEncoder:
     #: Whether this encoder works from item text (``True``) or learns from interactions.
     uses_text: bool = True
 
+    #: Names of the ``OPTIONS`` this encoder reads. When set, ``manage.py check`` reports any
+    #: other name (a typo would otherwise be ignored); ``None`` accepts any option.
+    option_names: frozenset[str] | None = None
+
     def __init__(self, alias: str, **options):
         self.alias = alias
         self.options = options
