@@ -12,11 +12,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 
-
 class Command(BaseCommand):
-    help = (
-        "Train the encoders learned from interactions (item2vec, ALS) and queue re-embedding."
-    )
+    help = "Train the encoders learned from interactions (item2vec, ALS) and queue re-embedding."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("aliases", nargs="*", metavar="ALIAS")
