@@ -172,6 +172,9 @@ class EmbeddingMethod(Method):
             half_life_days=self.half_life_days,
             uniform=self.uniform,
         )
+        fold_in_profiles = getattr(self.source, "fold_in_profiles", None)
+        if fold_in_profiles is not None:  # encoders with their own user model (ALS)
+            self.profiles = fold_in_profiles(train)
         # Popularity as the read path counts it: distinct users with a positive interaction.
         self.counts = popularity_counts(train)
         # Normalised by the most popular item of the catalog, vector or not (the read path's
@@ -294,3 +297,133 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (matrix / norms).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- trained encoders
+
+
+def training_histories(train: InteractionLog, min_weight: float = 0.0) -> list[list[tuple]]:
+    """Each training user's ``(item key, weight)`` pairs in time order, interactions with weight
+    above ``min_weight`` only: what a trained encoder reads from the ``Interaction`` table."""
+    behaviour = train.subset(train.weights > min_weight)
+    order = behaviour.chronological_order()
+    histories: list[list[tuple]] = [[] for _ in range(train.n_users)]
+    for pos in order:
+        histories[behaviour.user_index[pos]].append(
+            (train.items[behaviour.item_index[pos]], float(behaviour.weights[pos]))
+        )
+    return histories
+
+
+def item_support(train: InteractionLog, min_weight: float = 0.0) -> np.ndarray:
+    """Distinct training users with an interaction above ``min_weight``, per item."""
+    behaviour = train.subset(train.weights > min_weight)
+    return np.asarray(behaviour.matrix(binary=True).sum(axis=0), dtype=np.float64).ravel()
+
+
+class TrainedItemVectors(ItemVectors):
+    """Any :class:`~embrec.encoders.trained.TrainedEncoder` (item2vec, ALS) trained on the
+    training interactions of the split, vectors as the encoder stores them."""
+
+    def __init__(self, encoder, name: str | None = None):
+        self.encoder = encoder
+        self.name = name or encoder.alias
+        self.fitted = None
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        train = split.train
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        self.fitted = self.encoder.fit_model(training_histories(train, min_weight))
+        self.position = {key: n for n, key in enumerate(train.items)}
+        matrix = np.zeros((train.n_items, self.fitted.vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros(train.n_items, dtype=bool)
+        for token, vector in zip(self.fitted.tokens, self.fitted.vectors, strict=True):
+            row = self.position[token]
+            matrix[row] = vector
+            mask[row] = True
+        return matrix, mask
+
+
+class ALSItemVectors(TrainedItemVectors):
+    """The ALS encoder as the read path uses it: stored item vectors, and each user's vector
+    folded in from *all* their training items (:meth:`fold_in_profiles`, which
+    :class:`EmbeddingMethod` calls instead of averaging item vectors)."""
+
+    def fold_in_profiles(self, train: InteractionLog) -> np.ndarray:
+        from embrec.encoders.als import fold_in
+
+        fitted = self.fitted
+        factors = fitted.arrays["factors"]
+        gram = fitted.arrays["gram"]
+        row_of = {token: n for n, token in enumerate(fitted.tokens)}
+        params = self.encoder.params
+        binary = params["confidence"] == "binary"
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        dims = fitted.vectors.shape[1]
+        profiles = np.zeros((train.n_users, dims), dtype=np.float32)
+        for user, history in enumerate(training_histories(train, min_weight)):
+            values: dict[str, float] = {}
+            for key, weight in history:
+                values[key] = values.get(key, 0.0) + weight
+            known = [k for k in values if k in row_of]
+            if not known:
+                continue
+            factor = fold_in(
+                factors,
+                gram,
+                [row_of[k] for k in known],
+                [1.0 if binary else values[k] for k in known],
+                float(params["regularization"]),
+                float(params["alpha"]),
+            )
+            vector = self.encoder.user_vector_from_factor(factor)
+            if vector is not None:
+                profiles[user] = vector
+        return profiles
+
+
+class AdaptiveItemVectors(ItemVectors):
+    """:class:`~embrec.encoders.adaptive.AdaptiveHybridEncoder` on a split: the behavioural
+    source trained on the training interactions, the content map fitted on training items with
+    at least ``fit_support`` users, blended by each item's training support."""
+
+    def __init__(
+        self,
+        behaviour: ItemVectors,
+        content: ItemVectors,
+        *,
+        shrinkage: float = 20.0,
+        min_support: float = 5,
+        fit_support: float = 20,
+        ridge: float = 1.0,
+        min_weight: float = 0.0,
+        name: str = "adaptive",
+    ):
+        self.behaviour = behaviour
+        self.content = content
+        self.shrinkage = shrinkage
+        self.min_support = min_support
+        self.fit_support = fit_support
+        self.ridge = ridge
+        self.min_weight = min_weight
+        self.name = name
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        from embrec.encoders.adaptive import blend, fit_content_map, map_content
+
+        own, has_own = self.behaviour.vectors(split)
+        content, has_content = self.content.vectors(split)
+        support = item_support(split.train, self.min_weight)
+        fit_rows = has_own & has_content & (support >= max(self.fit_support, 1))
+        if not fit_rows.any():
+            fit_rows = has_own & has_content
+        w = fit_content_map(content[fit_rows], own[fit_rows], self.ridge)
+        mapped = map_content(np.where(has_content[:, None], content, 0.0), w)
+        return blend(
+            own,
+            has_own,
+            mapped,
+            support,
+            shrinkage=self.shrinkage,
+            min_support=self.min_support,
+        )

@@ -156,6 +156,9 @@ def item_vectors_for_alias(
     from embrec.encoders.item2vec import Item2VecEncoder
 
     encoder = get_encoder(alias)
+    trained = trained_item_vectors(alias, content)
+    if trained is not None:
+        return trained
     if isinstance(encoder, Item2VecEncoder):
         return Item2VecItemVectors(encoder, name=alias)
     if isinstance(encoder, HybridEncoder):
@@ -256,3 +259,30 @@ def default_specs(rec: Recommendable) -> list[str]:
     for alias in rec.get_encoders():
         specs += [alias, f"{alias}:{tuned}"]
     return specs
+
+
+def trained_item_vectors(alias: str, content: Callable[[str], ItemVectors]) -> ItemVectors | None:
+    """Leak-free :class:`ItemVectors` of the ALS encoder (users folded in) and of adaptive
+    hybrids (their behavioural part retrained on the split, the content map fitted on training
+    items only); ``None`` for other encoders."""
+    from embrec.encoders import get_encoder
+    from embrec.encoders.adaptive import AdaptiveHybridEncoder
+    from embrec.encoders.als import ALSEncoder
+    from embrec.evaluation.methods import AdaptiveItemVectors, ALSItemVectors
+
+    encoder = get_encoder(alias)
+    if isinstance(encoder, ALSEncoder):
+        return ALSItemVectors(encoder, name=alias)
+    if isinstance(encoder, AdaptiveHybridEncoder):
+        behaviour = encoder.behaviour_encoder()
+        return AdaptiveItemVectors(
+            item_vectors_for_alias(encoder.options["behaviour"], content),
+            item_vectors_for_alias(encoder.options["content"], content),
+            shrinkage=encoder.params["shrinkage"],
+            min_support=encoder.params["min_support"],
+            fit_support=encoder.params["fit_support"],
+            ridge=encoder.params["ridge"],
+            min_weight=float(behaviour.options.get("min_weight", 0.0)),
+            name=alias,
+        )
+    return None

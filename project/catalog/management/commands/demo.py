@@ -171,19 +171,17 @@ class Command(BaseCommand):
     # -- embedding ---------------------------------------------------------------------------
 
     def train_item2vec(self, retrain: bool) -> None:
-        """Train each configured item2vec encoder when the ratings changed or it has no model."""
-        from embrec.conf import embrec_settings
+        """Train each configured encoder learned from interactions (ALS, item2vec) when the
+        ratings changed or it has no model."""
         from embrec.encoders import get_encoder
-        from embrec.encoders.item2vec import (
-            Item2VecEncoder,
+        from embrec.encoders.trained import (
             dependent_aliases,
             train_and_reindex,
+            trained_aliases,
         )
 
-        for alias in embrec_settings.ENCODERS:
+        for alias in trained_aliases():
             encoder = get_encoder(alias)
-            if not isinstance(encoder, Item2VecEncoder):
-                continue
             if encoder.is_trained and not retrain:
                 self.log(f"{alias}: up to date (revision {encoder.identity.revision})")
                 continue
