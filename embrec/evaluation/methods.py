@@ -27,7 +27,7 @@ Held-out interactions are never used: not to train item2vec, not in profiles, no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -427,3 +427,72 @@ class AdaptiveItemVectors(ItemVectors):
             shrinkage=self.shrinkage,
             min_support=self.min_support,
         )
+class FinetunedItemVectors(ItemVectors):
+    """A text encoder fine-tuned on the split's *training* interactions only.
+
+    Co-consumed pairs are mined from the training interactions (positive ones, each user's items
+    in time order) with the encoder's parameters, the encoder's *base* model is fine-tuned on
+    their texts in memory (nothing is stored, the site's current fine-tune is never used), and
+    every catalog item with a text is encoded with it, held-out items included: like a new item
+    on the site, they get a vector from their text alone.
+
+    ``texts`` maps the split's item keys to texts (``None``: no text, no vector). ``params``
+    override the encoder's training parameters (validation searches). After :meth:`vectors`,
+    ``stats`` holds the :class:`~embrec.encoders.finetune.FitStats` of the run.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        texts: Callable[[Sequence[str]], Sequence[str | None]],
+        *,
+        params: dict | None = None,
+        name: str = "finetuned",
+    ):
+        self.encoder = encoder
+        self.texts = texts
+        self.params = dict(params or {})
+        self.name = name
+        self.stats = None
+        self._cached: tuple | None = None
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        from embrec.encoders.finetune import finetune_texts, mine_pairs, validate_params
+
+        train = split.train
+        if self._cached is not None and self._cached[0] is train:
+            return self._cached[1]
+        p = validate_params({**self.encoder.params, **self.params})
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        behaviour = train.subset(train.weights > min_weight)
+        texts = list(self.texts(train.items))
+        mined = mine_pairs(
+            ([train.items[i] for i in seq] for seq in behaviour.sequences()),
+            window=p["window"],
+            max_pairs=p["max_pairs"],
+            max_pairs_per_item=p["max_pairs_per_item"],
+            min_count=p["min_count"],
+        )
+        position = {key: n for n, key in enumerate(train.items)}
+        pairs = [
+            (texts[position[a]], texts[position[b]])
+            for a, b, _ in mined
+            if texts[position[a]] and texts[position[b]]
+        ]
+        model, self.stats = finetune_texts(
+            self.encoder.base_model, pairs, p, device=self.encoder.train_device
+        )
+        rows = [n for n, text in enumerate(texts) if text]
+        encoded = model.encode(
+            [texts[n] for n in rows],
+            batch_size=256,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        matrix = np.zeros((train.n_items, encoded.shape[1]), dtype=np.float32)
+        mask = np.zeros(train.n_items, dtype=bool)
+        matrix[rows] = encoded
+        mask[rows] = True
+        self._cached = (train, (matrix, mask))
+        return matrix, mask
