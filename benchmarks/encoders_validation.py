@@ -218,7 +218,7 @@ def configurations(content: np.ndarray):
         base = {"workers": 1}
         return Item2VecEncoder("item2vec", **{**base, **opts})
 
-    def emb(popularity=0.0, last=None, uniform=True):
+    def emb(popularity=0.0, last=None, uniform=True, **_):
         return lambda source: EmbeddingMethod(
             source.name, source, popularity=popularity, last=last, uniform=uniform
         )
@@ -286,6 +286,12 @@ def configurations(content: np.ndarray):
         for k in (5.0, 20.0):
             configs[f"adaptive {behaviour_name} k{k:g}"] = (
                 emb(**deployed),
+                lambda behaviour=behaviour, k=k: AdaptiveItemVectors(
+                    behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
+                ),
+            )
+            configs[f"adaptive {behaviour_name} k{k:g} pop0.3"] = (
+                emb(last=3, popularity=0.3),
                 lambda behaviour=behaviour, k=k: AdaptiveItemVectors(
                     behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
                 ),

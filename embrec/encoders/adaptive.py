@@ -40,6 +40,9 @@ Options:
 * ``min_support`` (5) — items with fewer distinct users get no behavioural part.
 * ``fit_support`` (20) — items with at least this many users train the map.
 * ``ridge`` (1.0) — L2 penalty of the map.
+* ``center`` (True) — centre behavioural vectors on their mean before mapping and blending: the
+  ridge map regresses towards the mean, and without centring every mapped vector points at the
+  average item, next to the popular ones (rare and new items then crowd every list).
 * ``model_dir`` — where maps are kept (default: the behavioural encoder's folder's parent).
 """
 
@@ -57,7 +60,13 @@ from django.core.exceptions import ImproperlyConfigured
 from embrec.encoders.base import BaseEncoder, EncoderIdentity, l2_normalize
 from embrec.encoders.trained import UNTRAINED, TrainedEncoder, atomic_write
 
-DEFAULTS = {"shrinkage": 20.0, "min_support": 5, "fit_support": 20, "ridge": 1.0}
+DEFAULTS = {
+    "shrinkage": 20.0,
+    "min_support": 5,
+    "fit_support": 20,
+    "ridge": 1.0,
+    "center": 1.0,
+}
 
 
 def fit_content_map(content: np.ndarray, behaviour: np.ndarray, ridge: float = 1.0) -> np.ndarray:
@@ -92,13 +101,19 @@ def blend(
     *,
     shrinkage: float,
     min_support: float,
+    mean: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``normalise(s · own + (1 − s) · mapped)`` with ``s = n / (n + shrinkage)`` (0 below
-    ``min_support`` or without an own vector). Returns ``(vectors, has_vector)``."""
+    ``min_support`` or without an own vector); with ``mean``, own vectors are centred on it first
+    (``mapped`` must then come from a map fitted on centred vectors). Returns
+    ``(vectors, has_vector)``."""
     support = np.asarray(support, np.float64)
+    own = np.asarray(own, np.float32)
+    if mean is not None:
+        own = np.where(np.asarray(has_own, bool)[:, None], own - mean[None, :], 0.0)
     share = support / (support + float(shrinkage)) if shrinkage > 0 else np.ones_like(support)
     share = np.where(np.asarray(has_own, bool) & (support >= float(min_support)), share, 0.0)
-    merged = share[:, None] * l2_normalize(np.asarray(own, np.float32)) + (1.0 - share)[
+    merged = share[:, None] * l2_normalize(own.astype(np.float32)) + (1.0 - share)[
         :, None
     ] * np.asarray(mapped, np.float32)
     has = np.linalg.norm(merged, axis=1) > 1e-9
@@ -124,6 +139,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
             if options[key] == alias:
                 raise ImproperlyConfigured(f"Adaptive hybrid {alias!r} cannot include itself.")
         self.params = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
+        self.params["center"] = bool(options.get("center", True))
         if self.params["shrinkage"] < 0 or self.params["ridge"] < 0:
             raise ImproperlyConfigured(
                 f"Adaptive hybrid {alias!r}: shrinkage and ridge must not be negative."
@@ -224,7 +240,21 @@ class AdaptiveHybridEncoder(BaseEncoder):
         if not keep:
             raise ValueError(f"Adaptive hybrid {self.alias!r}: no item has both parts.")
         matrix = np.stack([content[pk] for pk, _ in rows if pk in found])
-        return fit_content_map(matrix, model["vectors"][keep], self.params["ridge"])
+        targets = model["vectors"][keep]
+        mean = self.behaviour_mean(model, prefix)
+        w = fit_content_map(matrix, targets - mean, self.params["ridge"])
+        return np.vstack([w, mean[None, :]])
+
+    def behaviour_mean(self, model, prefix: str) -> np.ndarray:
+        """Mean behavioural vector of the registration's items (zeros when ``center`` is off).
+
+        Centring matters: a ridge map regresses towards the mean, so without it every mapped
+        vector points at the average item, right next to the popular ones."""
+        dims = model["vectors"].shape[1]
+        if not self.params["center"]:
+            return np.zeros(dims, np.float32)
+        rows = [n for n, k in enumerate(model["keys"]) if k.startswith(prefix)]
+        return model["vectors"][rows].mean(axis=0).astype(np.float32)
 
     def stored_content(self, rec, pks: Sequence[str]) -> tuple[dict[str, np.ndarray], set[str]]:
         """Content vectors of ``pks``: stored ones under the content encoder's identity, the rest
@@ -276,13 +306,14 @@ class AdaptiveHybridEncoder(BaseEncoder):
         )
         support = behaviour.support_for_tokens(behaviour.tokens_for(rec, objects))
         content_list = list(self.content_encoder().encode_objects(rec, objects, texts))
-        content_dims = w.shape[0] - 1
+        content_dims = w.shape[0] - 2
         content = np.stack(
             [
                 np.zeros(content_dims, np.float32) if v is None else np.asarray(v, np.float32)
                 for v in content_list
             ]
         )
+        w, mean = w[:-1], w[-1]
         vectors, has = blend(
             own,
             has_own,
@@ -290,6 +321,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
             support,
             shrinkage=self.params["shrinkage"],
             min_support=self.params["min_support"],
+            mean=mean,
         )
         return [vectors[n] if has[n] else None for n in range(len(objects))]
 
@@ -304,4 +336,4 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 f"Adaptive hybrid {self.alias!r} cannot encode text before its behavioural "
                 "encoder is trained."
             )
-        return map_content(self.content_encoder().encode(texts), w)
+        return map_content(self.content_encoder().encode(texts), w[:-1])

@@ -396,9 +396,11 @@ class AdaptiveItemVectors(ItemVectors):
         min_support: float = 5,
         fit_support: float = 20,
         ridge: float = 1.0,
+        center: bool = True,
         min_weight: float = 0.0,
         name: str = "adaptive",
     ):
+        self.center = center
         self.behaviour = behaviour
         self.content = content
         self.shrinkage = shrinkage
@@ -417,7 +419,9 @@ class AdaptiveItemVectors(ItemVectors):
         fit_rows = has_own & has_content & (support >= max(self.fit_support, 1))
         if not fit_rows.any():
             fit_rows = has_own & has_content
-        w = fit_content_map(content[fit_rows], own[fit_rows], self.ridge)
+        dims = own.shape[1]
+        mean = own[has_own].mean(axis=0) if self.center else np.zeros(dims, np.float32)
+        w = fit_content_map(content[fit_rows], own[fit_rows] - mean, self.ridge)
         mapped = map_content(np.where(has_content[:, None], content, 0.0), w)
         return blend(
             own,
@@ -426,4 +430,5 @@ class AdaptiveItemVectors(ItemVectors):
             support,
             shrinkage=self.shrinkage,
             min_support=self.min_support,
+            mean=mean,
         )
