@@ -302,6 +302,17 @@ def configurations(content: np.ndarray):
                     behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
                 ),
             )
+    configs["adaptive als k5 centered"] = (
+        emb(**deployed),
+        lambda: AdaptiveItemVectors(
+            ALSItemVectors(
+                ALSEncoder("als", factors=64, regularization=0.5, similarity="cosine"), name="als"
+            ),
+            minilm(),
+            shrinkage=5,
+            center=True,
+        ),
+    )
     return configs
 
 

@@ -40,9 +40,10 @@ Options:
 * ``min_support`` (5) — items with fewer distinct users get no behavioural part.
 * ``fit_support`` (20) — items with at least this many users train the map.
 * ``ridge`` (1.0) — L2 penalty of the map.
-* ``center`` (True) — centre behavioural vectors on their mean before mapping and blending: the
-  ridge map regresses towards the mean, and without centring every mapped vector points at the
-  average item, next to the popular ones (rare and new items then crowd every list).
+* ``center`` (False) — centre behavioural vectors on their mean before mapping and blending (the
+  ridge map regresses towards the mean, so mapped vectors lean towards the average item). On
+  MovieLens with ALS it did not help (docs/ENCODERS.md); try it with item2vec, whose vectors
+  share a strong common direction.
 * ``model_dir`` — where maps are kept (default: the behavioural encoder's folder's parent).
 """
 
@@ -65,7 +66,7 @@ DEFAULTS = {
     "min_support": 5,
     "fit_support": 20,
     "ridge": 1.0,
-    "center": 1.0,
+    "center": 0.0,
 }
 
 
@@ -139,7 +140,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
             if options[key] == alias:
                 raise ImproperlyConfigured(f"Adaptive hybrid {alias!r} cannot include itself.")
         self.params = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
-        self.params["center"] = bool(options.get("center", True))
+        self.params["center"] = bool(options.get("center", False))
         if self.params["shrinkage"] < 0 or self.params["ridge"] < 0:
             raise ImproperlyConfigured(
                 f"Adaptive hybrid {alias!r}: shrinkage and ridge must not be negative."
@@ -246,10 +247,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
         return np.vstack([w, mean[None, :]])
 
     def behaviour_mean(self, model, prefix: str) -> np.ndarray:
-        """Mean behavioural vector of the registration's items (zeros when ``center`` is off).
-
-        Centring matters: a ridge map regresses towards the mean, so without it every mapped
-        vector points at the average item, right next to the popular ones."""
+        """Mean behavioural vector of the registration's items (zeros when ``center`` is off)."""
         dims = model["vectors"].shape[1]
         if not self.params["center"]:
             return np.zeros(dims, np.float32)

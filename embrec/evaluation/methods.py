@@ -396,7 +396,7 @@ class AdaptiveItemVectors(ItemVectors):
         min_support: float = 5,
         fit_support: float = 20,
         ridge: float = 1.0,
-        center: bool = True,
+        center: bool = False,
         min_weight: float = 0.0,
         name: str = "adaptive",
     ):
