@@ -302,6 +302,33 @@ def configurations(content: np.ndarray):
                     behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
                 ),
             )
+    for factors, reg, alpha in (
+        (64, 2.0, 1.0),
+        (64, 5.0, 1.0),
+        (128, 2.0, 1.0),
+        (64, 2.0, 5.0),
+        (32, 2.0, 1.0),
+    ):
+        enc = ALSEncoder(
+            "als", factors=factors, regularization=reg, alpha=alpha, similarity="cosine"
+        )
+        configs[f"als-sim f{factors} r{reg:g} a{alpha:g} cosine"] = (
+            emb(**deployed),
+            lambda enc=enc: ALSItemVectors(enc, name="als"),
+        )
+    for k, min_support in ((1.0, 1), (2.0, 1), (2.0, 3), (5.0, 1)):
+        configs[f"adaptive-grid als k{k:g} min{min_support}"] = (
+            emb(**deployed),
+            lambda k=k, m=min_support: AdaptiveItemVectors(
+                ALSItemVectors(
+                    ALSEncoder("als", factors=64, regularization=0.5, similarity="cosine"),
+                    name="als",
+                ),
+                minilm(),
+                shrinkage=k,
+                min_support=m,
+            ),
+        )
     configs["adaptive als k5 centered"] = (
         emb(**deployed),
         lambda: AdaptiveItemVectors(

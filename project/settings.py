@@ -110,10 +110,10 @@ CELERY_BEAT_SCHEDULE = {
     "embrec-sweep": {"task": "embrec.sweep", "schedule": 60.0},
     # Retrain ALS nightly (the task trains any encoder learned from interactions); it queues
     # re-embedding (ALS and the adaptive hybrid on it) only when the model changed.
-    "embrec-train-als": {
+    "embrec-train-mf": {
         "task": "embrec.train_item2vec",
         "schedule": 24 * 3600.0,
-        "args": ["als"],
+        "args": ["mf"],
     },
 }
 
@@ -126,7 +126,8 @@ EMBREC = {
         },
         # Behavioural vectors: implicit ALS item factors (train: manage.py embrec_train; about
         # a second on the 100k ratings). Unit factors ("cosine"): the best similar-movie lists.
-        "als": {
+        # (Not called "als": in embrec_evaluate method lists that names the ALS baseline.)
+        "mf": {
             "CLASS": "embrec.encoders.als.ALSEncoder",
             "OPTIONS": {"factors": 64, "regularization": 0.5, "similarity": "cosine"},
         },
@@ -134,7 +135,7 @@ EMBREC = {
         # little or none (new movies get neighbours and can be recommended at once).
         "adaptive": {
             "CLASS": "embrec.encoders.adaptive.AdaptiveHybridEncoder",
-            "OPTIONS": {"behaviour": "als", "content": "default", "shrinkage": 5},
+            "OPTIONS": {"behaviour": "mf", "content": "default", "shrinkage": 5},
         },
     },
     # MovieLens ratings date from 1997-98: count popularity over all time.

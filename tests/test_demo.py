@@ -110,13 +110,13 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     from project import settings as demo_settings
 
     demo = demo_settings.EMBREC
-    als = demo["ENCODERS"]["als"]
+    als = demo["ENCODERS"]["mf"]
     settings.EMBREC = {
         **demo,
         "ENCODERS": {
             **settings.EMBREC["ENCODERS"],
             **demo["ENCODERS"],
-            "als": {
+            "mf": {
                 **als,
                 "OPTIONS": {**als.get("OPTIONS", {}), "model_dir": str(tmp_path / "models")},
             },
@@ -125,18 +125,18 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     source = tmp_path / "ml-slice.zip"
     make_slice(source)
     first = run_demo(source)
-    assert "als: trained revision" in first
+    assert "mf: trained revision" in first
     assert f"Embeddings: {2 * N_MOVIES} computed" in first
     assert Embedding.objects.filter(encoder="adaptive").count() == N_MOVIES
     assert UserEmbedding.objects.filter(encoder="adaptive").exists()
 
     # Re-running retrains nothing, re-embeds nothing, rebuilds no user vector.
-    revision = (tmp_path / "models" / "als" / "meta.json").read_text()
+    revision = (tmp_path / "models" / "mf" / "meta.json").read_text()
     second = run_demo(source)
-    assert "als: up to date" in second
+    assert "mf: up to date" in second
     assert "Embeddings: 0 computed" in second
     assert "User vectors: up to date" in second
-    assert (tmp_path / "models" / "als" / "meta.json").read_text() == revision
+    assert (tmp_path / "models" / "mf" / "meta.json").read_text() == revision
     assert Embedding.objects.count() == 2 * N_MOVIES
 
     # A demo user's default recommendations are personal, from the adaptive vectors.

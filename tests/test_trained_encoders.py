@@ -328,3 +328,29 @@ def test_train_command_rejects_other_encoders(trained):
         call_command("embrec_train", "hashing", stdout=StringIO())
     with pytest.raises(CommandError, match="Unknown encoder alias"):
         call_command("embrec_train", "nope", stdout=StringIO())
+
+
+def test_evaluation_builds_als_and_adaptive_methods_from_settings(settings):
+    from embrec.evaluation.site import build_methods
+
+    encoders = dict(settings.EMBREC["ENCODERS"])
+    encoders["mf"] = {
+        "CLASS": "embrec.encoders.als.ALSEncoder",
+        "OPTIONS": {"factors": 6, "iterations": 10, "regularization": 0.1},
+    }
+    encoders["adaptive"] = {
+        "CLASS": "embrec.encoders.adaptive.AdaptiveHybridEncoder",
+        "OPTIONS": {"behaviour": "mf", "content": "hashing", "fit_support": 1, "min_support": 1},
+    }
+    settings.EMBREC = {**settings.EMBREC, "ENCODERS": encoders}
+    split, catalog = planted_split()
+    groups = ["alpha", "beta", "gamma"]
+    texts = [f"{groups[int(key.split('-')[0])]} film {key}" for key in catalog]
+    content = FixedItemVectors(get_encoder("hashing").encode(texts), name="hashing")
+    # (An alias "als" would name the ALS baseline in method specifications.)
+    als, adaptive = build_methods(["mf", "adaptive:last=3"], lambda alias: content, k=5)
+    assert isinstance(als.source, ALSItemVectors)
+    assert isinstance(adaptive.source, AdaptiveItemVectors)
+    # Every held-out item is the cold one: ALS cannot recommend it, the adaptive hybrid can.
+    assert evaluate_method(als, split, k=5).metrics["recall@5"] == 0.0
+    assert evaluate_method(adaptive, split, k=5).metrics["recall@5"] > 0.5
