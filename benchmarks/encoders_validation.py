@@ -329,6 +329,27 @@ def configurations(content: np.ndarray):
                 min_support=m,
             ),
         )
+    for alpha, reg in ((1.0, 0.5), (5.0, 2.0)):
+        for rescale in (False, True):
+            for k in (2.0, 5.0):
+                configs[f"adaptive2 a{alpha:g} r{reg:g} k{k:g} rescale{int(rescale)}"] = (
+                    emb(**deployed),
+                    lambda alpha=alpha, reg=reg, k=k, rescale=rescale: AdaptiveItemVectors(
+                        ALSItemVectors(
+                            ALSEncoder(
+                                "als",
+                                factors=64,
+                                regularization=reg,
+                                alpha=alpha,
+                                similarity="cosine",
+                            ),
+                            name="als",
+                        ),
+                        minilm(),
+                        shrinkage=k,
+                        rescale=rescale,
+                    ),
+                )
     configs["adaptive als k5 centered"] = (
         emb(**deployed),
         lambda: AdaptiveItemVectors(
@@ -338,6 +359,7 @@ def configurations(content: np.ndarray):
             minilm(),
             shrinkage=5,
             center=True,
+            rescale=False,
         ),
     )
     return configs

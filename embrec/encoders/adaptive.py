@@ -44,6 +44,9 @@ Options:
   ridge map regresses towards the mean, so mapped vectors lean towards the average item). On
   MovieLens with ALS it did not help (docs/ENCODERS.md); try it with item2vec, whose vectors
   share a strong common direction.
+* ``rescale`` (True) — stretch mapped vectors away from the mean of the behavioural vectors by
+  the ratio of the real vectors' spread to the predictions' (ridge predictions are shrunk
+  towards the mean, so without it mapped items are near-neighbours of everything).
 * ``model_dir`` — where maps are kept (default: the behavioural encoder's folder's parent).
 """
 
@@ -53,6 +56,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +71,14 @@ DEFAULTS = {
     "fit_support": 20,
     "ridge": 1.0,
     "center": 0.0,
+    "rescale": 1.0,
 }
 
 
 def fit_content_map(content: np.ndarray, behaviour: np.ndarray, ridge: float = 1.0) -> np.ndarray:
     """Ridge regression from (unit) content vectors to behavioural vectors, with an intercept.
 
-    Returns ``W`` of shape ``(d_content + 1, d_behaviour)``; apply with :func:`map_content`.
+    Returns ``W`` of shape ``(d_content + 1, d_behaviour)``; apply it through :class:`ContentMap`.
     """
     if content.shape[0] == 0:
         raise ValueError("The content map needs at least one item with behaviour.")
@@ -84,14 +89,68 @@ def fit_content_map(content: np.ndarray, behaviour: np.ndarray, ridge: float = 1
     return np.linalg.solve(x.T @ x + penalty, x.T @ np.asarray(behaviour, np.float64))
 
 
-def map_content(content: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Content vectors mapped into the behavioural space (unit rows; zero rows stay zero)."""
-    content = np.asarray(content, np.float32)
-    present = np.linalg.norm(content, axis=1) > 0
-    x = np.hstack([l2_normalize(content), np.ones((content.shape[0], 1), np.float32)])
-    mapped = l2_normalize((x @ w).astype(np.float32))
-    mapped[~present] = 0.0
-    return mapped
+@dataclass
+class ContentMap:
+    """A fitted map from content vectors into the behavioural space.
+
+    ``w`` is the ridge solution (with intercept), ``center`` the vector subtracted from
+    behavioural vectors before mapping and blending (zeros: no centring), ``anchor`` the mean of
+    the mapped targets and ``spread`` the factor applied to a prediction's distance from it (ridge
+    predictions are closer to the mean than real vectors; ``spread`` > 1 restores their spread,
+    so mapped vectors do not all crowd the average item).
+    """
+
+    w: np.ndarray
+    center: np.ndarray
+    anchor: np.ndarray
+    spread: float = 1.0
+
+    def apply(self, content: np.ndarray) -> np.ndarray:
+        """Mapped unit vectors of ``content`` rows (zero rows stay zero)."""
+        content = np.asarray(content, np.float32)
+        present = np.linalg.norm(content, axis=1) > 0
+        x = np.hstack([l2_normalize(content), np.ones((content.shape[0], 1), np.float32)])
+        raw = x @ self.w
+        raw = self.anchor + float(self.spread) * (raw - self.anchor)
+        mapped = l2_normalize(raw.astype(np.float32))
+        mapped[~present] = 0.0
+        return mapped
+
+    def to_array(self) -> np.ndarray:
+        dims = self.w.shape[1]
+        return np.vstack(
+            [self.w, self.center[None, :], self.anchor[None, :], np.full((1, dims), self.spread)]
+        )
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> ContentMap:
+        return cls(array[:-3], array[-3], array[-2], float(array[-1][0]))
+
+
+def fit_map(
+    content: np.ndarray,
+    behaviour: np.ndarray,
+    *,
+    ridge: float = 1.0,
+    center: np.ndarray | None = None,
+    rescale: bool = True,
+) -> ContentMap:
+    """Fit a :class:`ContentMap` from ``content`` rows to (unit) ``behaviour`` rows, centring
+    the targets on ``center`` first when given, and restoring the targets' spread around their
+    mean when ``rescale``."""
+    behaviour = np.asarray(behaviour, np.float64)
+    dims = behaviour.shape[1]
+    center = np.zeros(dims) if center is None else np.asarray(center, np.float64)
+    targets = behaviour - center
+    w = fit_content_map(content, targets, ridge)
+    anchor = targets.mean(axis=0)
+    spread = 1.0
+    if rescale:
+        x = np.hstack([l2_normalize(np.asarray(content, np.float32)), np.ones((len(targets), 1))])
+        predicted = np.linalg.norm(x @ w - anchor, axis=1).mean()
+        actual = np.linalg.norm(targets - anchor, axis=1).mean()
+        spread = float(actual / predicted) if predicted > 1e-9 else 1.0
+    return ContentMap(w, center.astype(np.float32), anchor.astype(np.float32), spread)
 
 
 def blend(
@@ -141,6 +200,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 raise ImproperlyConfigured(f"Adaptive hybrid {alias!r} cannot include itself.")
         self.params = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
         self.params["center"] = bool(options.get("center", False))
+        self.params["rescale"] = bool(options.get("rescale", True))
         if self.params["shrinkage"] < 0 or self.params["ridge"] < 0:
             raise ImproperlyConfigured(
                 f"Adaptive hybrid {alias!r}: shrinkage and ridge must not be negative."
@@ -194,7 +254,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
 
     # -- the content map --------------------------------------------------------------------
 
-    def content_map(self, rec) -> np.ndarray | None:
+    def content_map(self, rec) -> ContentMap | None:
         """``W`` for registration ``rec`` under the current revision (fitted when missing);
         ``None`` while the behavioural encoder is untrained."""
         from django.contrib.contenttypes.models import ContentType
@@ -212,16 +272,16 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 return self._maps[key]
             path = self.model_dir / f"map-{revision}-{ct.id}.npy"
             if path.exists():
-                w = np.load(path, allow_pickle=False)
+                w = ContentMap.from_array(np.load(path, allow_pickle=False))
             else:
                 w = self.fit_map(rec, ct.id)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, lambda fh: np.save(fh, w))
+                atomic_write(path, lambda fh: np.save(fh, w.to_array()))
             self._maps = {k: v for k, v in self._maps.items() if k[0] == revision}
             self._maps[key] = w
             return w
 
-    def fit_map(self, rec, content_type_id: int) -> np.ndarray:
+    def fit_map(self, rec, content_type_id: int) -> ContentMap:
         """Fit ``W`` on the items of ``rec`` with at least ``fit_support`` users."""
         behaviour = self.behaviour_encoder()
         model = behaviour.model_arrays()
@@ -241,10 +301,13 @@ class AdaptiveHybridEncoder(BaseEncoder):
         if not keep:
             raise ValueError(f"Adaptive hybrid {self.alias!r}: no item has both parts.")
         matrix = np.stack([content[pk] for pk, _ in rows if pk in found])
-        targets = model["vectors"][keep]
-        mean = self.behaviour_mean(model, prefix)
-        w = fit_content_map(matrix, targets - mean, self.params["ridge"])
-        return np.vstack([w, mean[None, :]])
+        return fit_map(
+            matrix,
+            model["vectors"][keep],
+            ridge=self.params["ridge"],
+            center=self.behaviour_mean(model, prefix),
+            rescale=self.params["rescale"],
+        )
 
     def behaviour_mean(self, model, prefix: str) -> np.ndarray:
         """Mean behavioural vector of the registration's items (zeros when ``center`` is off)."""
@@ -304,22 +367,21 @@ class AdaptiveHybridEncoder(BaseEncoder):
         )
         support = behaviour.support_for_tokens(behaviour.tokens_for(rec, objects))
         content_list = list(self.content_encoder().encode_objects(rec, objects, texts))
-        content_dims = w.shape[0] - 2
+        content_dims = w.w.shape[0] - 1
         content = np.stack(
             [
                 np.zeros(content_dims, np.float32) if v is None else np.asarray(v, np.float32)
                 for v in content_list
             ]
         )
-        w, mean = w[:-1], w[-1]
         vectors, has = blend(
             own,
             has_own,
-            map_content(content, w),
+            w.apply(content),
             support,
             shrinkage=self.params["shrinkage"],
             min_support=self.params["min_support"],
-            mean=mean,
+            mean=w.center if self.params["center"] else None,
         )
         return [vectors[n] if has[n] else None for n in range(len(objects))]
 
@@ -334,4 +396,4 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 f"Adaptive hybrid {self.alias!r} cannot encode text before its behavioural "
                 "encoder is trained."
             )
-        return map_content(self.content_encoder().encode(texts), w[:-1])
+        return w.apply(self.content_encoder().encode(texts))
