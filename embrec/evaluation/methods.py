@@ -294,3 +294,31 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (matrix / norms).astype(np.float32)
+
+
+class CachedItemVectors(ItemVectors):
+    """Computes another source's vectors once per split (a validation search tries many profile
+    options on the same vectors; item2vec is trained once per split, not once per option)."""
+
+    def __init__(self, source: ItemVectors):
+        self.source = source
+        self.name = source.name
+        self._computed: list[tuple[Split, tuple[np.ndarray, np.ndarray]]] = []
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        for seen, result in self._computed:
+            if seen is split:
+                return result
+        result = self.source.vectors(split)
+        self._computed.append((split, result))
+        return result
+
+
+def cached_source(source: ItemVectors) -> ItemVectors:
+    """``source`` with each leaf cached per split; a hybrid keeps its structure so its part
+    weights can still be changed cheaply."""
+    if isinstance(source, HybridItemVectors):
+        return HybridItemVectors(
+            [cached_source(p) for p in source.parts], source.weights, source.mode, source.name
+        )
+    return CachedItemVectors(source)

@@ -256,3 +256,40 @@ def default_specs(rec: Recommendable) -> list[str]:
     for alias in rec.get_encoders():
         specs += [alias, f"{alias}:{tuned}"]
     return specs
+
+
+def item_labels(rec: Recommendable, items: Sequence[str]) -> list[str]:
+    """``str(obj)`` of each item key (the key itself for objects outside the queryset)."""
+    objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in items])
+    by_key = {str(pk): str(obj) for pk, obj in objects.items()}
+    return [by_key.get(key, key) for key in items]
+
+
+def item_field_sets(rec: Recommendable, items: Sequence[str], field: str) -> list[set]:
+    """The values of ``field`` of each item as a set, for coherence measures: a string is split
+    on whitespace, ``|`` and ``,``; a list, tuple or set is taken as it is; a related manager
+    gives its objects' primary keys. Raises ``ValueError`` for a field the model lacks."""
+    import re
+
+    objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in items])
+    out: list[set] = []
+    for key in items:
+        obj = objects.get(rec.pk_from_string(key))
+        if obj is None:
+            out.append(set())
+            continue
+        if not hasattr(obj, field):
+            raise ValueError(f"{rec.label} has no field {field!r}")
+        value = getattr(obj, field)
+        if callable(value):
+            value = value()
+        if hasattr(value, "all") and hasattr(value, "model"):
+            value = [str(pk) for pk in value.all().values_list("pk", flat=True)]
+        if isinstance(value, str):
+            value = [v for v in re.split(r"[\s|,]+", value) if v]
+        elif value is None:
+            value = []
+        elif not isinstance(value, list | tuple | set | frozenset):
+            value = [value]
+        out.append({str(v) for v in value})
+    return out
