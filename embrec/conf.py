@@ -1,7 +1,8 @@
 """The ``EMBREC`` settings dict: defaults, validation and lazy access.
 
 Read settings through ``embrec_settings.NAME``; values come from ``settings.EMBREC`` merged over
-:data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
+the tuned configuration of ``EMBREC["TUNED_CONFIG"]`` (:mod:`embrec.tuning`, for the few tunable
+keys) and :data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
 ``EMBREC`` (``override_settings`` in tests). Nothing is read at import time.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+
+from embrec.tuning import TUNABLE, tuned_settings
 
 DEFAULTS: dict[str, Any] = {
     # alias -> {"CLASS": dotted path, "OPTIONS": {...}}
@@ -102,6 +105,11 @@ DEFAULTS: dict[str, Any] = {
     # Personal endpoints (recommendations, interactions) always add IsAuthenticated.
     "API_PERMISSION_CLASSES": None,
     "API_THROTTLE_CLASSES": None,
+    # JSON file written by ``manage.py embrec_tune`` (None: no tuned configuration). Its
+    # settings (embrec.tuning.TUNABLE: profile recency and weighting, popularity blend, candidate
+    # pools) apply wherever this dict does not set them explicitly; the file is re-read when it
+    # changes. E.g. BASE_DIR / ".embrec" / "tuned.json".
+    "TUNED_CONFIG": None,
 }
 
 _IMPORT_STRINGS = {"API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES"}
@@ -132,6 +140,12 @@ class EmbrecSettings:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in DEFAULTS:
             raise AttributeError(f"Invalid embrec setting: {name!r}")
+        if name in TUNABLE and name not in self.user_settings:
+            # Explicit settings win; then the tuned configuration (not cached here: the file is
+            # re-read when embrec_tune rewrites it); then the default.
+            tuned = tuned_settings(self.user_settings.get("TUNED_CONFIG"))
+            if name in tuned:
+                return tuned[name]
         if name not in self._cache:
             if name in self.user_settings:
                 value = self.user_settings[name]

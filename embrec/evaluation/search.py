@@ -59,11 +59,18 @@ def baseline_key(name: str) -> str | None:
     return key if key in BASELINE_CLASSES else None
 
 
-def embrec_configs(source: ItemVectors, budget: int = SEARCH_BUDGET, seed: int = 0) -> list[dict]:
-    """The configurations an embrec encoder tries: :data:`EMBREC_GRID` × hybrid part weights,
-    sampled down to ``budget`` (seeded)."""
-    grid = dict(EMBREC_GRID)
-    if isinstance(source, HybridItemVectors) and len(source.parts) > 1:
+def embrec_configs(
+    source: ItemVectors,
+    budget: int = SEARCH_BUDGET,
+    seed: int = 0,
+    grid: dict[str, list] | None = None,
+) -> list[dict]:
+    """The configurations an embrec encoder tries: ``grid`` (default :data:`EMBREC_GRID`) ×
+    hybrid part weights, sampled down to ``budget`` (seeded). Grid keys: ``last``,
+    ``popularity``, ``uniform``, ``half_life``, ``pool_factor`` (× K nearest candidates),
+    ``popular_pool`` and ``weights`` (a hybrid's part weights)."""
+    grid = dict(EMBREC_GRID if grid is None else grid)
+    if "weights" not in grid and isinstance(source, HybridItemVectors) and len(source.parts) > 1:
         rest = list(itertools.product(HYBRID_PART_WEIGHTS, repeat=len(source.parts) - 1))
         grid["weights"] = [[float(source.weights[0]), *w] for w in rest]
     return expand_grid(grid, budget=budget, seed=seed)
@@ -76,8 +83,10 @@ def embrec_family(
     k: int = 10,
     budget: int = SEARCH_BUDGET,
     name: str | None = None,
+    grid: dict[str, list] | None = None,
 ) -> Family:
-    """A tuned family for encoder ``alias`` (item vectors computed once per split)."""
+    """A tuned family for encoder ``alias`` (item vectors computed once per split). Options the
+    grid does not vary are the site's current read-path settings."""
     source = cached_source(item_vectors_for_alias(alias, content))
     serving = deployed_options(k)
 
@@ -85,18 +94,19 @@ def embrec_family(
         src = source
         if "weights" in params:
             src = HybridItemVectors(source.parts, params["weights"], source.mode, source.name)
+        pool = k * params["pool_factor"] if "pool_factor" in params else serving["pool"]
         return EmbeddingMethod(
             name or alias,
             src,
             last=params.get("last"),
-            half_life_days=serving["half_life"],
+            half_life_days=params.get("half_life", serving["half_life"]),
             popularity=params.get("popularity", 0.0),
-            pool=serving["pool"],
-            popular_pool=serving["popular_pool"],
+            pool=pool,
+            popular_pool=params.get("popular_pool", serving["popular_pool"]),
             uniform=bool(params.get("uniform", serving["uniform"])),
         )
 
-    return Family(name or alias, make, embrec_configs(source, budget))
+    return Family(name or alias, make, embrec_configs(source, budget, grid=grid))
 
 
 def baseline_family(key: str, *, budget: int = SEARCH_BUDGET, name: str | None = None) -> Family:
