@@ -354,3 +354,32 @@ def test_similar_items_report_on_planted_pairs():
     als.fit(p.test)
     assert similar_lists(als, np.array([0, 1]), 2)
     assert similar_lists(RandomMethod(), np.array([0]), 2) == {}
+
+
+def test_top_k_breaks_ties_in_a_given_order():
+    from embrec.evaluation.metrics import top_k
+
+    scores = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 1.0, 1.0]])
+    order = np.array([3, 1, 0, 2])
+    assert top_k(scores, 2, order=order).tolist() == [[3, 1], [1, 3]]
+    assert top_k(scores, 2, [np.array([3]), np.array([1])], order=order).tolist() == [
+        [1, 0],
+        [3, 2],
+    ]
+
+
+def test_embedding_pools_are_drawn_within_the_candidates():
+    # Cold candidates far from every profile still fill the list when only they may be shown.
+    log = random_log()
+    p = cold_items_protocol(log, share=0.2, seed=4)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(log.n_items, 8))
+    method = EmbeddingMethod(
+        "e", FixedItemVectors(vectors), last=3, pool=5, popularity=0.5, popular_pool=3
+    )
+    result = evaluate_method(method, p.test, k=5)
+    assert method.candidates is p.test.candidates
+    assert 0.0 <= result.metrics["recall@5"] <= 1.0
+    # Every user's pool holds candidates with real scores (not the "outside the pool" floor).
+    scores = method.score(p.test.test_users)
+    assert (np.sum(scores[:, p.test.candidates] > -1e8, axis=1) >= 5).all()

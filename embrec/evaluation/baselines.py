@@ -23,6 +23,10 @@ class Method:
     name: str = "method"
     #: Short description shown in reports.
     description: str = ""
+    #: Boolean mask of the items that may be recommended, set by the evaluator before
+    #: :meth:`score` (None: the whole catalog). Most methods ignore it (the evaluator excludes
+    #: the others); a method whose candidate pool depends on it (embrec's read path) uses it.
+    candidates: np.ndarray | None = None
 
     def fit(self, split: Split) -> None:
         raise NotImplementedError
@@ -276,7 +280,7 @@ GRIDS: dict[str, dict[str, list]] = {
 }
 
 #: Most configurations any method may try on validation (a comparable search budget).
-SEARCH_BUDGET = 16
+SEARCH_BUDGET = 24
 
 BASELINE_CLASSES: dict[str, type[Method]] = {
     "random": RandomMethod,

@@ -211,6 +211,9 @@ class EmbeddingMethod(Method):
             seen = np.zeros(n, dtype=bool)
             seen[self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]] = True
             valid = self.mask & ~seen
+            if self.candidates is not None:
+                # A filter on the query (e.g. only new items): the pools are drawn within it.
+                valid &= self.candidates
             candidates = np.flatnonzero(valid)
             if candidates.size > self.pool:
                 nearest = np.argpartition(-cosine[row, candidates], self.pool - 1)[: self.pool]
@@ -218,7 +221,7 @@ class EmbeddingMethod(Method):
             keep[row, candidates] = True
             if self.popularity and self.popular_pool:
                 order = self.popular_order
-                extra = order[~seen[order] & ~keep[row, order]][: self.popular_pool]
+                extra = order[valid[order] & ~keep[row, order]][: self.popular_pool]
                 keep[row, extra[self.mask[extra]]] = True
         return np.where(keep, scores, -1e9)
 

@@ -74,11 +74,27 @@ def summarize(
     }
 
 
-def top_k(scores: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def top_k(
+    scores: np.ndarray,
+    k: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    order: np.ndarray | None = None,
+) -> np.ndarray:
     """Indices of the ``k`` best scores per row, best first; ``exclude[row]`` are never chosen.
 
-    Ties are broken by the lower item index, so results are deterministic.
+    Ties are broken by the lower item index, so results are deterministic; with ``order`` (a
+    permutation of the item indices) by the earlier position in ``order`` instead — the
+    evaluator passes a seeded random one, so a method that cannot tell items apart (constant
+    scores) gets chance-level figures rather than whatever the catalog order correlates with.
     """
+    if order is not None:
+        order = np.asarray(order)
+        scores = np.asarray(scores)[:, order]
+        if exclude is not None:
+            position = np.empty_like(order)
+            position[order] = np.arange(order.shape[0])
+            exclude = [position[np.asarray(items, dtype=np.int64)] for items in exclude]
+        return order[top_k(scores, k, exclude)]
     scores = np.array(scores, dtype=np.float64, copy=True)
     if exclude is not None:
         for row, items in enumerate(exclude):

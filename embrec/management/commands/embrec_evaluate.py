@@ -79,7 +79,7 @@ class Command(BaseCommand):
             "--budget",
             type=int,
             default=None,
-            help="Most configurations any tuned method tries on validation (16).",
+            help="Most configurations any tuned method tries on validation (24).",
         )
         parser.add_argument(
             "--bootstrap",
