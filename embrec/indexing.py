@@ -252,7 +252,7 @@ def kick(*, force: bool = False) -> bool:
     ``force`` sends one regardless (the sweeper). Never raises for a broker outage: the rows wait
     in the outbox and the sweeper re-kicks them. Returns whether a task was sent.
     """
-    from embrec.tasks import drain_outbox
+    from embrec.tasks import drain_outbox, queue_options
 
     try:
         if not _reserve_kick() and not force:
@@ -262,7 +262,7 @@ def kick(*, force: bool = False) -> bool:
         logger.warning("embrec: could not reserve a drain task (%s).", exc)
         return False
     try:
-        drain_outbox.apply_async(queue=embrec_settings.QUEUE, retry=False)
+        drain_outbox.apply_async(retry=False, **queue_options(drain_outbox))
     except Exception as exc:  # broker down or misconfigured: the outbox keeps the work
         logger.warning("embrec: could not queue a drain task (%s); the sweeper will retry.", exc)
         with contextlib.suppress(DatabaseError):

@@ -13,12 +13,24 @@ vectors they produce, so a redelivered or duplicated task finds nothing left to 
 from __future__ import annotations
 
 from celery import shared_task
+from celery.app.routes import prepare as prepare_routes
 from django.db import InterfaceError, OperationalError
 
 from embrec import indexing
+from embrec.conf import embrec_settings
 
 #: Errors worth retrying with backoff: the database or the network blinked.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+
+
+def queue_options(task) -> dict:
+    """``apply_async`` options for an embrec task: Celery's ``task_routes`` decide when they name
+    the task (e.g. ``CELERY_TASK_ROUTES = {"embrec.drain": {"queue": "embrec.encode"}}``),
+    otherwise it goes to ``EMBREC["QUEUE"]``."""
+    for router in prepare_routes(task.app.conf.task_routes):
+        if router(task.name, (), {}, {}, task=task) is not None:
+            return {}
+    return {"queue": embrec_settings.QUEUE}
 
 
 @shared_task(

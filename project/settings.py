@@ -4,19 +4,61 @@ Environment variables:
 
 * ``DATABASE_URL`` — PostgreSQL with pgvector; unset: an embedded server under ``.embrec/``.
 * ``CELERY_BROKER_URL`` — e.g. ``redis://127.0.0.1:6379/0``; unset: a filesystem broker.
-* ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` — the usual.
+* ``DJANGO_DEBUG=1`` — Django's debug mode (off unless set: tracebacks and settings are never
+  shown to visitors by default).
+* ``DJANGO_SECRET_KEY`` — wins; unset: a random key generated on first run and kept (mode 0600)
+  in ``DJANGO_SECRET_KEY_FILE`` (default ``.embrec/secret_key``).
+* ``DJANGO_ALLOWED_HOSTS`` — comma-separated; default ``127.0.0.1,localhost,[::1]``.
+* ``DJANGO_HTTPS=1`` — behind HTTPS: secure cookies, redirect to HTTPS, HSTS.
+
+The demo is safe by default; README's *Production checklist* says what to change for a real site.
 """
 
 import os
+import secrets
 from pathlib import Path
 
 from embrec.devdb import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-insecure-key-change-me")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+def _secret_key() -> str:
+    """``DJANGO_SECRET_KEY``, else a per-install key generated once and kept private."""
+    key = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if key:
+        return key
+    path = Path(os.environ.get("DJANGO_SECRET_KEY_FILE") or BASE_DIR / ".embrec" / "secret_key")
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    try:
+        # O_EXCL: two processes starting at once agree on the key the first one wrote.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        key = path.read_text().strip()
+        if key:
+            return key
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+SECRET_KEY = _secret_key()
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+    if host.strip()
+]
+
+if os.environ.get("DJANGO_HTTPS", "") == "1":
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "3600"))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -106,6 +148,17 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1"
+# Item encoding (the outbox drain, what makes an admin edit show up) has its own queue and its
+# own worker process in the demo, so it never waits behind a backlog of user-vector refreshes
+# (a demo start queues hundreds). Queue order in `-Q a,b` is no priority: Kombu's Redis and
+# filesystem transports take turns between queues.
+ENCODE_QUEUE = "embrec.encode"
+USER_VECTOR_QUEUE = "embrec.users"
+CELERY_TASK_ROUTES = {
+    "embrec.drain": {"queue": ENCODE_QUEUE},
+    "embrec.refresh_user_vectors": {"queue": USER_VECTOR_QUEUE},
+    "embrec.refresh_user_vectors_for_items": {"queue": USER_VECTOR_QUEUE},
+}
 CELERY_BEAT_SCHEDULE = {
     "embrec-sweep": {"task": "embrec.sweep", "schedule": 60.0},
     # Retrain item2vec nightly; it queues re-embedding only when the model changed.
@@ -118,6 +171,7 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- embrec -------------------------------------------------------------------------------
 EMBREC = {
+    "QUEUE": ENCODE_QUEUE,
     "ENCODERS": {
         "default": {
             "CLASS": "embrec.encoders.sentence_transformer.SentenceTransformerEncoder",

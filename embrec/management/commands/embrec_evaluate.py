@@ -204,7 +204,7 @@ class Command(BaseCommand):
         from embrec.evaluation.search import default_specs, families
         from embrec.evaluation.site import (
             MethodSpecError,
-            content_vectors,
+            content_source,
             interactions_from_database,
             item_field_sets,
             item_labels,
@@ -217,13 +217,7 @@ class Command(BaseCommand):
                 f"No interactions are recorded for {rec.label}; nothing to evaluate."
             )
         protocols = self.build_protocols(log, options, rec.label)
-        cache: dict = {}
-
-        def content(alias: str):
-            if alias not in cache:
-                cache[alias] = content_vectors(rec, alias, log.items)
-            return cache[alias]
-
+        content = content_source(rec, log.items)
         k = options["k"]
         specs = options["methods"] or default_specs(rec)
         try:

@@ -80,7 +80,7 @@ class Command(EvaluateCommand):
         from embrec.evaluation.search import DEFAULT_BASELINES, embrec_family, families
         from embrec.evaluation.site import (
             MethodSpecError,
-            content_vectors,
+            content_source,
             interactions_from_database,
         )
 
@@ -122,12 +122,7 @@ class Command(EvaluateCommand):
             famous=0,
         )
         (protocol,) = self.build_protocols(log, options, rec.label)
-        cache: dict = {}
-
-        def content(name: str):
-            if name not in cache:
-                cache[name] = content_vectors(rec, name, log.items)
-            return cache[name]
+        content = content_source(rec, log.items)
 
         k = options["k"]
         baselines = DEFAULT_BASELINES if options["baselines"] is None else options["baselines"]

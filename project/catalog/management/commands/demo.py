@@ -12,11 +12,15 @@ Steps (each safe to re-run; unchanged rows are neither duplicated nor re-embedde
    with the demo settings);
 5. build every user's vector (from their latest ratings) so recommendations are personal at once;
 6. create the demo superuser ``admin`` / ``admin``;
-7. start a Celery worker for the ``embrec`` queue and serve http://127.0.0.1:8000.
+7. start the Celery processes (an encoding worker on its own queue, a worker for user-vector
+   refreshes and periodic tasks, beat) and serve http://127.0.0.1:8000 (static files included,
+   with ``DEBUG`` off). Ctrl-C or SIGTERM stops them all, and the embedded server with them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -33,6 +37,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from embrec import indexing
+from embrec.conf import embrec_settings
 from embrec.models import Interaction
 from embrec.registry import registry
 from project.catalog.models import Movie
@@ -58,6 +63,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-worker", action="store_true", help="Serve without starting a Celery worker."
         )
+        parser.add_argument(
+            "--stop-timeout",
+            type=float,
+            default=20.0,
+            help="Seconds to let the workers finish on exit before killing them (default 20).",
+        )
 
     def handle(self, *args, **options):
         verbosity = options["verbosity"]
@@ -81,7 +92,11 @@ class Command(BaseCommand):
         self.ensure_superuser()
         if options["no_serve"]:
             return
-        self.serve(options["addrport"], start_worker=not options["no_worker"])
+        self.serve(
+            options["addrport"],
+            start_worker=not options["no_worker"],
+            stop_timeout=options["stop_timeout"],
+        )
 
     def log(self, message: str) -> None:
         self.stdout.write(message)
@@ -156,19 +171,17 @@ class Command(BaseCommand):
     # -- embedding ---------------------------------------------------------------------------
 
     def train_item2vec(self, retrain: bool) -> None:
-        """Train each configured item2vec encoder when the ratings changed or it has no model."""
-        from embrec.conf import embrec_settings
+        """Train each configured encoder learned from interactions (ALS, item2vec) when the
+        ratings changed or it has no model."""
         from embrec.encoders import get_encoder
-        from embrec.encoders.item2vec import (
-            Item2VecEncoder,
+        from embrec.encoders.trained import (
             dependent_aliases,
             train_and_reindex,
+            trained_aliases,
         )
 
-        for alias in embrec_settings.ENCODERS:
+        for alias in trained_aliases():
             encoder = get_encoder(alias)
-            if not isinstance(encoder, Item2VecEncoder):
-                continue
             if encoder.is_trained and not retrain:
                 self.log(f"{alias}: up to date (revision {encoder.identity.revision})")
                 continue
@@ -231,62 +244,131 @@ class Command(BaseCommand):
 
     # -- serving -----------------------------------------------------------------------------
 
-    def serve(self, addrport: str, start_worker: bool) -> None:
-        worker = None
+    def serve(self, addrport: str, start_worker: bool, stop_timeout: float = 20.0) -> None:
+        children = Children(stop_timeout=stop_timeout, log=self.log)
         if start_worker:
-            worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "project",
-                    "worker",
-                    "-B",
-                    "-Q",
-                    "embrec,celery",
-                    "--pool",
-                    "solo",
-                    "--loglevel",
-                    "WARNING",
-                    "--schedule",
-                    str(Path(settings.BASE_DIR) / ".embrec" / "celerybeat-schedule"),
-                ],
-                cwd=settings.BASE_DIR,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+            for name, command in worker_commands():
+                children.start(name, command)
+            encode = encode_queue()
+            self.log(
+                f"Workers: encoding on {encode!r} (its own process, so an edit is re-embedded at "
+                f"once), other tasks on {', '.join(other_queues())}; beat for the sweeper"
             )
-            self.log("Worker: started (queue 'embrec', with the sweeper's beat schedule)")
         self.log(
             "API: http://127.0.0.1:8000/api/embrec/items/catalog.movie/1/similar/ · "
             "docs: http://127.0.0.1:8000/api/docs/"
         )
-        # `kill <pid>` (SIGTERM) ends the demo like Ctrl-C does, so the worker is stopped too.
+        # `kill <pid>` (SIGTERM) ends the demo like Ctrl-C does, so the workers are stopped too.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
-            call_command("runserver", addrport, use_reloader=False)
+            # --insecure: serve the admin's and API docs' static files with DEBUG off (the demo
+            # has no web server in front; a real site uses collectstatic and its web server).
+            call_command("runserver", addrport, use_reloader=False, insecure_serving=True)
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            if worker is not None and worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                children.stop()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+        # This process's registration with the embedded server is released at exit; the children
+        # are reaped above, so the last one out (normally this process) stops the server.
+
+
+def encode_queue() -> str:
+    """The queue of the outbox drain task: its task route, else ``EMBREC["QUEUE"]``."""
+    routes = getattr(settings, "CELERY_TASK_ROUTES", None) or {}
+    route = routes.get("embrec.drain") if isinstance(routes, dict) else None
+    if route and route.get("queue"):
+        return route["queue"]
+    return embrec_settings.QUEUE
+
+
+def other_queues() -> list[str]:
+    """Every other routed queue, then Celery's default queue (beat's sweeper, training)."""
+    routes = getattr(settings, "CELERY_TASK_ROUTES", None) or {}
+    queues = []
+    if isinstance(routes, dict):
+        for route in routes.values():
+            queue = route.get("queue") if isinstance(route, dict) else None
+            if queue and queue != encode_queue() and queue not in queues:
+                queues.append(queue)
+    if encode_queue() != embrec_settings.QUEUE and embrec_settings.QUEUE not in queues:
+        queues.append(embrec_settings.QUEUE)
+    return [*queues, "celery"]
+
+
+def worker_commands() -> list[tuple[str, list[str]]]:
+    """The demo's Celery processes: an encoding worker on its own queue, a worker for the other
+    tasks, and beat (its own process: a killed worker cannot orphan it)."""
+    celery = [sys.executable, "-m", "celery", "-A", "project"]
+    common = ["--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
+    schedule = Path(settings.BASE_DIR) / ".embrec" / "celerybeat-schedule"
+    return [
+        ("encoding worker", [*celery, "worker", "-Q", encode_queue(), "-n", "encode@%h", *common]),
+        ("worker", [*celery, "worker", "-Q", ",".join(other_queues()), "-n", "tasks@%h", *common]),
+        ("beat", [*celery, "beat", "--schedule", str(schedule), "--loglevel", "WARNING"]),
+    ]
+
+
+class Children:
+    """Child processes the demo starts and stops: each in its own process group (Ctrl-C in the
+    terminal reaches only the demo, which stops them in order), each told by the kernel to stop
+    if the demo dies, even by SIGKILL (``PR_SET_PDEATHSIG``)."""
+
+    def __init__(self, *, stop_timeout: float, log):
+        self.stop_timeout = stop_timeout
+        self.log = log
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            command,
+            cwd=settings.BASE_DIR,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group, SIGKILL what is left after the timeout, and reap
+        them all (a killed child left unreaped would still count as a client of the embedded
+        server, which then would never stop)."""
+        for _name, proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for name, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log(f"{name} did not stop within {self.stop_timeout:g}s: killed")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # The group may hold more (a pool's processes): none of them may outlive the demo.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _die_with_parent() -> None:
-    """In the worker child on Linux: get SIGTERM if the demo process dies, even by SIGKILL."""
+def _die_with_parent(parent: int):
+    """A ``preexec_fn``: in the child on Linux, get SIGTERM when the demo process dies."""
     try:
-        import ctypes
+        # Loaded here, in the parent: the child between fork and exec should only make calls.
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux: the demo still stops its children on Ctrl-C / SIGTERM
+        return None
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
