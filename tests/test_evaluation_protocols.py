@@ -356,16 +356,34 @@ def test_similar_items_report_on_planted_pairs():
     assert similar_lists(RandomMethod(), np.array([0]), 2) == {}
 
 
-def test_top_k_breaks_ties_in_a_given_order():
+def test_top_k_breaks_ties_by_the_given_draws():
     from embrec.evaluation.metrics import top_k
 
     scores = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 1.0, 1.0]])
-    order = np.array([3, 1, 0, 2])
-    assert top_k(scores, 2, order=order).tolist() == [[3, 1], [1, 3]]
-    assert top_k(scores, 2, [np.array([3]), np.array([1])], order=order).tolist() == [
+    draws = np.array([[0.4, 0.2, 0.9, 0.1], [0.1, 0.5, 0.8, 0.3]])
+    assert top_k(scores, 2, tiebreak=draws).tolist() == [[3, 1], [1, 3]]
+    assert top_k(scores, 2, [np.array([3]), np.array([1])], tiebreak=draws).tolist() == [
         [1, 0],
         [3, 2],
     ]
+
+
+def test_constant_scores_get_chance_level_figures():
+    # 200 items, each user's 5 held-out items: a method that scores every item the same gets
+    # recall about 10/175 on average (25 training items each), whatever the catalog order.
+    records = [
+        (f"u{u}", f"i{(u * 13 + n * 7) % 200:03d}", n, 1.0) for u in range(300) for n in range(30)
+    ]
+    log = InteractionLog.from_records(records)
+    split = leave_last_protocol(log, holdout=5, validation=5).test
+
+    class Constant(PopularityMethod):
+        def score(self, users):
+            return np.zeros((len(users), log.n_items))
+
+    result = evaluate_method(Constant(), split, k=10)
+    assert result.metrics["recall@10"] == pytest.approx(10 / 175, abs=0.01)
+    assert result.metrics["coverage@10"] > 0.9
 
 
 def test_embedding_pools_are_drawn_within_the_candidates():

@@ -78,29 +78,23 @@ def top_k(
     scores: np.ndarray,
     k: int,
     exclude: Sequence[np.ndarray] | None = None,
-    order: np.ndarray | None = None,
+    tiebreak: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the ``k`` best scores per row, best first; ``exclude[row]`` are never chosen.
 
-    Ties are broken by the lower item index, so results are deterministic; with ``order`` (a
-    permutation of the item indices) by the earlier position in ``order`` instead — the
-    evaluator passes a seeded random one, so a method that cannot tell items apart (constant
+    Ties are broken by the lower item index, so results are deterministic; with ``tiebreak`` (an
+    array of the shape of ``scores``) by its lower value instead — the evaluator passes seeded
+    random values, different for each user, so a method that cannot tell items apart (constant
     scores) gets chance-level figures rather than whatever the catalog order correlates with.
     """
-    if order is not None:
-        order = np.asarray(order)
-        scores = np.asarray(scores)[:, order]
-        if exclude is not None:
-            position = np.empty_like(order)
-            position[order] = np.arange(order.shape[0])
-            exclude = [position[np.asarray(items, dtype=np.int64)] for items in exclude]
-        return order[top_k(scores, k, exclude)]
     scores = np.array(scores, dtype=np.float64, copy=True)
     if exclude is not None:
         for row, items in enumerate(exclude):
             if len(items):
                 scores[row, items] = -np.inf
     k = min(k, scores.shape[1])
+    if tiebreak is not None:
+        return np.lexsort((np.asarray(tiebreak), -scores), axis=-1)[:, :k]
     # Stable sort on the negated scores: equal scores keep index order.
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 

@@ -13,7 +13,7 @@ from embrec.evaluation.metrics import per_user as per_user_metrics
 from embrec.evaluation.metrics import summarize, top_k
 from embrec.evaluation.split import Split
 
-#: Seed of the random item order that breaks score ties in evaluations.
+#: Seed of the random draws that break score ties in evaluations.
 TIE_SEED = 12345
 
 
@@ -69,8 +69,9 @@ def evaluate_method(
         # Only the split's candidates compete (the cold-start protocol ranks its cold items).
         outside = np.flatnonzero(~np.asarray(split.candidates, dtype=bool))
         seen = [np.union1d(s, outside) for s in seen]
-    # Ties are broken in a seeded random item order (the same for every method).
-    tie_order = np.random.default_rng(TIE_SEED).permutation(split.train.n_items)
+    # Ties are broken at random, per user, with the same seeded draws for every method.
+    rng = np.random.default_rng(TIE_SEED)
+    tiebreak = rng.random((len(users), split.train.n_items), dtype=np.float32)
     recommended: list[np.ndarray] = []
     for lo in range(0, len(users), batch_size):
         batch = users[lo : lo + batch_size]
@@ -80,7 +81,9 @@ def evaluate_method(
                 f"{method.name}: score() returned shape {scores.shape}, "
                 f"expected {(len(batch), split.train.n_items)}"
             )
-        recommended.extend(top_k(scores, k, seen[lo : lo + batch_size], order=tie_order))
+        recommended.extend(
+            top_k(scores, k, seen[lo : lo + batch_size], tiebreak[lo : lo + batch_size])
+        )
     relevant = [set(int(i) for i in items) for items in split.test_items]
     metrics = summarize(recommended, relevant, k, split.train.n_items)
     users_metrics = per_user_metrics(recommended, relevant, k)
