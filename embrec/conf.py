@@ -1,7 +1,8 @@
 """The ``EMBREC`` settings dict: defaults, validation and lazy access.
 
 Read settings through ``embrec_settings.NAME``; values come from ``settings.EMBREC`` merged over
-:data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
+the tuned configuration of ``EMBREC["TUNED_CONFIG"]`` (:mod:`embrec.tuning`, for the few tunable
+keys) and :data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
 ``EMBREC`` (``override_settings`` in tests). Nothing is read at import time.
 """
 
@@ -11,12 +12,15 @@ import copy
 import math
 import re
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
+
+from embrec.tuning import TUNABLE, tuned_settings
 
 _MISSING = object()
 
@@ -116,6 +120,11 @@ DEFAULTS: dict[str, Any] = {
     # Rates of embrec's throttles ("<n>/<s|min|hour|day>", None: off). Keys given here replace
     # the defaults one by one.
     "THROTTLE_RATES": {"anon": "100/min", "user": "1000/min", "search": "30/min"},
+    # JSON file written by ``manage.py embrec_tune`` (None: no tuned configuration). Its
+    # settings (embrec.tuning.TUNABLE: profile recency and weighting, popularity blend, candidate
+    # pools) apply wherever this dict does not set them explicitly; the file is re-read when it
+    # changes. E.g. BASE_DIR / ".embrec" / "tuned.json".
+    "TUNED_CONFIG": None,
 }
 
 _IMPORT_STRINGS = {"API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES"}
@@ -148,6 +157,12 @@ class EmbrecSettings:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in DEFAULTS:
             raise AttributeError(f"Invalid embrec setting: {name!r}")
+        if name in TUNABLE and name not in self.user_settings:
+            # Explicit settings win; then the tuned configuration (not cached here: the file is
+            # re-read when embrec_tune rewrites it); then the default.
+            tuned = tuned_settings(self.user_settings.get("TUNED_CONFIG"))
+            if name in tuned:
+                return tuned[name]
         if name not in self._cache:
             if name in self.user_settings:
                 value = self.user_settings[name]
@@ -337,6 +352,10 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
     value = values["RECOMMEND_POPULARITY"]
     if not _is_number(value) or not 0 <= value <= 1:
         wrong("RECOMMEND_POPULARITY", "a number from 0 to 1")
+    if values["TUNED_CONFIG"] is not None and not isinstance(
+        values["TUNED_CONFIG"], str | PathLike
+    ):
+        wrong("TUNED_CONFIG", "None or the path of a JSON file (written by embrec_tune)")
     weights = values["INTERACTION_WEIGHTS"]
     if (
         not isinstance(weights, dict)

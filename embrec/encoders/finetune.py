@@ -388,6 +388,10 @@ class FinetuneResult:
 class FinetunedEncoder(SentenceTransformerEncoder):
     """A sentence-transformers encoder fine-tuned on co-consumed items (see the module docs)."""
 
+    # What the embrec.E009 system check accepts: the training options as well as the inherited
+    # inference ones.
+    option_names = frozenset(DEFAULT_PARAMS) | frozenset(_OTHER_OPTIONS)
+
     def __init__(self, alias: str, **options):
         unknown = set(options) - set(DEFAULT_PARAMS) - _OTHER_OPTIONS
         if unknown:

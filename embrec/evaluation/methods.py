@@ -214,6 +214,9 @@ class EmbeddingMethod(Method):
             seen = np.zeros(n, dtype=bool)
             seen[self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]] = True
             valid = self.mask & ~seen
+            if self.candidates is not None:
+                # A filter on the query (e.g. only new items): the pools are drawn within it.
+                valid &= self.candidates
             candidates = np.flatnonzero(valid)
             if candidates.size > self.pool:
                 nearest = np.argpartition(-cosine[row, candidates], self.pool - 1)[: self.pool]
@@ -221,7 +224,7 @@ class EmbeddingMethod(Method):
             keep[row, candidates] = True
             if self.popularity and self.popular_pool:
                 order = self.popular_order
-                extra = order[~seen[order] & ~keep[row, order]][: self.popular_pool]
+                extra = order[valid[order] & ~keep[row, order]][: self.popular_pool]
                 keep[row, extra[self.mask[extra]]] = True
         return np.where(keep, scores, -1e9)
 
@@ -297,6 +300,44 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (matrix / norms).astype(np.float32)
+
+
+class CachedItemVectors(ItemVectors):
+    """Computes another source's vectors once per split (a validation search tries many profile
+    options on the same vectors; item2vec is trained once per split, not once per option).
+
+    Other attributes (e.g. ALS's ``fold_in_profiles``) are the source's, with the source's
+    fitted state (``fitted``) of the split last asked for restored on a cache hit."""
+
+    def __init__(self, source: ItemVectors):
+        self.source = source
+        self.name = source.name
+        self._computed: list[tuple[Split, tuple[np.ndarray, np.ndarray], object]] = []
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        for seen, result, fitted in self._computed:
+            if seen is split:
+                if fitted is not None:
+                    self.source.fitted = fitted
+                return result
+        result = self.source.vectors(split)
+        self._computed.append((split, result, getattr(self.source, "fitted", None)))
+        return result
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+def cached_source(source: ItemVectors) -> ItemVectors:
+    """``source`` with each leaf cached per split; a hybrid keeps its structure so its part
+    weights can still be changed cheaply."""
+    if isinstance(source, HybridItemVectors):
+        return HybridItemVectors(
+            [cached_source(p) for p in source.parts], source.weights, source.mode, source.name
+        )
+    return CachedItemVectors(source)
 
 
 # --------------------------------------------------------------------------- trained encoders
@@ -435,6 +476,8 @@ class AdaptiveItemVectors(ItemVectors):
             min_support=self.min_support,
             mean=mean,
         )
+
+
 class FinetunedItemVectors(ItemVectors):
     """A text encoder fine-tuned on the split's *training* interactions only.
 
