@@ -13,13 +13,14 @@ parameter is a filter on the registration's ``filter_fields`` (``category=scifi`
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -51,6 +52,8 @@ from embrec.conf import embrec_settings
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
+
+logger = logging.getLogger("embrec")
 
 #: Permission to see another user's recommendations (and, in their explanations, history).
 VIEW_USER_RECOMMENDATIONS = "embrec.view_user_recommendations"
@@ -84,7 +87,21 @@ class EmbrecAPIError(exceptions.APIException):
         self.extra = {k: v for k, v in extra.items() if v is not None}
 
 
+class ServiceUnavailable(exceptions.APIException):
+    """The database cannot be reached: a 503 with ``Retry-After``, never a 500 page."""
+
+    status_code = 503
+    default_detail = "The service is temporarily unavailable; try again shortly."
+    default_code = "unavailable"
+    #: Seconds a client should wait before retrying (the ``Retry-After`` header).
+    retry_after = 5
+
+
 def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # Connection refused, server restarting, connection lost mid-request: transient.
+        logger.warning("embrec API: database unavailable (%s).", exc)
+        return ServiceUnavailable()
     if isinstance(exc, NotRegistered):
         return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
     if isinstance(exc, (QueryError, InteractionError)):
@@ -130,6 +147,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"detail": str(detail), "code": getattr(detail, "code", None) or "error"}
     body.update(getattr(exc, "extra", {}))
     response.data = body
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(exc.retry_after)
     return response
 
 
@@ -239,6 +258,7 @@ ERRORS = {
     403: ErrorSerializer,
     404: ErrorSerializer,
     429: ErrorSerializer,
+    503: ErrorSerializer,
 }
 TYPE_PATH = OpenApiParameter(
     "type", str, OpenApiParameter.PATH, description="Registered model label, e.g. catalog.movie."
