@@ -31,7 +31,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-EXAMPLES = 25  # per operation, mode and user: ~1,000 requests in all
+EXAMPLES = 40  # per operation, generation mode and user: 800 requests in all
 
 
 @pytest.fixture
