@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
@@ -120,6 +121,9 @@ def test_embedding_resumes_seconds_after_the_broker_returns(tmp_path, settings):
 def test_api_answers_503_with_retry_after_when_the_database_is_down(monkeypatch):
     article = Article.objects.create(title="x", body="y")
     client = APIClient()
+    signed_in = APIClient()
+    get_user_model().objects.create_user("reader", password="pw")
+    assert signed_in.login(username="reader", password="pw")  # a session read on each request
     connection.close()
     # Point the connection at a port nothing listens on.
     monkeypatch.setitem(connection.settings_dict, "HOST", "127.0.0.1")
@@ -135,6 +139,10 @@ def test_api_answers_503_with_retry_after_when_the_database_is_down(monkeypatch)
             assert response["Content-Type"] == "application/json"
             assert response.json()["code"] == "unavailable"
             assert int(response["Retry-After"]) > 0
+        # Loading the session and the user needs the database too.
+        response = signed_in.get("/api/embrec/recommendations/?type=testapp.article")
+        assert response.status_code == 503, response.content[:300]
+        assert response.json()["code"] == "unavailable"
     finally:
         connection.close()
         monkeypatch.undo()

@@ -142,12 +142,22 @@ def filter_parameters() -> list[OpenApiParameter]:
     return list(parameters.values())
 
 
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    {"type": "integer", "minimum": 0},
+    OpenApiParameter.HEADER,
+    response=[429, 503],
+    description="Seconds to wait before retrying.",
+)
+
+
 class EmbrecAutoSchema(AutoSchema):
     """drf-spectacular's ``AutoSchema`` plus the parameters a view lists in
-    ``schema_parameters``: callables returning one :class:`OpenApiParameter` or a list."""
+    ``schema_parameters``: callables returning one :class:`OpenApiParameter` or a list; and
+    the ``Retry-After`` header of 429 and 503 responses."""
 
     def get_override_parameters(self):
-        parameters = list(super().get_override_parameters())
+        parameters = [*super().get_override_parameters(), RETRY_AFTER]
         builders: tuple[Callable[[], Any], ...] = getattr(self.view, "schema_parameters", ())
         for build in builders:
             built = build()
