@@ -124,7 +124,12 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "embrec demo API",
     "DESCRIPTION": "Similar-item, personalized and semantic-search recommendations.",
     "VERSION": "0.1.0",
+    # The docs page works offline: Swagger UI and ReDoc are served from drf-spectacular-sidecar.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
 
 # --- Celery -------------------------------------------------------------------------------
 _BROKER_DIR = BASE_DIR / ".embrec" / "broker"
