@@ -1,83 +1,58 @@
-"""System checks (ids ``embrec.E001`` …) for configuration mistakes, with hints."""
+"""System checks (ids ``embrec.E001`` …) for configuration mistakes, with hints.
+
+======  ====================================================================================
+id      meaning
+======  ====================================================================================
+E001    ``settings.EMBREC`` is not a dict, or has unknown keys
+E002    ``ENCODERS`` is not a non-empty dict
+E003    an encoder's ``CLASS`` is missing, cannot be imported or is not a ``BaseEncoder``
+E004    a registration uses no encoder, an unknown one, or one twice
+E005    the default database is not PostgreSQL
+E006    ``DEFAULT_ENCODERS`` is empty or names an unknown alias
+E007    a count (``BATCH_SIZE``, ``MAX_LIMIT``…) is not a positive integer; ``QUEUE`` is empty
+E008    a registration's ``get_queryset()`` fails or returns another model
+E009    an encoder's ``OPTIONS`` is not a dict, has names the encoder does not read, or is
+        rejected by its constructor
+E010    pgvector is missing (``check --database default``)
+E011    any other key has a value of the wrong type, outside its range, or not one of its choices
+E012    ``THROTTLE_RATES`` has an unknown scope or a value that is not a rate
+E013    ``API_PERMISSION_CLASSES`` / ``API_THROTTLE_CLASSES`` name something that does not import
+        or is not a DRF permission / throttle class
+E014    ``celery.current_app`` is Celery's default app: the project's Celery app is not loaded
+W001    the current Celery app's broker is not ``settings.CELERY_BROKER_URL``
+======  ====================================================================================
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import celery
+from celery import _state as celery_state
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
-
-def _positive_int(name: str, value, errors: list) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        errors.append(
-            Error(
-                f"EMBREC[{name!r}] must be a positive integer, got {value!r}.",
-                hint=f"Set EMBREC[{name!r}] to an integer of at least 1 or remove it.",
-                id="embrec.E007",
-            )
-        )
+from embrec.conf import DEFAULTS, SettingProblem, validate
+from embrec.encoders.base import BaseEncoder
+from embrec.registry import registry
 
 
 @register()
 def check_settings(app_configs=None, **kwargs):
-    """Validate ``settings.EMBREC``, the encoder configuration and every registration."""
-    from django.utils.module_loading import import_string
-
-    from embrec.conf import embrec_settings
-    from embrec.encoders.base import BaseEncoder
-    from embrec.registry import registry
-
-    errors = []
-    try:
-        encoders = embrec_settings.ENCODERS
-    except ImproperlyConfigured as exc:
-        return [Error(str(exc), hint="Fix settings.EMBREC.", id="embrec.E001")]
-    if not isinstance(encoders, dict) or not encoders:
-        return [
-            Error(
-                "EMBREC['ENCODERS'] must be a non-empty dict of alias -> "
-                "{'CLASS': ..., 'OPTIONS': {...}}.",
-                hint="See the EMBREC settings reference in the README.",
-                id="embrec.E002",
-            )
-        ]
-    for alias, config in encoders.items():
-        if not isinstance(config, dict) or not isinstance(config.get("CLASS"), str):
-            errors.append(
-                Error(
-                    f"EMBREC['ENCODERS'][{alias!r}] must be a dict with a 'CLASS' dotted path.",
-                    hint="e.g. {'CLASS': 'embrec.encoders.static.StaticWordEncoder'}.",
-                    id="embrec.E003",
-                )
-            )
-            continue
-        try:
-            cls = import_string(config["CLASS"])
-        except ImportError as exc:
-            errors.append(
-                Error(
-                    f"Encoder {alias!r}: CLASS {config['CLASS']!r} cannot be imported ({exc}).",
-                    hint="Point 'CLASS' at an importable embrec.encoders.BaseEncoder subclass.",
-                    id="embrec.E003",
-                )
-            )
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseEncoder)):
-            errors.append(
-                Error(
-                    f"Encoder {alias!r}: CLASS {config['CLASS']!r} is not a BaseEncoder subclass.",
-                    hint="Subclass embrec.encoders.BaseEncoder.",
-                    id="embrec.E003",
-                )
-            )
-        if not isinstance(config.get("OPTIONS", {}), dict):
-            errors.append(
-                Error(
-                    f"EMBREC['ENCODERS'][{alias!r}]['OPTIONS'] must be a dict.",
-                    hint="Use {} for no options.",
-                    id="embrec.E009",
-                )
-            )
+    """Validate ``settings.EMBREC`` (every key, see :func:`embrec.conf.validate`), the encoder
+    configuration, every registration and the database engine."""
+    problems = validate()
+    if any(p.id == "embrec.E001" for p in problems):
+        # Reading any setting would raise until EMBREC is a dict of known keys.
+        return [Error(p.message, hint=p.hint, id=p.id) for p in problems]
+    user = getattr(settings, "EMBREC", {}) or {}
+    encoders = user.get("ENCODERS", DEFAULTS["ENCODERS"])
+    problems += check_encoders(encoders, user.get("DEFAULT_ENCODERS", DEFAULTS["DEFAULT_ENCODERS"]))
+    errors = [Error(p.message, hint=p.hint, id=p.id) for p in problems]
+    if any(p.key == "ENCODERS" for p in problems) or not isinstance(encoders, dict):
+        return errors
     for rec in registry.all():
         aliases = rec.get_encoders()
         if not aliases:
@@ -126,38 +101,6 @@ def check_settings(app_configs=None, **kwargs):
                         id="embrec.E008",
                     )
                 )
-    defaults = embrec_settings.DEFAULT_ENCODERS
-    if not isinstance(defaults, (list, tuple)) or not defaults:
-        errors.append(
-            Error(
-                "EMBREC['DEFAULT_ENCODERS'] must be a non-empty list of encoder aliases.",
-                hint="e.g. ['default'].",
-                id="embrec.E006",
-            )
-        )
-    else:
-        for alias in defaults:
-            if alias not in encoders:
-                errors.append(
-                    Error(
-                        f"EMBREC['DEFAULT_ENCODERS'] names {alias!r}, which is not in "
-                        "EMBREC['ENCODERS'].",
-                        hint=f"Add {alias!r} to EMBREC['ENCODERS'] or remove it from "
-                        "DEFAULT_ENCODERS.",
-                        id="embrec.E006",
-                    )
-                )
-    for name in ("BATCH_SIZE", "MAX_ATTEMPTS", "SWEEP_AFTER"):
-        _positive_int(name, getattr(embrec_settings, name), errors)
-    queue = embrec_settings.QUEUE
-    if not isinstance(queue, str) or not queue:
-        errors.append(
-            Error(
-                f"EMBREC['QUEUE'] must be a non-empty queue name, got {queue!r}.",
-                hint="Use the queue your encoding workers consume (-Q embrec).",
-                id="embrec.E007",
-            )
-        )
     engine = settings.DATABASES.get("default", {}).get("ENGINE", "")
     if "postgresql" not in engine and "postgis" not in engine:
         errors.append(
@@ -168,6 +111,164 @@ def check_settings(app_configs=None, **kwargs):
             )
         )
     return errors
+
+
+def check_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
+    """Problems with ``EMBREC["ENCODERS"]`` and ``["DEFAULT_ENCODERS"]``: classes that do not
+    import or are not encoders, unknown entry keys, ``OPTIONS`` the class does not read
+    (:attr:`~embrec.encoders.BaseEncoder.option_names`) or that its constructor rejects."""
+    problems: list[SettingProblem] = []
+    if not isinstance(encoders, dict) or not encoders:
+        return [
+            SettingProblem(
+                "embrec.E002",
+                "ENCODERS",
+                "EMBREC['ENCODERS'] must be a non-empty dict of alias -> "
+                "{'CLASS': ..., 'OPTIONS': {...}}.",
+                "See the EMBREC settings reference in the README.",
+            )
+        ]
+    for alias, config in encoders.items():
+        where = f"EMBREC['ENCODERS'][{alias!r}]"
+        if not isinstance(config, dict) or not isinstance(config.get("CLASS"), str):
+            problems.append(
+                SettingProblem(
+                    "embrec.E003",
+                    "ENCODERS",
+                    f"{where} must be a dict with a 'CLASS' dotted path.",
+                    "e.g. {'CLASS': 'embrec.encoders.static.StaticWordEncoder'}.",
+                )
+            )
+            continue
+        extra = sorted(set(config) - {"CLASS", "OPTIONS"})
+        if extra:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where} has unknown key(s): {', '.join(map(str, extra))}.",
+                    "An encoder entry has 'CLASS' and 'OPTIONS' only.",
+                )
+            )
+        try:
+            cls = import_string(config["CLASS"])
+        except ImportError as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E003",
+                    "ENCODERS",
+                    f"Encoder {alias!r}: CLASS {config['CLASS']!r} cannot be imported ({exc}).",
+                    "Point 'CLASS' at an importable embrec.encoders.BaseEncoder subclass.",
+                )
+            )
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseEncoder)):
+            problems.append(
+                SettingProblem(
+                    "embrec.E003",
+                    "ENCODERS",
+                    f"Encoder {alias!r}: CLASS {config['CLASS']!r} is not a BaseEncoder subclass.",
+                    "Subclass embrec.encoders.BaseEncoder.",
+                )
+            )
+            continue
+        options = config.get("OPTIONS", {})
+        if not isinstance(options, dict):
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] must be a dict.",
+                    "Use {} for no options.",
+                )
+            )
+            continue
+        unknown = sorted(set(options) - cls.option_names) if cls.option_names is not None else []
+        if unknown:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] has unknown option(s) for {cls.__name__}: "
+                    f"{', '.join(map(str, unknown))}.",
+                    f"{cls.__name__} reads: {', '.join(sorted(cls.option_names))}.",
+                )
+            )
+            continue
+        try:
+            # Constructors validate their options and load nothing (models load on first use).
+            cls(alias, **options)
+        except (ImproperlyConfigured, TypeError, ValueError) as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] rejected by {cls.__name__}: {exc}",
+                    f"See the docstring of {cls.__module__}.{cls.__name__}.",
+                )
+            )
+    if not isinstance(defaults, (list, tuple)) or not defaults:
+        problems.append(
+            SettingProblem(
+                "embrec.E006",
+                "DEFAULT_ENCODERS",
+                "EMBREC['DEFAULT_ENCODERS'] must be a non-empty list of encoder aliases.",
+                "e.g. ['default'].",
+            )
+        )
+    else:
+        for alias in defaults:
+            if alias not in encoders:
+                problems.append(
+                    SettingProblem(
+                        "embrec.E006",
+                        "DEFAULT_ENCODERS",
+                        f"EMBREC['DEFAULT_ENCODERS'] names {alias!r}, which is not in "
+                        "EMBREC['ENCODERS'].",
+                        f"Add {alias!r} to EMBREC['ENCODERS'] or remove it from DEFAULT_ENCODERS.",
+                    )
+                )
+    return problems
+
+
+CELERY_HINT = """Load your Celery app when Django starts, in your project package's __init__.py:
+
+    from .celery import app as celery_app
+
+    __all__ = ["celery_app"]"""
+
+
+@register()
+def check_celery_app(app_configs=None, **kwargs):
+    """The Celery app saves send tasks with must be the project's own.
+
+    Without ``from .celery import app`` in the project package, ``celery.current_app`` in the web
+    process is Celery's fallback app: it ignores the ``CELERY_*`` settings and publishes to
+    ``amqp://guest@localhost``, so drain tasks go nowhere while every save still succeeds.
+    """
+    app = celery.current_app._get_current_object()
+    if app is celery_state.default_app and app.main in (None, "default"):
+        return [
+            Error(
+                "No Celery app of the project is loaded: celery.current_app is Celery's default "
+                "app, which ignores the CELERY_* settings; embrec's tasks would be sent to "
+                f"{app.conf.broker_url or 'amqp://guest@localhost//'} instead of your broker.",
+                hint=CELERY_HINT,
+                id="embrec.E014",
+            )
+        ]
+    configured = getattr(settings, "CELERY_BROKER_URL", None)
+    if configured and not app.conf.task_always_eager and app.conf.broker_url != configured:
+        return [
+            Warning(
+                f"The current Celery app ({app.main}) sends to {app.conf.broker_url!r}, not to "
+                f"settings.CELERY_BROKER_URL ({configured!r}).",
+                hint="Configure the app from Django's settings: "
+                'app.config_from_object("django.conf:settings", namespace="CELERY").',
+                id="embrec.W001",
+            )
+        ]
+    return []
 
 
 @register(Tags.database)

@@ -1,18 +1,28 @@
 """The ``EMBREC`` settings dict: defaults, validation and lazy access.
 
 Read settings through ``embrec_settings.NAME``; values come from ``settings.EMBREC`` merged over
-:data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
+the tuned configuration of ``EMBREC["TUNED_CONFIG"]`` (:mod:`embrec.tuning`, for the few tunable
+keys) and :data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
 ``EMBREC`` (``override_settings`` in tests). Nothing is read at import time.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import re
+from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from embrec.tuning import TUNABLE, tuned_settings
+
+_MISSING = object()
 
 DEFAULTS: dict[str, Any] = {
     # alias -> {"CLASS": dotted path, "OPTIONS": {...}}
@@ -34,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     # Crashes of a whole batch (e.g. an encoder failing on every text) before its rows are
     # marked failed. A single poison object is marked failed at once.
     "MAX_ATTEMPTS": 5,
+    # Longest a save waits for the broker when it queues a drain task (seconds): one connection
+    # attempt, no retries. With the broker down the outbox row keeps the work.
+    "KICK_TIMEOUT": 0.5,
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
     "AUTO_KICK": True,
@@ -98,13 +111,28 @@ DEFAULTS: dict[str, Any] = {
     "RECENCY_HALF_LIFE_DAYS": 30.0,
     # Most events one POST to the interactions endpoint may carry.
     "MAX_INTERACTION_BATCH": 100,
-    # DRF permission and throttle classes for the API (dotted paths); None keeps DRF's defaults.
-    # Personal endpoints (recommendations, interactions) always add IsAuthenticated.
+    # DRF permission and throttle classes for the API (dotted paths); None keeps DRF's defaults
+    # (REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"] / ["DEFAULT_THROTTLE_CLASSES"]). Personal
+    # endpoints (recommendations, interactions) always add IsAuthenticated; search always adds
+    # embrec.api.throttling.SearchRateThrottle (rate "search" below).
     "API_PERMISSION_CLASSES": None,
-    "API_THROTTLE_CLASSES": None,
+    "API_THROTTLE_CLASSES": [
+        "embrec.api.throttling.AnonRateThrottle",
+        "embrec.api.throttling.UserRateThrottle",
+    ],
+    # Rates of embrec's throttles ("<n>/<s|min|hour|day>", None: off). Keys given here replace
+    # the defaults one by one.
+    "THROTTLE_RATES": {"anon": "100/min", "user": "1000/min", "search": "30/min"},
+    # JSON file written by ``manage.py embrec_tune`` (None: no tuned configuration). Its
+    # settings (embrec.tuning.TUNABLE: profile recency and weighting, popularity blend, candidate
+    # pools) apply wherever this dict does not set them explicitly; the file is re-read when it
+    # changes. E.g. BASE_DIR / ".embrec" / "tuned.json".
+    "TUNED_CONFIG": None,
 }
 
 _IMPORT_STRINGS = {"API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES"}
+#: Dict settings whose keys, when given, replace the defaults one by one.
+_MERGED = {"THROTTLE_RATES"}
 
 
 class EmbrecSettings:
@@ -132,14 +160,20 @@ class EmbrecSettings:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in DEFAULTS:
             raise AttributeError(f"Invalid embrec setting: {name!r}")
+        if name in TUNABLE and name not in self.user_settings:
+            # Explicit settings win; then the tuned configuration (not cached here: the file is
+            # re-read when embrec_tune rewrites it); then the default.
+            tuned = tuned_settings(self.user_settings.get("TUNED_CONFIG"))
+            if name in tuned:
+                return tuned[name]
         if name not in self._cache:
             if name in self.user_settings:
                 value = self.user_settings[name]
+                if name in _MERGED and isinstance(value, dict):
+                    value = {**DEFAULTS[name], **value}
             else:
                 value = copy.deepcopy(DEFAULTS[name])
             if name in _IMPORT_STRINGS and value is not None:
-                from django.utils.module_loading import import_string
-
                 try:
                     value = [import_string(v) if isinstance(v, str) else v for v in value]
                 except ImportError as exc:
@@ -166,3 +200,234 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_on_setting_changed)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """One invalid ``EMBREC`` value; :mod:`embrec.checks` reports it as a system check error."""
+
+    id: str
+    key: str
+    message: str
+    hint: str
+
+
+#: Keys whose value is an integer of at least 1.
+_POSITIVE_INTS = (
+    "BATCH_SIZE",
+    "MAX_ATTEMPTS",
+    "SWEEP_AFTER",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "SEARCH_MAX_LENGTH",
+    "USER_VECTOR_MAX_INTERACTIONS",
+    "RERANK_POOL_FACTOR",
+    "MAX_INTERACTION_BATCH",
+)
+#: Keys whose value is an integer within bounds (pgvector's limits for the HNSW ones).
+_BOUNDED_INTS = {
+    "HNSW_M": (2, 100),
+    "HNSW_EF_CONSTRUCTION": (4, 1000),
+    "EF_SEARCH": (1, 1000),
+    "INDEX_BUILD_THRESHOLD": (0, None),
+    "RERANK_POPULAR_CANDIDATES": (0, None),
+    "POPULARITY_CACHE_SECONDS": (0, None),
+}
+#: Keys that may also be None.
+_OPTIONAL = {
+    "MAX_SCAN_TUPLES",
+    "INDEX_BUILD_PARALLEL_WORKERS",
+    "INDEX_BUILD_MAINTENANCE_WORK_MEM",
+    "USER_VECTOR_HALF_LIFE_DAYS",
+    "POPULARITY_WINDOW_DAYS",
+    "API_PERMISSION_CLASSES",
+    "API_THROTTLE_CLASSES",
+}
+_CHOICES = {
+    "ITERATIVE_SCAN": ("relaxed_order", "strict_order", "off"),
+    "USER_VECTOR_WEIGHTING": ("weighted", "uniform"),
+}
+#: A PostgreSQL memory size: digits and an optional unit (also keeps the value out of SQL).
+_MEMORY = re.compile(r"^\d+\s*(kB|MB|GB|TB)?$")
+#: DRF's rate syntax: "<requests>/<period>".
+_RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+THROTTLE_SCOPES = ("anon", "user", "search")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(user: Any = _MISSING) -> list[SettingProblem]:
+    """Every problem with ``settings.EMBREC`` (or ``user``), checked key by key.
+
+    Called by the system checks (``manage.py check``, ``runserver``, ``migrate``), so a bad value
+    stops a deployment with an id and a hint instead of failing the first request that reads it.
+    """
+    problems: list[SettingProblem] = []
+
+    def add(id: str, key: str, message: str, hint: str) -> None:
+        problems.append(SettingProblem(id, key, message, hint))
+
+    if user is _MISSING:
+        user = getattr(settings, "EMBREC", {})
+    user = user or {}
+    if not isinstance(user, dict):
+        add("embrec.E001", "", "settings.EMBREC must be a dict.", "EMBREC = {'ENCODERS': {...}}")
+        return problems
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        add(
+            "embrec.E001",
+            unknown[0],
+            f"Unknown key(s) in settings.EMBREC: {', '.join(unknown)}.",
+            f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+        )
+    values = {**copy.deepcopy(DEFAULTS), **user}
+    for name in _MERGED:
+        if isinstance(user.get(name), dict):
+            values[name] = {**DEFAULTS[name], **user[name]}
+
+    # The encoder entries are checked by embrec.checks.check_encoders (it imports the encoder
+    # classes, which read these settings).
+
+    for key in _POSITIVE_INTS:
+        value = values[key]
+        if not _is_int(value) or value < 1:
+            add(
+                "embrec.E007",
+                key,
+                f"EMBREC[{key!r}] must be a positive integer, got {value!r}.",
+                f"Set EMBREC[{key!r}] to an integer of at least 1 or remove it.",
+            )
+    queue = values["QUEUE"]
+    if not isinstance(queue, str) or not queue:
+        add(
+            "embrec.E007",
+            "QUEUE",
+            f"EMBREC['QUEUE'] must be a non-empty queue name, got {queue!r}.",
+            "Use the queue your encoding workers consume (-Q embrec).",
+        )
+
+    def wrong(key: str, expected: str) -> None:
+        add(
+            "embrec.E011",
+            key,
+            f"EMBREC[{key!r}] must be {expected}, got {values[key]!r}.",
+            f"Fix EMBREC[{key!r}] or remove it to use the default ({DEFAULTS[key]!r}).",
+        )
+
+    for key, (low, high) in _BOUNDED_INTS.items():
+        value = values[key]
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            wrong(key, f"an integer from {low}" + (f" to {high}" if high is not None else " up"))
+    for key, choices in _CHOICES.items():
+        if values[key] not in choices:
+            wrong(key, " or ".join(repr(c) for c in choices))
+    if _is_int(values["DEFAULT_LIMIT"]) and _is_int(values["MAX_LIMIT"]):
+        if values["DEFAULT_LIMIT"] > values["MAX_LIMIT"]:
+            wrong("DEFAULT_LIMIT", f"at most MAX_LIMIT ({values['MAX_LIMIT']})")
+    if not isinstance(values["AUTO_KICK"], bool):
+        wrong("AUTO_KICK", "True or False")
+    value = values["MAX_SCAN_TUPLES"]
+    if value is not None and (not _is_int(value) or value < 1):
+        wrong("MAX_SCAN_TUPLES", "None or a positive integer")
+    value = values["INDEX_BUILD_PARALLEL_WORKERS"]
+    if value is not None and (not _is_int(value) or value < 0):
+        wrong("INDEX_BUILD_PARALLEL_WORKERS", "None or an integer of at least 0")
+    value = values["INDEX_BUILD_MAINTENANCE_WORK_MEM"]
+    if value is not None and not (isinstance(value, str) and _MEMORY.match(value)):
+        wrong("INDEX_BUILD_MAINTENANCE_WORK_MEM", "None or a PostgreSQL size such as '1GB'")
+    for key in ("USER_VECTOR_HALF_LIFE_DAYS", "POPULARITY_WINDOW_DAYS", "RECENCY_HALF_LIFE_DAYS"):
+        value = values[key]
+        optional = key in _OPTIONAL
+        if (value is None and not optional) or (
+            value is not None and (not _is_number(value) or value <= 0)
+        ):
+            wrong(key, ("None or " if optional else "") + "a positive number of days")
+    value = values["KICK_TIMEOUT"]
+    if not _is_number(value) or value <= 0:
+        wrong("KICK_TIMEOUT", "a positive number of seconds")
+    value = values["RECOMMEND_POPULARITY"]
+    if not _is_number(value) or not 0 <= value <= 1:
+        wrong("RECOMMEND_POPULARITY", "a number from 0 to 1")
+    if values["TUNED_CONFIG"] is not None and not isinstance(
+        values["TUNED_CONFIG"], str | PathLike
+    ):
+        wrong("TUNED_CONFIG", "None or the path of a JSON file (written by embrec_tune)")
+    weights = values["INTERACTION_WEIGHTS"]
+    if (
+        not isinstance(weights, dict)
+        or not weights
+        or not all(isinstance(k, str) and k and _is_number(v) for k, v in weights.items())
+    ):
+        wrong("INTERACTION_WEIGHTS", "a non-empty dict of kind name -> finite number")
+
+    for key, base in (
+        ("API_PERMISSION_CLASSES", "rest_framework.permissions.BasePermission"),
+        ("API_THROTTLE_CLASSES", "rest_framework.throttling.BaseThrottle"),
+    ):
+        problems.extend(_validate_classes(key, values[key], base))
+
+    rates = values["THROTTLE_RATES"]
+    if not isinstance(rates, dict):
+        add(
+            "embrec.E012",
+            "THROTTLE_RATES",
+            f"EMBREC['THROTTLE_RATES'] must be a dict, got {rates!r}.",
+            "e.g. {'anon': '100/min', 'user': '1000/min', 'search': '30/min'}.",
+        )
+    else:
+        for scope, rate in rates.items():
+            if scope not in THROTTLE_SCOPES:
+                add(
+                    "embrec.E012",
+                    "THROTTLE_RATES",
+                    f"EMBREC['THROTTLE_RATES'] has an unknown scope {scope!r}.",
+                    f"Known scopes: {', '.join(THROTTLE_SCOPES)}.",
+                )
+            elif rate is not None and not (isinstance(rate, str) and _RATE.match(rate)):
+                add(
+                    "embrec.E012",
+                    "THROTTLE_RATES",
+                    f"EMBREC['THROTTLE_RATES'][{scope!r}] is not a rate: {rate!r}.",
+                    "Write '<requests>/<s|min|hour|day>', e.g. '30/min', or None for no limit.",
+                )
+    return problems
+
+
+def _validate_classes(key: str, paths: Any, base_path: str) -> list[SettingProblem]:
+    if paths is None:
+        return []
+    hint = f"A list of dotted paths to {base_path.rsplit('.', 1)[1]} subclasses, or None."
+    if isinstance(paths, str) or not isinstance(paths, (list, tuple)):
+        return [SettingProblem("embrec.E013", key, f"EMBREC[{key!r}] must be a list.", hint)]
+    base = import_string(base_path)
+    problems = []
+    for path in paths:
+        try:
+            cls = import_string(path) if isinstance(path, str) else path
+        except ImportError as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E013",
+                    key,
+                    f"EMBREC[{key!r}]: {path!r} cannot be imported ({exc}).",
+                    hint,
+                )
+            )
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            problems.append(
+                SettingProblem(
+                    "embrec.E013", key, f"EMBREC[{key!r}]: {path!r} is not a {base.__name__}.", hint
+                )
+            )
+    return problems

@@ -42,6 +42,7 @@ from django.db.models.functions import Collate
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
+from embrec.encoders import get_encoder
 from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, UserEmbedding
 from embrec.registry import registry
@@ -228,24 +229,30 @@ def recent_items(user_id: Any, content_type_id: int, limit: int) -> list[str]:
 
 
 def interaction_weights(
-    user_id: Any, content_type_id: int, *, now: datetime | None = None
+    user_id: Any,
+    content_type_id: int,
+    *,
+    now: datetime | None = None,
+    all_items: bool = False,
 ) -> tuple[dict[str, float], dict[str, str], int]:
     """Effective (summed, time-decayed) weight and strongest kind per item, over the user's
     ``USER_VECTOR_MAX_INTERACTIONS`` most recently touched distinct items; plus the number of
     events read.
 
     Weights decay with ``USER_VECTOR_HALF_LIFE_DAYS`` before ``now`` (default: the user's latest
-    interaction, see the module docstring) and follow ``USER_VECTOR_WEIGHTING``.
+    interaction, see the module docstring) and follow ``USER_VECTOR_WEIGHTING``. ``all_items``:
+    every item of the user counts (encoders that fold users in, such as ALS).
     """
     mode = _weighting()
-    pks = recent_items(user_id, content_type_id, embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
-    if not pks:
+    events_qs = Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
+    if not all_items:
+        pks = recent_items(user_id, content_type_id, embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
+        if not pks:
+            return {}, {}, 0
+        events_qs = events_qs.filter(object_pk__in=pks)
+    events = list(events_qs.values_list("object_pk", "kind", "weight", "created_at"))
+    if not events:
         return {}, {}, 0
-    events = list(
-        Interaction.objects.filter(
-            user_id=user_id, content_type_id=content_type_id, object_pk__in=pks
-        ).values_list("object_pk", "kind", "weight", "created_at")
-    )
     reference = now or max(at for _, _, _, at in events)
     weights: dict[str, float] = defaultdict(float)
     strongest: dict[str, tuple[float, str]] = {}
@@ -266,7 +273,10 @@ def user_profile(
     several encoder identities coexist (a model change in progress) the newest one wins.
     """
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
-    weights, kinds, count = interaction_weights(user_id, ct.id, now=now)
+    model = get_encoder(encoder)
+    weights, kinds, count = interaction_weights(
+        user_id, ct.id, now=now, all_items=model.profile_uses_all_items
+    )
     profile = UserProfile(encoder=encoder, vector=None, interaction_count=count)
     if not weights:
         return profile
@@ -287,6 +297,10 @@ def user_profile(
     profile.kinds = {pk: kinds[pk] for pk in profile.weights}
     if not any(w > 0 for w in profile.weights.values()):
         return profile  # only dislikes: nothing to recommend from, popularity fallback
+    if model.folds_in_users:
+        # The encoder's own user model (ALS: the least-squares fold-in), from the same items.
+        profile.vector = model.fold_in_user(rec, profile.weights)
+        return profile
     pks = list(profile.weights)
     matrix = np.stack([vectors[pk] for pk in pks]).astype(np.float64)
     w = np.array([profile.weights[pk] for pk in pks])

@@ -141,6 +141,12 @@ class Interaction(models.Model):
                 fields=["user", "content_type", "object_pk"], name="embrec_inter_user_obj"
             ),
         ]
+        permissions = [
+            (
+                "view_user_recommendations",
+                "Can view other users' recommendations and the history they are built from",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.kind} {self.content_type_id}:{self.object_pk}"

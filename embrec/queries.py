@@ -20,11 +20,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured, ValidationError
 from django.db import connections, models, router, transaction
 from django.db.models import Count, Max, Q
 from django.db.models.expressions import RawSQL
@@ -295,11 +296,46 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
 def _convert(model_field: models.Field, value: Any) -> Any:
     if isinstance(value, str):
         value = value.strip()
+    return clean_value(model_field, value)
+
+
+def clean_value(model_field: models.Field, value: Any, *, using: str | None = None) -> Any:
+    """``value`` (user input, usually text) as a Python value that ``model_field``'s database
+    column can hold, or :class:`~django.core.exceptions.ValidationError`.
+
+    The field's own ``to_python`` converts; then what the database would reject or Django would
+    compile to "no rows" is refused here, so no user input turns into a database error: integers
+    outside the column's range (``integer_field_range`` of the connection), decimals that are
+    not finite or have more whole digits than the column, and text with NUL characters.
+    """
     if getattr(model_field, "remote_field", None) is not None:
         model_field = model_field.target_field
+    if isinstance(value, str) and "\x00" in value:
+        raise ValidationError("NUL characters are not allowed")
     converted = model_field.to_python(value)
-    if converted is None and not model_field.null:
-        raise ValidationError("a value is required")
+    if converted is None:
+        if not model_field.null:
+            raise ValidationError("a value is required")
+        return None
+    if isinstance(converted, str) and "\x00" in converted:
+        raise ValidationError("NUL characters are not allowed")
+    connection = connections[using or router.db_for_read(model_field.model)]
+    internal = model_field.get_internal_type()
+    if isinstance(converted, int) and not isinstance(converted, bool):
+        try:
+            low, high = connection.ops.integer_field_range(internal)
+        except KeyError:  # not an integer column
+            low = high = None
+        if (low is not None and converted < low) or (high is not None and converted > high):
+            raise ValidationError(f"out of range for this field ({low}..{high})")
+    if isinstance(converted, Decimal):
+        if not converted.is_finite():
+            raise ValidationError("must be a finite number")
+        max_digits = getattr(model_field, "max_digits", None)
+        places = getattr(model_field, "decimal_places", None) or 0
+        if max_digits is not None and converted.adjusted() + 1 > max_digits - places:
+            limit = Decimal(10) ** (max_digits - places)
+            raise ValidationError(f"out of range for this field (|value| < {limit})")
     return converted
 
 
@@ -390,9 +426,13 @@ def _visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str
     column = f"{alias}.object_pk"
     if pk.get_internal_type() not in {"CharField", "TextField", "SlugField"}:
         column = f"CAST({column} AS {db_type})"
-    sub_sql, sub_params = (
-        visible.order_by().filter(pk=RawSQL(column, [])).values("pk").query.sql_with_params()
-    )
+    try:
+        sub_sql, sub_params = (
+            visible.order_by().filter(pk=RawSQL(column, [])).values("pk").query.sql_with_params()
+        )
+    except EmptyResultSet:
+        # Django proved the queryset empty (e.g. ``pk__in=[]``): no object is visible.
+        return "FALSE", []
     return f"(EXISTS ({sub_sql} OFFSET 0)) IS TRUE", list(sub_params)
 
 

@@ -1,4 +1,5 @@
 import pytest
+from django.core.cache import cache
 
 from embrec.encoders import reset_encoders
 from embrec.queries import forget_popularity
@@ -10,6 +11,8 @@ def _fresh_caches():
     """Indexes are dropped with the test database between tests that flush it."""
     forget_indexes()
     forget_popularity()
+    # Throttle counters live in the cache: each test starts with none.
+    cache.clear()
     yield
     forget_indexes()
     forget_popularity()

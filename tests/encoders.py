@@ -22,6 +22,14 @@ class InstrumentedHashingEncoder(HashingEncoder):
     * ``nan_on`` — return NaN values for texts containing this word.
     """
 
+    option_names = HashingEncoder.option_names | {
+        "record_dir",
+        "sleep",
+        "sleep_on",
+        "poison",
+        "nan_on",
+    }
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         poison = self.options.get("poison")
         if poison and any(poison in text for text in texts):

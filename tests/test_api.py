@@ -1,6 +1,8 @@
 """REST endpoints: results, visibility, permissions, throttling and every kind of bad input."""
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from rest_framework import serializers
 from rest_framework.test import APIClient
@@ -212,13 +214,30 @@ def test_recommendations_permissions(client, catalog):
     login(client, alice)
     assert_error(client.get(f"{url}&user={bob.pk}"), 403, "permission_denied")
     assert client.get(f"{url}&user={alice.pk}").status_code == 200
+    # Staff status alone does not expose another user's history.
     login(client, staff)
-    response = client.get(f"{url}&user={bob.pk}&limit=3")
-    assert response.status_code == 200
-    assert {r["source"] for r in response.json()["results"]} == {"personal"}
-    assert str(catalog[0].pk) not in pks(response)
-    assert_error(client.get(f"{url}&user=999999"), 404, "not_found")
-    assert_error(client.get(f"{url}&user=abc"), 404, "not_found")
+    body = assert_error(client.get(f"{url}&user={bob.pk}"), 403, "permission_denied")
+    assert "embrec.view_user_recommendations" in body["detail"]
+    staff.user_permissions.add(
+        Permission.objects.get(
+            codename="view_user_recommendations", content_type__app_label="embrec"
+        )
+    )
+    staff = get_user_model().objects.get(pk=staff.pk)  # permissions are cached per instance
+    superuser = get_user_model().objects.create_superuser("root", password="pw")
+    for viewer in (staff, superuser):
+        login(client, viewer)
+        response = client.get(f"{url}&user={bob.pk}&limit=3")
+        assert response.status_code == 200
+        assert {r["source"] for r in response.json()["results"]} == {"personal"}
+        assert str(catalog[0].pk) not in pks(response)
+        assert_error(client.get(f"{url}&user=999999"), 404, "not_found")
+        assert_error(client.get(f"{url}&user=abc"), 404, "not_found")
+    # The permission works without staff status too.
+    carol = make_user("carol")
+    carol.user_permissions.add(Permission.objects.get(codename="view_user_recommendations"))
+    login(client, get_user_model().objects.get(pk=carol.pk))
+    assert client.get(f"{url}&user={bob.pk}").status_code == 200
 
 
 def test_new_user_gets_popular_and_anonymous_gets_popular_endpoint(client, catalog):
@@ -379,3 +398,39 @@ def test_recommendations_default_to_the_configured_popularity_share(client, cata
     assert pks(client.get(url + "&popularity=0.9")) == [r["pk"] for r in default]
     assert pks(client.get(url + "&popularity=0")) == [r["pk"] for r in plain]
     assert [r.pk for r in embrec.recommend(user, model=Article, limit=8)] == pks(client.get(url))
+
+
+def test_throttles_are_on_by_default_with_configurable_rates(client, catalog, settings):
+    url = f"{BASE}/items/testapp.article/{catalog[0].pk}/similar/"
+    search = f"{BASE}/search/?type=testapp.article&q=robot"
+    # The defaults: anonymous, per-user and search throttles, each with its own rate.
+    settings.EMBREC = {**settings.EMBREC, "THROTTLE_RATES": {"anon": "3/min"}}
+    for _ in range(3):
+        assert client.get(url).status_code == 200
+    response = client.get(url)
+    assert_error(response, 429, "throttled")
+    assert int(response["Retry-After"]) > 0
+    # Another client (IP) is counted apart; a signed-in user gets the user rate.
+    assert client.get(url, REMOTE_ADDR="10.0.0.2").status_code == 200
+    login(client, make_user("reader"))
+    assert client.get(url).status_code == 200
+    cache.clear()
+    settings.EMBREC = {**settings.EMBREC, "THROTTLE_RATES": {"user": "3/min", "search": "1/min"}}
+    assert client.get(search).status_code == 200
+    # Search has the tighter rate of its own scope; other endpoints still answer (every
+    # request, throttled or not, counts towards the user rate).
+    assert_error(client.get(search), 429, "throttled")
+    assert client.get(url).status_code == 200
+    assert_error(client.get(url), 429, "throttled")
+    # None turns a throttle off.
+    cache.clear()
+    settings.EMBREC = {**settings.EMBREC, "THROTTLE_RATES": {"user": None, "search": None}}
+    for _ in range(5):
+        assert client.get(search).status_code == 200
+
+
+def test_default_rates():
+    from embrec.conf import DEFAULTS
+
+    assert DEFAULTS["THROTTLE_RATES"] == {"anon": "100/min", "user": "1000/min", "search": "30/min"}
+    assert DEFAULTS["API_THROTTLE_CLASSES"]

@@ -124,48 +124,44 @@ def test_demo_reports_a_bad_source_clearly(tmp_path):
 
 
 def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
-    # The demo's own EMBREC settings (item2vec trained on the ratings, hybrid vectors for
-    # recommendations, the evaluated profile and blend), with item2vec kept in a temp folder and
-    # trained briefly, plus the test suite's encoders.
+    # The demo's own EMBREC settings (ALS trained on the ratings, adaptive vectors for
+    # recommendations, the evaluated profile and blend), with ALS kept in a temp folder, plus the
+    # test suite's encoders.
     from project import settings as demo_settings
 
     demo = demo_settings.EMBREC
-    item2vec = demo["ENCODERS"]["item2vec"]
+    als = demo["ENCODERS"]["mf"]
     settings.EMBREC = {
         **demo,
         "ENCODERS": {
             **settings.EMBREC["ENCODERS"],
             **demo["ENCODERS"],
-            "item2vec": {
-                **item2vec,
-                "OPTIONS": {
-                    **item2vec.get("OPTIONS", {}),
-                    "model_dir": str(tmp_path / "models"),
-                    "epochs": 2,
-                },
+            "mf": {
+                **als,
+                "OPTIONS": {**als.get("OPTIONS", {}), "model_dir": str(tmp_path / "models")},
             },
         },
     }
     source = tmp_path / "ml-slice.zip"
     make_slice(source)
     first = run_demo(source)
-    assert "item2vec: trained revision" in first
+    assert "mf: trained revision" in first
     assert f"Embeddings: {2 * N_MOVIES} computed" in first
-    assert Embedding.objects.filter(encoder="hybrid").count() == N_MOVIES
-    assert UserEmbedding.objects.filter(encoder="hybrid").exists()
+    assert Embedding.objects.filter(encoder="adaptive").count() == N_MOVIES
+    assert UserEmbedding.objects.filter(encoder="adaptive").exists()
 
     # Re-running retrains nothing, re-embeds nothing, rebuilds no user vector.
-    revision = (tmp_path / "models" / "item2vec" / "meta.json").read_text()
+    revision = (tmp_path / "models" / "mf" / "meta.json").read_text()
     second = run_demo(source)
-    assert "item2vec: up to date" in second
+    assert "mf: up to date" in second
     assert "Embeddings: 0 computed" in second
     assert "User vectors: up to date" in second
-    assert (tmp_path / "models" / "item2vec" / "meta.json").read_text() == revision
+    assert (tmp_path / "models" / "mf" / "meta.json").read_text() == revision
     assert Embedding.objects.count() == 2 * N_MOVIES
 
-    # A demo user's default recommendations are personal, from the hybrid vectors.
+    # A demo user's default recommendations are personal, from the adaptive vectors.
     assert client.login(username="admin", password="admin")
-    with_vector = UserEmbedding.objects.filter(encoder="hybrid").values("user_id")
+    with_vector = UserEmbedding.objects.filter(encoder="adaptive").values("user_id")
     user_id = (
         Interaction.objects.filter(user_id__in=with_vector)
         .values("user_id")
@@ -176,12 +172,12 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     assert response.status_code == 200
     results = response.json()["results"]
     assert results and all(r["source"] == "personal" for r in results)
-    # Search embeds the text with MiniLM, not the hybrid.
+    # Search embeds the text with MiniLM, not the adaptive hybrid.
     from embrec.queries import _text_encoder_for
     from embrec.registry import registry
 
     rec = registry.get(Movie)
-    assert rec.get_encoders() == ["hybrid", "default"]
+    assert rec.get_encoders() == ["adaptive", "default"]
     assert _text_encoder_for(rec, None) == "default"
 
 

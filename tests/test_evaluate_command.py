@@ -67,11 +67,20 @@ def test_command_writes_table_json_and_png(tmp_path):
         "embrec_evaluate",
         "testapp.article",
         holdout=2,
+        validation=1,
         k=5,
+        budget=3,
+        bootstrap=200,
+        protocol=["all"],
+        cold_share=0.2,
+        coherence_field="title",
+        famous=2,
         methods=[
             "random",
             "popularity",
             "item-knn",
+            "recent-knn",
+            "ease",
             "als",
             "hashing",
             "hashing:last=2,popularity=0.3",
@@ -82,24 +91,41 @@ def test_command_writes_table_json_and_png(tmp_path):
         stderr=err,
     )
     text = out.getvalue()
-    assert "36 users evaluated on their 2 most recent items" in text
-    for name in ("random", "popularity", "item-knn", "als", "hashing:last=2,popularity=0.3"):
+    assert "test: 36 users, 72 held-out pairs; validation: 36 users" in text
+    for name in ("random", "popularity", "item-knn", "recent-knn", "ease", "als", "hashing"):
         assert f"| {name} " in text
-    assert "ndcg@5" in text
+    assert "| hashing:last=2,popularity=0.3 " in text
+    assert "ndcg@5" in text and "next_item_hit@5" in text and "coherence" in text
+    assert "Similar items of the most popular items" in text
     assert "evaluating" in err.getvalue()  # the progress bar
 
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert payload["model"] == "testapp.article"
-    assert payload["protocol"]["holdout"] == 2 and payload["protocol"]["k"] == 5
-    assert payload["dataset"]["evaluated_users"] == 36
-    results = {r["name"]: r["metrics"] for r in payload["results"]}
-    assert len(results) == 6
-    for metrics in results.values():
-        assert set(metrics) == {"ndcg@5", "recall@5", "hit_rate@5", "coverage@5"}
-        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert payload["model"] == "testapp.article" and payload["k"] == 5
+    assert set(payload["protocols"]) == {"leave-last", "global-time", "cold-items"}
+    leave_last = payload["protocols"]["leave-last"]
+    assert leave_last["stats"]["test"]["evaluated_users"] == 36
+    results = {r["name"]: r for r in leave_last["results"]}
+    assert len(results) == 8
+    for r in results.values():
+        assert set(r["metrics"]) == {"ndcg@5", "recall@5", "hit_rate@5", "coverage@5"}
+        assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+        # A comparable budget: nothing tries more than 3 configurations.
+        assert 1 <= len(r["searched"]) <= 3
+    assert len(results["als"]["searched"]) == 3 and len(results["hashing"]["searched"]) == 3
+    assert results["hashing:last=2,popularity=0.3"]["chosen"] == {}
+    assert results["hashing"]["chosen"] in [s["params"] for s in results["hashing"]["searched"]]
     # Readers stay on their topic: collaborative filtering and topic words beat chance.
-    assert results["item-knn"]["hit_rate@5"] > results["random"]["hit_rate@5"]
-    assert results["hashing"]["ndcg@5"] > results["random"]["ndcg@5"]
+    metrics = {name: r["metrics"] for name, r in results.items()}
+    assert metrics["item-knn"]["hit_rate@5"] > metrics["random"]["hit_rate@5"]
+    assert metrics["hashing"]["ndcg@5"] > metrics["random"]["ndcg@5"]
+    intervals = leave_last["intervals"]
+    assert intervals["reference"] in {"popularity", "item-knn", "recent-knn", "ease", "als"}
+    assert set(intervals["methods"]) == {"hashing", "hashing:last=2,popularity=0.3"}
+    assert set(leave_last["similar"]) >= {"item-knn", "ease", "als", "hashing"}
+    # Cold items: only the content encoder can find them; the whole catalog is reported too.
+    cold = {r["name"]: r for r in payload["protocols"]["cold-items"]["results"]}
+    assert cold["hashing"]["metrics"]["recall@5"] > 0
+    assert "whole_catalog" in cold["hashing"]
     assert payload["run"]["date"] and payload["run"]["machine"]
     assert (tmp_path / "out" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -120,16 +146,22 @@ def test_command_evaluates_item2vec_and_hybrid_without_training_a_stored_model(s
     call_command(
         "embrec_evaluate",
         holdout=2,
+        validation=1,
         k=5,
+        budget=2,
+        no_similar=True,
         methods=["i2v:last=2", "both:name=hybrid"],
         json=str(tmp_path / "r.json"),
         stdout=out,
         stderr=StringIO(),
         verbosity=0,
     )
-    results = {r["name"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    payload = json.loads((tmp_path / "r.json").read_text())
+    results = {r["name"]: r for r in payload["protocols"]["leave-last"]["results"]}
     assert set(results) == {"i2v:last=2", "hybrid"}
     assert results["i2v:last=2"]["metrics"]["hit_rate@5"] > 0.5
+    # The hybrid's part weights are part of its search space.
+    assert all("weights" in s["params"] for s in results["hybrid"]["searched"])
     # Evaluation retrains in memory on the training split; it never writes the site's model.
     assert not (tmp_path / "models").exists()
 
@@ -152,8 +184,27 @@ def test_command_rejects_bad_input():
             methods=["hashing:lats=3"],
             stdout=StringIO(),
         )
-    with pytest.raises(CommandError, match="No user of testapp.article has at least 31"):
+    with pytest.raises(CommandError, match="No user of testapp.article has at least 61"):
         call_command("embrec_evaluate", "testapp.article", holdout=30, stdout=StringIO())
+    with pytest.raises(CommandError, match="--coherence-field: testapp.article has no field"):
+        call_command(
+            "embrec_evaluate",
+            "testapp.article",
+            holdout=2,
+            validation=1,
+            methods=["popularity"],
+            coherence_field="nothing",
+            stdout=StringIO(),
+        )
+    with pytest.raises(CommandError, match="global-time"):
+        call_command(
+            "embrec_evaluate",
+            "testapp.article",
+            protocol=["global-time"],
+            test_share=0.7,
+            validation_share=0.5,
+            stdout=StringIO(),
+        )
     with pytest.raises(CommandError, match="not registered"):
         call_command("embrec_evaluate", "testapp.nothing", stdout=StringIO())
     note = Note.objects.create(slug="n", text="a note")

@@ -13,16 +13,17 @@ parameter is a filter on the registration's ``filter_fields`` (``category=scifi`
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -30,12 +31,15 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import exceptions, status
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from embrec import queries
+from embrec.api import schema as openapi
+from embrec.api.schema import EmbrecAutoSchema
 from embrec.api.serializers import (
     ErrorSerializer,
     InteractionBatchSerializer,
@@ -45,10 +49,16 @@ from embrec.api.serializers import (
     ResultSerializer,
     object_serializer_for,
 )
+from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
+
+logger = logging.getLogger("embrec")
+
+#: Permission to see another user's recommendations (and, in their explanations, history).
+VIEW_USER_RECOMMENDATIONS = "embrec.view_user_recommendations"
 
 #: Query parameters that are not filters.
 RESERVED_PARAMS = frozenset(
@@ -79,7 +89,21 @@ class EmbrecAPIError(exceptions.APIException):
         self.extra = {k: v for k, v in extra.items() if v is not None}
 
 
+class ServiceUnavailable(exceptions.APIException):
+    """The database cannot be reached: a 503 with ``Retry-After``, never a 500 page."""
+
+    status_code = 503
+    default_detail = "The service is temporarily unavailable; try again shortly."
+    default_code = "unavailable"
+    #: Seconds a client should wait before retrying (the ``Retry-After`` header).
+    retry_after = 5
+
+
 def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # Connection refused, server restarting, connection lost mid-request: transient.
+        logger.warning("embrec API: database unavailable (%s).", exc)
+        return ServiceUnavailable()
     if isinstance(exc, NotRegistered):
         return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
     if isinstance(exc, (QueryError, InteractionError)):
@@ -125,7 +149,26 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"detail": str(detail), "code": getattr(detail, "code", None) or "error"}
     body.update(getattr(exc, "extra", {}))
     response.data = body
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(exc.retry_after)
     return response
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class SafeJSONParser(JSONParser):
+    """DRF's JSON parser, with every way a body can fail to parse answered as a 400.
+
+    DRF catches ``ValueError`` only; a deeply nested document (``[[[[…]]]]``) exhausts the
+    recursion limit of ``json`` and would otherwise surface as a 500.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except (RecursionError, ValueError, UnicodeError) as exc:
+            raise exceptions.ParseError(f"JSON parse error - {type(exc).__name__}") from None
 
 
 # --------------------------------------------------------------------------- base view
@@ -134,8 +177,20 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 class EmbrecAPIView(APIView):
     """Base view: settings-driven permissions and throttles, consistent error bodies."""
 
+    schema = EmbrecAutoSchema()
+    #: OpenAPI parameters built when the schema is generated (see :mod:`embrec.api.schema`).
+    schema_parameters: tuple = ()
     #: Added in front of the configured permission classes (personal endpoints).
     required_permission_classes: tuple = ()
+    #: Added after the configured throttle classes (search: the encoder runs per request).
+    required_throttle_classes: tuple = ()
+
+    def get_parsers(self):
+        # The configured parsers, with DRF's JSON parser replaced by one that never raises a 500.
+        return [
+            SafeJSONParser() if type(parser) is JSONParser else parser
+            for parser in super().get_parsers()
+        ]
 
     def get_permissions(self):
         configured = embrec_settings.API_PERMISSION_CLASSES
@@ -145,7 +200,7 @@ class EmbrecAPIView(APIView):
     def get_throttles(self):
         configured = embrec_settings.API_THROTTLE_CLASSES
         classes = self.throttle_classes if configured is None else configured
-        return [cls() for cls in classes]
+        return [cls() for cls in (*classes, *self.required_throttle_classes)]
 
     def get_exception_handler(self):
         return exception_handler
@@ -208,47 +263,10 @@ ERRORS = {
     403: ErrorSerializer,
     404: ErrorSerializer,
     429: ErrorSerializer,
+    503: ErrorSerializer,
 }
-TYPE_PATH = OpenApiParameter(
-    "type", str, OpenApiParameter.PATH, description="Registered model label, e.g. catalog.movie."
-)
-TYPE_QUERY = OpenApiParameter(
-    "type",
-    str,
-    description="Registered model label; may be left out when only one model is registered.",
-)
-COMMON = [
-    OpenApiParameter("limit", int, description="Number of results, 1..EMBREC['MAX_LIMIT']."),
-    OpenApiParameter(
-        "mmr_lambda",
-        float,
-        description="Diversity re-ranking (maximal marginal relevance): 1 keeps the relevance "
-        "order, lower values favour variety. Left out: no re-ranking.",
-    ),
-    OpenApiParameter(
-        "popularity",
-        float,
-        description=(
-            "Share (0–1) of popularity in the score (default 0; for recommendations, "
-            "EMBREC['RECOMMEND_POPULARITY'])."
-        ),
-    ),
-    OpenApiParameter("recency", float, description="Share (0–1) of recency in the score."),
-    OpenApiParameter(
-        "exclude_seen",
-        bool,
-        description="Leave out items the user interacted with (disliked items always are).",
-    ),
-    OpenApiParameter(
-        "filters",
-        OpenApiTypes.OBJECT,
-        style="form",
-        explode=True,
-        description="Filters on the registration's filter_fields, e.g. category=scifi, "
-        "price__gte=10, year__in=1994,1995 (lookups: exact, iexact, in, gt, gte, lt, lte, "
-        "isnull). Unknown fields are rejected with 400.",
-    ),
-]
+TYPE_IN_PATH = partial(openapi.type_parameter, OpenApiParameter.PATH)
+TYPE_IN_QUERY = partial(openapi.type_parameter, OpenApiParameter.QUERY)
 
 
 # --------------------------------------------------------------------------- views
@@ -257,14 +275,19 @@ COMMON = [
 class SimilarItemsView(EmbrecAPIView):
     """``GET items/<type>/<pk>/similar/`` — nearest neighbours of one object."""
 
+    schema_parameters = (
+        TYPE_IN_PATH,
+        openapi.ranking_parameters,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
+
     @extend_schema(
         summary="Objects similar to one object",
         parameters=[
-            TYPE_PATH,
             OpenApiParameter(
                 "object_pk", str, OpenApiParameter.PATH, description="The object's primary key."
             ),
-            *COMMON,
         ],
         responses={200: ResultListSerializer, 409: ErrorSerializer, **ERRORS},
     )
@@ -283,7 +306,8 @@ class SimilarItemsView(EmbrecAPIView):
     @staticmethod
     def _get_object(request, rec, type: str, pk: str):
         try:
-            return rec.get_visible_queryset(request).get(pk=rec.pk_from_string(pk))
+            pk_value = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(pk))
+            return rec.get_visible_queryset(request).get(pk=pk_value)
         except (rec.model.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             # Hidden objects get the same answer as missing ones.
             raise EmbrecAPIError(
@@ -294,9 +318,15 @@ class SimilarItemsView(EmbrecAPIView):
 class PopularItemsView(EmbrecAPIView):
     """``GET items/<type>/popular/`` — most popular visible objects (works for anyone)."""
 
+    schema_parameters = (
+        TYPE_IN_PATH,
+        openapi.limit_parameter,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
+
     @extend_schema(
         summary="Most popular objects",
-        parameters=[TYPE_PATH, COMMON[0], COMMON[4], COMMON[5]],
         responses={200: ResultListSerializer, **ERRORS},
     )
     def get(self, request, type: str):
@@ -315,18 +345,29 @@ class PopularItemsView(EmbrecAPIView):
 class RecommendationsView(EmbrecAPIView):
     """``GET recommendations/`` — personal recommendations for the current user.
 
-    Staff may pass ``user=<pk>`` to see another user's recommendations; anyone else gets 403.
+    Users with the permission ``embrec.view_user_recommendations`` (superusers implicitly) may
+    pass ``user=<pk>`` to see another user's recommendations, whose explanations show that user's
+    history; anyone else gets 403. Staff status alone is not enough.
     """
 
     required_permission_classes = (IsAuthenticated,)
+    schema_parameters = (
+        TYPE_IN_QUERY,
+        openapi.ranking_parameters,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
 
     @extend_schema(
         summary="Personal recommendations",
         parameters=[
-            TYPE_QUERY,
-            OpenApiParameter("user", str, description="Staff only: another user's pk."),
+            OpenApiParameter(
+                "user",
+                str,
+                description="Another user's pk; needs the permission "
+                "embrec.view_user_recommendations.",
+            ),
             OpenApiParameter("explain", bool, description="Include explanations (default true)."),
-            *COMMON,
         ],
         responses={200: ResultListSerializer, **ERRORS},
     )
@@ -352,13 +393,14 @@ class RecommendationsView(EmbrecAPIView):
         wanted = request.query_params.get("user")
         if wanted in (None, "") or wanted == str(request.user.pk):
             return request.user
-        if not request.user.is_staff:
+        if not request.user.has_perm(VIEW_USER_RECOMMENDATIONS):
             raise exceptions.PermissionDenied(
-                "Only staff may ask for another user's recommendations."
+                "Asking for another user's recommendations needs the permission "
+                f"{VIEW_USER_RECOMMENDATIONS}."
             )
         User = get_user_model()
         try:
-            return User._default_manager.get(pk=User._meta.pk.to_python(wanted))
+            return User._default_manager.get(pk=queries.clean_value(User._meta.pk, wanted))
         except (User.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             raise EmbrecAPIError(
                 f"No user with pk {wanted!r}.", code="not_found", status_code=404, field="user"
@@ -366,17 +408,19 @@ class RecommendationsView(EmbrecAPIView):
 
 
 class SearchView(EmbrecAPIView):
-    """``GET search/?q=...`` — semantic search from free text."""
+    """``GET search/?q=...`` — semantic search from free text (throttled by ``search``)."""
+
+    required_throttle_classes = (SearchRateThrottle,)
+    schema_parameters = (
+        openapi.query_parameter,
+        TYPE_IN_QUERY,
+        openapi.ranking_parameters,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
 
     @extend_schema(
         summary="Semantic search",
-        parameters=[
-            OpenApiParameter(
-                "q", str, required=True, description="Text, 1..EMBREC['SEARCH_MAX_LENGTH'] chars."
-            ),
-            TYPE_QUERY,
-            *COMMON,
-        ],
         responses={200: ResultListSerializer, **ERRORS},
     )
     def get(self, request):
@@ -404,17 +448,15 @@ class InteractionsView(EmbrecAPIView):
             serializers=[InteractionEventSerializer, InteractionBatchSerializer],
             resource_type_field_name=None,
         ),
-        responses={201: InteractionResultSerializer, **ERRORS},
+        responses={201: InteractionResultSerializer, 415: ErrorSerializer, **ERRORS},
         examples=[
-            OpenApiExample(
-                "One event", value={"type": "catalog.movie", "pk": "42", "kind": "like"}
-            ),
+            OpenApiExample("One event", value={"type": "shop.product", "pk": "42", "kind": "like"}),
             OpenApiExample(
                 "A batch",
                 value={
                     "events": [
-                        {"type": "catalog.movie", "pk": "42", "kind": "view"},
-                        {"type": "catalog.movie", "pk": "7", "kind": "dislike"},
+                        {"type": "shop.product", "pk": "42", "kind": "view"},
+                        {"type": "shop.product", "pk": "7", "kind": "dislike"},
                     ]
                 },
             ),
@@ -450,7 +492,8 @@ class InteractionsView(EmbrecAPIView):
         for i, event in enumerate(events):
             rec = registry.get(event["type"])
             try:
-                wanted[rec.label].append((i, rec.pk_from_string(event["pk"])))
+                pk = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(event["pk"]))
+                wanted[rec.label].append((i, pk))
             except (ValueError, TypeError, DjangoValidationError):
                 raise EmbrecAPIError(
                     f"No {event['type']} with pk {event['pk']!r} (events[{i}]).",

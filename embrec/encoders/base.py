@@ -43,6 +43,16 @@ class BaseEncoder:
 
     #: Whether this encoder works from item text (``True``) or learns from interactions.
     uses_text: bool = True
+    #: Whether a user's vector is built by :meth:`fold_in_user` (``True``) instead of the
+    #: weighted mean of the vectors of the items they interacted with.
+    folds_in_users: bool = False
+    #: Whether user vectors read every interaction of the user (``True``) or only the
+    #: ``EMBREC["USER_VECTOR_MAX_INTERACTIONS"]`` most recently touched items.
+    profile_uses_all_items: bool = False
+
+    #: Names of the ``OPTIONS`` this encoder reads. When set, ``manage.py check`` reports any
+    #: other name (a typo would otherwise be ignored); ``None`` accepts any option.
+    option_names: frozenset[str] | None = None
 
     def __init__(self, alias: str, **options):
         self.alias = alias
@@ -88,6 +98,12 @@ class BaseEncoder:
         from text (``uses_text = False``) or that combine other encoders.
         """
         return self.encode(texts)
+
+    def fold_in_user(self, rec, weights) -> np.ndarray | None:
+        """A user's vector from ``{object pk: effective weight}`` (used when
+        :attr:`folds_in_users`); ``None`` when the user has no usable vector. Encoders whose
+        model has its own user representation (ALS) override this."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} alias={self.alias!r}>"

@@ -21,6 +21,8 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 class HashingEncoder(BaseEncoder):
     """Options: ``dimensions`` (default 64), ``bigrams`` (default True)."""
 
+    option_names = frozenset({"dimensions", "bigrams"})
+
     def get_identity(self) -> EncoderIdentity:
         dims = int(self.options.get("dimensions", 64))
         bigrams = bool(self.options.get("bigrams", True))

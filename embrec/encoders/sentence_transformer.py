@@ -75,6 +75,22 @@ def _model_revision(path: str) -> str:
 class SentenceTransformerEncoder(BaseEncoder):
     """Encode text with a sentence-transformers model (loaded once per process)."""
 
+    option_names = frozenset(
+        {
+            "model",
+            "device",
+            "threads",
+            "name",
+            "revision",
+            "normalize",
+            "engine",
+            "dtype",
+            "max_tokens",
+            "chunk_size",
+            "batch_size",
+        }
+    )
+
     def __init__(self, alias: str, **options):
         super().__init__(alias, **options)
         self._model = None

@@ -62,6 +62,8 @@ def _find(folder: Path, pattern: str) -> Path:
 class StaticWordEncoder(BaseEncoder):
     """Mean of static word vectors (GloVe by default); cheap, CPU-only, no torch."""
 
+    option_names = frozenset({"path", "name", "revision", "lowercase", "normalize"})
+
     def __init__(self, alias: str, **options):
         super().__init__(alias, **options)
         self._vectors: np.ndarray | None = None

@@ -23,6 +23,10 @@ class Method:
     name: str = "method"
     #: Short description shown in reports.
     description: str = ""
+    #: Boolean mask of the items that may be recommended, set by the evaluator before
+    #: :meth:`score` (None: the whole catalog). Most methods ignore it (the evaluator excludes
+    #: the others); a method whose candidate pool depends on it (embrec's read path) uses it.
+    candidates: np.ndarray | None = None
 
     def fit(self, split: Split) -> None:
         raise NotImplementedError
@@ -154,3 +158,149 @@ class ALSMethod(Method):
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
+
+
+class RecentItemKNNMethod(ItemKNNMethod):
+    """Item-kNN scored from the user's ``recent`` most recent distinct training items only
+    ("next to what they just watched"): the strong session-style baseline."""
+
+    def __init__(
+        self,
+        name: str = "recent-knn",
+        neighbors: int = 100,
+        shrink: float = 0.0,
+        recent: int = 3,
+    ):
+        super().__init__(name=name, neighbors=neighbors, shrink=shrink)
+        if recent < 1:
+            raise ValueError("recent must be at least 1")
+        self.recent = recent
+        self.description = f"item-kNN from the {recent} latest items, {neighbors} neighbours"
+
+    def fit(self, split: Split) -> None:
+        super().fit(split)
+        self.user_items = recent_items_matrix(split.train, self.recent)
+
+
+def recent_items_matrix(train, recent: int) -> sparse.csr_matrix:
+    """Binary users × items matrix of each user's ``recent`` most recently *first* consumed
+    distinct items (ties by item key, as in the splits)."""
+    from embrec.evaluation.split import _key_rank
+
+    n_items = max(train.n_items, 1)
+    pair = train.user_index.astype(np.int64) * n_items + train.item_index
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    first = np.full(uniq.shape[0], np.inf)
+    np.minimum.at(first, inverse, train.timestamps)
+    users, items = uniq // n_items, uniq % n_items
+    order = np.lexsort((_key_rank(train.items)[items], first, users))
+    ends = np.cumsum(np.bincount(users[order], minlength=train.n_users))
+    from_end = ends[users[order]] - np.arange(order.shape[0]) - 1
+    keep = order[from_end < recent]
+    return sparse.csr_matrix(
+        (np.ones(keep.shape[0], dtype=np.float64), (users[keep], items[keep])),
+        shape=(train.n_users, train.n_items),
+    )
+
+
+class EASEMethod(Method):
+    """EASE (Steck, WWW 2019): a closed-form item-item linear model.
+
+    ``B = I - P / diag(P)`` with ``P = (XᵀX + λI)⁻¹`` over the binary training matrix ``X``
+    (zero diagonal); a user's scores are ``x_u B``. Dense ``n_items²``: fine to a few 10k items.
+    """
+
+    def __init__(self, name: str = "ease", regularization: float = 500.0):
+        self.name = name
+        self.regularization = regularization
+        self.description = f"EASE, lambda {regularization:g}"
+
+    def fit(self, split: Split) -> None:
+        x = split.train.matrix(binary=True).astype(np.float64).tocsr()
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices_from(gram)] += self.regularization
+        p = np.linalg.inv(gram)
+        b = p / -np.diag(p)[None, :]
+        b[np.diag_indices_from(b)] = 0.0
+        self.user_items = x
+        self.weights = b
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray(self.user_items[users] @ self.weights)
+
+
+# ----------------------------------------------------------------------------- similar items
+
+
+def similar_scores(method: Method, sources: np.ndarray) -> np.ndarray | None:
+    """Item-to-item scores ``(len(sources), n_items)`` of a fitted method, or None when the
+    method has no notion of similar items.
+
+    Item-kNN: its (pruned) similarity rows; EASE: rows of ``B``; ALS: cosine of item factors;
+    popularity: the popularity order; embrec methods: cosine of their item vectors (what
+    ``embrec.similar`` returns).
+    """
+    if isinstance(method, ItemKNNMethod):
+        return method.similarity[sources].toarray()
+    if isinstance(method, EASEMethod):
+        return method.weights[sources]
+    if isinstance(method, ALSMethod):
+        f = method.item_factors
+        norms = np.linalg.norm(f, axis=1)
+        norms[norms == 0] = 1.0
+        unit = f / norms[:, None]
+        return unit[sources] @ unit.T
+    if isinstance(method, PopularityMethod):
+        return np.broadcast_to(method.counts, (len(sources), method.counts.shape[0])).copy()
+    items = getattr(method, "items", None)
+    mask = getattr(method, "mask", None)
+    if items is not None and mask is not None:
+        scores = np.asarray(items[sources] @ items.T, dtype=np.float64)
+        scores[:, ~mask] = -np.inf
+        scores[~mask[sources]] = -np.inf
+        return scores
+    return None
+
+
+# ----------------------------------------------------------------------------- search spaces
+
+#: Parameter grids searched on validation, per baseline name. Every method (embrec's too) gets at
+#: most :data:`SEARCH_BUDGET` configurations: a larger grid is sampled, seeded.
+GRIDS: dict[str, dict[str, list]] = {
+    "random": {},
+    "popularity": {},
+    "item-knn": {"neighbors": [20, 50, 100, 200, 400], "shrink": [0.0, 10.0, 50.0]},
+    "recent-knn": {"neighbors": [50, 100, 200, 400], "recent": [1, 2, 3, 5, 10, 20]},
+    "ease": {"regularization": [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0]},
+    "als": {
+        "factors": [32, 64, 128],
+        "regularization": [0.01, 0.1, 1.0],
+        "iterations": [10, 25],
+    },
+}
+
+#: Most configurations any method may try on validation (a comparable search budget).
+SEARCH_BUDGET = 24
+
+BASELINE_CLASSES: dict[str, type[Method]] = {
+    "random": RandomMethod,
+    "popularity": PopularityMethod,
+    "item-knn": ItemKNNMethod,
+    "recent-knn": RecentItemKNNMethod,
+    "ease": EASEMethod,
+    "als": ALSMethod,
+}
+
+
+def expand_grid(grid: dict[str, list], budget: int = SEARCH_BUDGET, seed: int = 0) -> list[dict]:
+    """All combinations of ``grid`` (in order), or ``budget`` of them sampled without
+    replacement (seeded) when there are more."""
+    import itertools
+
+    keys = list(grid)
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    if len(combos) <= budget:
+        return combos
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(combos), size=budget, replace=False).tolist())
+    return [combos[i] for i in picked]

@@ -27,7 +27,7 @@ Held-out interactions are never used: not to train item2vec, not in profiles, no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -172,6 +172,9 @@ class EmbeddingMethod(Method):
             half_life_days=self.half_life_days,
             uniform=self.uniform,
         )
+        fold_in_profiles = getattr(self.source, "fold_in_profiles", None)
+        if fold_in_profiles is not None:  # encoders with their own user model (ALS)
+            self.profiles = fold_in_profiles(train)
         # Popularity as the read path counts it: distinct users with a positive interaction.
         self.counts = popularity_counts(train)
         # Normalised by the most popular item of the catalog, vector or not (the read path's
@@ -211,6 +214,9 @@ class EmbeddingMethod(Method):
             seen = np.zeros(n, dtype=bool)
             seen[self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]] = True
             valid = self.mask & ~seen
+            if self.candidates is not None:
+                # A filter on the query (e.g. only new items): the pools are drawn within it.
+                valid &= self.candidates
             candidates = np.flatnonzero(valid)
             if candidates.size > self.pool:
                 nearest = np.argpartition(-cosine[row, candidates], self.pool - 1)[: self.pool]
@@ -218,7 +224,7 @@ class EmbeddingMethod(Method):
             keep[row, candidates] = True
             if self.popularity and self.popular_pool:
                 order = self.popular_order
-                extra = order[~seen[order] & ~keep[row, order]][: self.popular_pool]
+                extra = order[valid[order] & ~keep[row, order]][: self.popular_pool]
                 keep[row, extra[self.mask[extra]]] = True
         return np.where(keep, scores, -1e9)
 
@@ -294,3 +300,250 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (matrix / norms).astype(np.float32)
+
+
+class CachedItemVectors(ItemVectors):
+    """Computes another source's vectors once per split (a validation search tries many profile
+    options on the same vectors; item2vec is trained once per split, not once per option).
+
+    Other attributes (e.g. ALS's ``fold_in_profiles``) are the source's, with the source's
+    fitted state (``fitted``) of the split last asked for restored on a cache hit."""
+
+    def __init__(self, source: ItemVectors):
+        self.source = source
+        self.name = source.name
+        self._computed: list[tuple[Split, tuple[np.ndarray, np.ndarray], object]] = []
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        for seen, result, fitted in self._computed:
+            if seen is split:
+                if fitted is not None:
+                    self.source.fitted = fitted
+                return result
+        result = self.source.vectors(split)
+        self._computed.append((split, result, getattr(self.source, "fitted", None)))
+        return result
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+def cached_source(source: ItemVectors) -> ItemVectors:
+    """``source`` with each leaf cached per split; a hybrid keeps its structure so its part
+    weights can still be changed cheaply."""
+    if isinstance(source, HybridItemVectors):
+        return HybridItemVectors(
+            [cached_source(p) for p in source.parts], source.weights, source.mode, source.name
+        )
+    return CachedItemVectors(source)
+
+
+# --------------------------------------------------------------------------- trained encoders
+
+
+def training_histories(train: InteractionLog, min_weight: float = 0.0) -> list[list[tuple]]:
+    """Each training user's ``(item key, weight)`` pairs in time order, interactions with weight
+    above ``min_weight`` only: what a trained encoder reads from the ``Interaction`` table."""
+    behaviour = train.subset(train.weights > min_weight)
+    order = behaviour.chronological_order()
+    histories: list[list[tuple]] = [[] for _ in range(train.n_users)]
+    for pos in order:
+        histories[behaviour.user_index[pos]].append(
+            (train.items[behaviour.item_index[pos]], float(behaviour.weights[pos]))
+        )
+    return histories
+
+
+def item_support(train: InteractionLog, min_weight: float = 0.0) -> np.ndarray:
+    """Distinct training users with an interaction above ``min_weight``, per item."""
+    behaviour = train.subset(train.weights > min_weight)
+    return np.asarray(behaviour.matrix(binary=True).sum(axis=0), dtype=np.float64).ravel()
+
+
+class TrainedItemVectors(ItemVectors):
+    """Any :class:`~embrec.encoders.trained.TrainedEncoder` (item2vec, ALS) trained on the
+    training interactions of the split, vectors as the encoder stores them."""
+
+    def __init__(self, encoder, name: str | None = None):
+        self.encoder = encoder
+        self.name = name or encoder.alias
+        self.fitted = None
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        train = split.train
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        self.fitted = self.encoder.fit_model(training_histories(train, min_weight))
+        self.position = {key: n for n, key in enumerate(train.items)}
+        matrix = np.zeros((train.n_items, self.fitted.vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros(train.n_items, dtype=bool)
+        for token, vector in zip(self.fitted.tokens, self.fitted.vectors, strict=True):
+            row = self.position[token]
+            matrix[row] = vector
+            mask[row] = True
+        return matrix, mask
+
+
+class ALSItemVectors(TrainedItemVectors):
+    """The ALS encoder as the read path uses it: stored item vectors, and each user's vector
+    folded in from *all* their training items (:meth:`fold_in_profiles`, which
+    :class:`EmbeddingMethod` calls instead of averaging item vectors)."""
+
+    def fold_in_profiles(self, train: InteractionLog) -> np.ndarray:
+        from embrec.encoders.als import fold_in
+
+        fitted = self.fitted
+        factors = fitted.arrays["factors"]
+        gram = fitted.arrays["gram"]
+        row_of = {token: n for n, token in enumerate(fitted.tokens)}
+        params = self.encoder.params
+        binary = params["confidence"] == "binary"
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        dims = fitted.vectors.shape[1]
+        profiles = np.zeros((train.n_users, dims), dtype=np.float32)
+        for user, history in enumerate(training_histories(train, min_weight)):
+            values: dict[str, float] = {}
+            for key, weight in history:
+                values[key] = values.get(key, 0.0) + weight
+            known = [k for k in values if k in row_of]
+            if not known:
+                continue
+            factor = fold_in(
+                factors,
+                gram,
+                [row_of[k] for k in known],
+                [1.0 if binary else values[k] for k in known],
+                float(params["regularization"]),
+                float(params["alpha"]),
+            )
+            vector = self.encoder.user_vector_from_factor(factor)
+            if vector is not None:
+                profiles[user] = vector
+        return profiles
+
+
+class AdaptiveItemVectors(ItemVectors):
+    """:class:`~embrec.encoders.adaptive.AdaptiveHybridEncoder` on a split: the behavioural
+    source trained on the training interactions, the content map fitted on training items with
+    at least ``fit_support`` users, blended by each item's training support."""
+
+    def __init__(
+        self,
+        behaviour: ItemVectors,
+        content: ItemVectors,
+        *,
+        shrinkage: float = 20.0,
+        min_support: float = 5,
+        fit_support: float = 20,
+        ridge: float = 1.0,
+        center: bool = False,
+        rescale: bool = True,
+        min_weight: float = 0.0,
+        name: str = "adaptive",
+    ):
+        self.center = center
+        self.rescale = rescale
+        self.behaviour = behaviour
+        self.content = content
+        self.shrinkage = shrinkage
+        self.min_support = min_support
+        self.fit_support = fit_support
+        self.ridge = ridge
+        self.min_weight = min_weight
+        self.name = name
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        from embrec.encoders.adaptive import blend, fit_map
+
+        own, has_own = self.behaviour.vectors(split)
+        content, has_content = self.content.vectors(split)
+        support = item_support(split.train, self.min_weight)
+        fit_rows = has_own & has_content & (support >= max(self.fit_support, 1))
+        if not fit_rows.any():
+            fit_rows = has_own & has_content
+        mean = own[has_own].mean(axis=0) if self.center else None
+        content_map = fit_map(
+            content[fit_rows], own[fit_rows], ridge=self.ridge, center=mean, rescale=self.rescale
+        )
+        mapped = content_map.apply(np.where(has_content[:, None], content, 0.0))
+        return blend(
+            own,
+            has_own,
+            mapped,
+            support,
+            shrinkage=self.shrinkage,
+            min_support=self.min_support,
+            mean=mean,
+        )
+
+
+class FinetunedItemVectors(ItemVectors):
+    """A text encoder fine-tuned on the split's *training* interactions only.
+
+    Co-consumed pairs are mined from the training interactions (positive ones, each user's items
+    in time order) with the encoder's parameters, the encoder's *base* model is fine-tuned on
+    their texts in memory (nothing is stored, the site's current fine-tune is never used), and
+    every catalog item with a text is encoded with it, held-out items included: like a new item
+    on the site, they get a vector from their text alone.
+
+    ``texts`` maps the split's item keys to texts (``None``: no text, no vector). ``params``
+    override the encoder's training parameters (validation searches). After :meth:`vectors`,
+    ``stats`` holds the :class:`~embrec.encoders.finetune.FitStats` of the run.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        texts: Callable[[Sequence[str]], Sequence[str | None]],
+        *,
+        params: dict | None = None,
+        name: str = "finetuned",
+    ):
+        self.encoder = encoder
+        self.texts = texts
+        self.params = dict(params or {})
+        self.name = name
+        self.stats = None
+        self._cached: tuple | None = None
+
+    def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        from embrec.encoders.finetune import finetune_texts, mine_pairs, validate_params
+
+        train = split.train
+        if self._cached is not None and self._cached[0] is train:
+            return self._cached[1]
+        p = validate_params({**self.encoder.params, **self.params})
+        min_weight = float(self.encoder.options.get("min_weight", 0.0))
+        behaviour = train.subset(train.weights > min_weight)
+        texts = list(self.texts(train.items))
+        mined = mine_pairs(
+            ([train.items[i] for i in seq] for seq in behaviour.sequences()),
+            window=p["window"],
+            max_pairs=p["max_pairs"],
+            max_pairs_per_item=p["max_pairs_per_item"],
+            min_count=p["min_count"],
+        )
+        position = {key: n for n, key in enumerate(train.items)}
+        pairs = [
+            (texts[position[a]], texts[position[b]])
+            for a, b, _ in mined
+            if texts[position[a]] and texts[position[b]]
+        ]
+        model, self.stats = finetune_texts(
+            self.encoder.base_model, pairs, p, device=self.encoder.train_device
+        )
+        rows = [n for n, text in enumerate(texts) if text]
+        encoded = model.encode(
+            [texts[n] for n in rows],
+            batch_size=256,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        matrix = np.zeros((train.n_items, encoded.shape[1]), dtype=np.float32)
+        mask = np.zeros(train.n_items, dtype=bool)
+        matrix[rows] = encoded
+        mask[rows] = True
+        self._cached = (train, (matrix, mask))
+        return matrix, mask

@@ -75,16 +75,70 @@ def bar_chart(
     plt.close(fig)
 
 
-def results_chart(path: str | Path, results: Sequence[MethodResult], *, title: str = "") -> None:
-    """PNG chart of the recommendation results (all metrics, one group per method)."""
-    metrics = list(results[0].metrics) if results else []
-    bar_chart(
-        path,
-        [r.name for r in results],
-        {m: [r.metrics[m] for r in results] for m in metrics},
-        title=title,
-        ylabel="score",
-    )
+def results_chart(
+    path: str | Path,
+    results: dict[str, Sequence[Any]],
+    *,
+    metric: str,
+    title: str = "",
+) -> None:
+    """PNG chart of test ``metric`` per method, one bar per protocol (``results`` maps a
+    protocol name to its :class:`~embrec.evaluation.runner.TunedResult` list)."""
+    names = list(dict.fromkeys(r.name for rs in results.values() for r in rs))
+    series = {
+        protocol: [
+            next((r.test.metrics[metric] for r in rs if r.name == name), 0.0) for name in names
+        ]
+        for protocol, rs in results.items()
+    }
+    bar_chart(path, names, series, title=f"{title}: test {metric}", ylabel=metric)
+
+
+def protocol_table(data: dict[str, Any], k: int) -> str:
+    """One protocol's results: validation and test NDCG@K, test Recall/HitRate/Coverage, the
+    paired interval against the best baseline and the chosen configuration."""
+    from embrec.evaluation.search import describe
+
+    metric = f"ndcg@{k}"
+    intervals = data.get("intervals") or {}
+    reference = intervals.get("reference")
+    rows = []
+    for r in data["results"]:
+        m = r["metrics"]
+        row = {
+            "method": r["name"],
+            f"val {metric}": r.get("validation_" + metric, float("nan")),
+            metric: m[metric],
+            f"recall@{k}": m[f"recall@{k}"],
+            f"hit@{k}": m[f"hit_rate@{k}"],
+            f"cov@{k}": m[f"coverage@{k}"],
+        }
+        ci = intervals.get("methods", {}).get(r["name"])
+        if ci:
+            row[f"vs {reference}"] = (
+                f"{ci['ratio']:.3f}x [{ci['ratio_low']:.3f}, {ci['ratio_high']:.3f}]"
+            )
+        elif r["name"] == reference:
+            row[f"vs {reference}"] = "reference"
+        if "whole_catalog" in r:
+            row[f"whole-catalog recall@{k}"] = r["whole_catalog"][f"recall@{k}"]
+        row["chosen"] = describe(r.get("chosen") or {})
+        rows.append(row)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    return format_table(rows, columns)
+
+
+def similar_table(similar: dict[str, dict], k: int) -> str:
+    """Similar-items measures per method."""
+    rows = []
+    for name, rep in similar.items():
+        row = {"similar items": name}
+        for key, value in rep.items():
+            if key not in ("famous", "sources", "next_item_pairs"):
+                row[key] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    return format_table(rows, columns)
 
 
 def _fmt(value: Any) -> str:

@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embrec.evaluation.baselines import Method
+from embrec.evaluation.metrics import per_user as per_user_metrics
 from embrec.evaluation.metrics import summarize, top_k
 from embrec.evaluation.split import Split
+
+#: Seed of the random draws that break score ties in evaluations.
+TIE_SEED = 12345
 
 
 @dataclass
@@ -23,6 +27,8 @@ class MethodResult:
     fit_seconds: float
     score_seconds: float
     extra: dict = field(default_factory=dict)
+    #: Per-user metric arrays aligned with the split's evaluated users (for paired intervals).
+    per_user: dict = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict:
         return {
@@ -47,14 +53,25 @@ def evaluate_method(
     *,
     k: int = 10,
     batch_size: int = 256,
+    fit: bool = True,
 ) -> MethodResult:
     """Fit ``method`` on ``split.train``, rank the catalog for each evaluated user (their training
-    items excluded) and compute the metrics against their held-out items."""
+    items excluded) and compute the metrics against their held-out items. ``fit=False`` reuses a
+    method already fitted on this split's training part."""
     started = time.perf_counter()
-    method.fit(split)
+    if fit:
+        method.fit(split)
     fitted = time.perf_counter()
+    method.candidates = split.candidates
     users = split.test_users
     seen = seen_items(split, users)
+    if split.candidates is not None:
+        # Only the split's candidates compete (the cold-start protocol ranks its cold items).
+        outside = np.flatnonzero(~np.asarray(split.candidates, dtype=bool))
+        seen = [np.union1d(s, outside) for s in seen]
+    # Ties are broken at random, per user, with the same seeded draws for every method.
+    rng = np.random.default_rng(TIE_SEED)
+    tiebreak = rng.random((len(users), split.train.n_items), dtype=np.float32)
     recommended: list[np.ndarray] = []
     for lo in range(0, len(users), batch_size):
         batch = users[lo : lo + batch_size]
@@ -64,9 +81,12 @@ def evaluate_method(
                 f"{method.name}: score() returned shape {scores.shape}, "
                 f"expected {(len(batch), split.train.n_items)}"
             )
-        recommended.extend(top_k(scores, k, seen[lo : lo + batch_size]))
+        recommended.extend(
+            top_k(scores, k, seen[lo : lo + batch_size], tiebreak[lo : lo + batch_size])
+        )
     relevant = [set(int(i) for i in items) for items in split.test_items]
     metrics = summarize(recommended, relevant, k, split.train.n_items)
+    users_metrics = per_user_metrics(recommended, relevant, k)
     done = time.perf_counter()
     return MethodResult(
         name=method.name,
@@ -74,6 +94,7 @@ def evaluate_method(
         metrics=metrics,
         fit_seconds=fitted - started,
         score_seconds=done - fitted,
+        per_user=users_metrics,
     )
 
 
@@ -91,3 +112,178 @@ def evaluate(
         if progress is not None:
             progress(method.name)
     return results
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+@dataclass
+class Family:
+    """A method and the configurations it may try on validation.
+
+    ``make(params)`` builds a fresh :class:`Method` for one configuration; ``configs`` is the
+    search space (one entry: a fixed configuration). ``baseline`` marks reference methods.
+    """
+
+    name: str
+    make: Callable[[dict], Method]
+    configs: list[dict]
+    baseline: bool = False
+
+
+@dataclass
+class TunedResult:
+    """A family's validation search and its single test evaluation."""
+
+    name: str
+    chosen: dict
+    validation: list[tuple[dict, float]]
+    test: MethodResult
+    method: Method
+    baseline: bool = False
+
+    def as_dict(self, metric: str) -> dict:
+        return {
+            **self.test.as_dict(),
+            "baseline": self.baseline,
+            "chosen": self.chosen,
+            "validation_" + metric: max(score for _, score in self.validation),
+            "searched": [{"params": p, metric: round(v, 5)} for p, v in self.validation],
+        }
+
+
+def tune_and_test(
+    family: Family,
+    validation: Split,
+    test: Split,
+    *,
+    k: int = 10,
+    metric: str | None = None,
+) -> TunedResult:
+    """Try every configuration of ``family`` on ``validation`` (fitted on its training part),
+    keep the best by ``metric`` (NDCG@K; the first wins ties), refit it on ``test.train`` and
+    evaluate it once on the test part."""
+    metric = metric or f"ndcg@{k}"
+    if not family.configs:
+        raise ValueError(f"{family.name}: no configuration to try")
+    tried: list[tuple[dict, float]] = []
+    for params in family.configs:
+        result = evaluate_method(family.make(params), validation, k=k)
+        tried.append((params, float(result.metrics[metric])))
+    best = max(range(len(tried)), key=lambda n: (tried[n][1], -n))
+    chosen = tried[best][0]
+    method = family.make(chosen)
+    final = evaluate_method(method, test, k=k)
+    final.name = family.name
+    return TunedResult(
+        name=family.name,
+        chosen=chosen,
+        validation=tried,
+        test=final,
+        method=method,
+        baseline=family.baseline,
+    )
+
+
+def compare_with_best(
+    results: Sequence[TunedResult],
+    metric: str,
+    *,
+    against: Sequence[str] | None = None,
+    samples: int = 2000,
+) -> dict:
+    """Paired bootstrap intervals of each non-baseline's per-user ``metric`` minus that of the
+    best baseline on test (among ``against`` when given, else all baselines)."""
+    from embrec.evaluation.metrics import paired_bootstrap
+
+    pool = [
+        r
+        for r in results
+        if (r.name in against if against is not None else r.baseline) and r.test.per_user
+    ]
+    if not pool:
+        return {}
+    best = max(pool, key=lambda r: r.test.metrics[metric])
+    out = {"reference": best.name, "metric": metric, "methods": {}}
+    for r in results:
+        if r is best or r.baseline:
+            continue
+        out["methods"][r.name] = paired_bootstrap(
+            r.test.per_user[metric], best.test.per_user[metric], samples=samples
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- similar items
+
+
+def similar_lists(method: Method, sources: np.ndarray, k: int, batch: int = 256) -> dict:
+    """Top-``k`` similar items of each source (itself excluded) for a fitted method; ``{}`` when
+    the method has no similar items."""
+    from embrec.evaluation.baselines import similar_scores
+
+    lists: dict[int, list[int]] = {}
+    for lo in range(0, len(sources), batch):
+        chunk = sources[lo : lo + batch]
+        scores = similar_scores(method, chunk)
+        if scores is None:
+            return {}
+        scores = np.array(scores, dtype=np.float64)
+        scores[np.arange(len(chunk)), chunk] = -np.inf
+        ranked = top_k(scores, k)
+        for row, source in enumerate(chunk):
+            valid = ranked[row][np.isfinite(scores[row, ranked[row]])]
+            lists[int(source)] = [int(i) for i in valid]
+    return lists
+
+
+def similar_items_report(
+    method: Method,
+    split: Split,
+    *,
+    k: int = 10,
+    fields: Sequence[set] | None = None,
+    famous: int = 0,
+    labels: Sequence[str] | None = None,
+    hubs: int = 20,
+) -> dict:
+    """Similar-items measures of a method fitted on ``split.train``.
+
+    Sources are the items with a training interaction. Next-item pairs: each evaluated user's
+    last training item and first held-out item. Hub share over the top ``hubs`` results;
+    popularity ratio with training popularity; coherence over ``fields`` (sets per item).
+    ``famous``: the lists of that many most popular items, as ``labels``.
+    """
+    from embrec.evaluation.metrics import (
+        coherence,
+        hub_share,
+        next_item_hit_rate,
+        popularity_ratio,
+    )
+
+    train = split.train
+    popularity = np.asarray(train.matrix(binary=True).sum(axis=0), dtype=np.float64).ravel()
+    sources = np.flatnonzero(popularity > 0)
+    lists = similar_lists(method, sources, k)
+    if not lists:
+        return {}
+    sequences = train.sequences()
+    pairs = [
+        (sequences[u][-1], int(items[0]))
+        for u, items in zip(split.test_users, split.test_items, strict=True)
+        if sequences[u] and len(items)
+    ]
+    out = {
+        f"next_item_hit@{k}": next_item_hit_rate(lists, pairs),
+        f"hub_share_top{hubs}": hub_share(list(lists.values()), top=hubs),
+        "popularity_ratio": popularity_ratio(lists, popularity),
+        "sources": int(len(sources)),
+        "next_item_pairs": len(pairs),
+    }
+    if fields is not None:
+        out["coherence"] = coherence(lists, fields)
+    if famous:
+        names = labels or train.items
+        top = sources[np.argsort(-popularity[sources], kind="stable")][:famous]
+        out["famous"] = {names[s]: [names[i] for i in lists.get(int(s), [])] for s in top}
+    return out

@@ -156,6 +156,9 @@ def item_vectors_for_alias(
     from embrec.encoders.item2vec import Item2VecEncoder
 
     encoder = get_encoder(alias)
+    trained = trained_item_vectors(alias, content)
+    if trained is not None:
+        return trained
     if isinstance(encoder, Item2VecEncoder):
         return Item2VecItemVectors(encoder, name=alias)
     if isinstance(encoder, HybridEncoder):
@@ -256,3 +259,98 @@ def default_specs(rec: Recommendable) -> list[str]:
     for alias in rec.get_encoders():
         specs += [alias, f"{alias}:{tuned}"]
     return specs
+
+
+def item_labels(rec: Recommendable, items: Sequence[str]) -> list[str]:
+    """``str(obj)`` of each item key (the key itself for objects outside the queryset)."""
+    objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in items])
+    by_key = {str(pk): str(obj) for pk, obj in objects.items()}
+    return [by_key.get(key, key) for key in items]
+
+
+def item_field_sets(rec: Recommendable, items: Sequence[str], field: str) -> list[set]:
+    """The values of ``field`` of each item as a set, for coherence measures: a string is split
+    on whitespace, ``|`` and ``,``; a list, tuple or set is taken as it is; a related manager
+    gives its objects' primary keys. Raises ``ValueError`` for a field the model lacks."""
+    import re
+
+    objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in items])
+    out: list[set] = []
+    for key in items:
+        obj = objects.get(rec.pk_from_string(key))
+        if obj is None:
+            out.append(set())
+            continue
+        if not hasattr(obj, field):
+            raise ValueError(f"{rec.label} has no field {field!r}")
+        value = getattr(obj, field)
+        if callable(value):
+            value = value()
+        if hasattr(value, "all") and hasattr(value, "model"):
+            value = [str(pk) for pk in value.all().values_list("pk", flat=True)]
+        if isinstance(value, str):
+            value = [v for v in re.split(r"[\s|,]+", value) if v]
+        elif value is None:
+            value = []
+        elif not isinstance(value, list | tuple | set | frozenset):
+            value = [value]
+        out.append({str(v) for v in value})
+    return out
+
+
+def trained_item_vectors(alias: str, content: Callable[[str], ItemVectors]) -> ItemVectors | None:
+    """Leak-free :class:`ItemVectors` of the ALS encoder (users folded in) and of adaptive
+    hybrids (their behavioural part retrained on the split, the content map fitted on training
+    items only); ``None`` for other encoders."""
+    from embrec.encoders import get_encoder
+    from embrec.encoders.adaptive import AdaptiveHybridEncoder
+    from embrec.encoders.als import ALSEncoder
+    from embrec.evaluation.methods import AdaptiveItemVectors, ALSItemVectors
+
+    encoder = get_encoder(alias)
+    if isinstance(encoder, ALSEncoder):
+        return ALSItemVectors(encoder, name=alias)
+    if isinstance(encoder, AdaptiveHybridEncoder):
+        behaviour = encoder.behaviour_encoder()
+        return AdaptiveItemVectors(
+            item_vectors_for_alias(encoder.options["behaviour"], content),
+            item_vectors_for_alias(encoder.options["content"], content),
+            shrinkage=encoder.params["shrinkage"],
+            min_support=encoder.params["min_support"],
+            fit_support=encoder.params["fit_support"],
+            ridge=encoder.params["ridge"],
+            center=encoder.params["center"],
+            rescale=encoder.params["rescale"],
+            min_weight=float(behaviour.options.get("min_weight", 0.0)),
+            name=alias,
+        )
+    return None
+
+
+def content_source(rec: Recommendable, items: Sequence[str]) -> Callable[[str], ItemVectors]:
+    """The ``content(alias)`` callable the commands pass to :func:`item_vectors_for_alias`:
+    stored or freshly encoded vectors of plain text encoders, and for a fine-tuned text encoder
+    (:class:`~embrec.encoders.finetune.FinetunedEncoder`, whose stored vectors come from a model
+    trained on *all* interactions) a :class:`~embrec.evaluation.methods.FinetunedItemVectors`
+    that fine-tunes the base model on each split's training interactions. One source per alias."""
+    from embrec.encoders import get_encoder
+    from embrec.encoders.finetune import FinetunedEncoder
+    from embrec.evaluation.methods import FinetunedItemVectors
+
+    cache: dict[str, ItemVectors] = {}
+
+    def texts(keys: Sequence[str]) -> list[str | None]:
+        objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in keys])
+        by_key = {str(pk): obj for pk, obj in objects.items()}
+        return [rec.get_text(by_key[k]) if k in by_key else None for k in keys]
+
+    def content(alias: str) -> ItemVectors:
+        if alias not in cache:
+            encoder = get_encoder(alias)
+            if isinstance(encoder, FinetunedEncoder):
+                cache[alias] = FinetunedItemVectors(encoder, texts, name=alias)
+            else:
+                cache[alias] = content_vectors(rec, alias, items)
+        return cache[alias]
+
+    return content

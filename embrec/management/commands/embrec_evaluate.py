@@ -10,6 +10,7 @@ similarity, analogies and document similarity. See :mod:`embrec.evaluation`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 from django.core.management.base import BaseCommand, CommandError
 
 from embrec.registry import NotRegistered, registry
+
+PROTOCOLS = ("leave-last", "global-time", "cold-items")
 
 
 class Command(BaseCommand):
@@ -40,6 +43,66 @@ class Command(BaseCommand):
             help="Most recent distinct items held out per user (10).",
         )
         parser.add_argument(
+            "--protocol",
+            nargs="+",
+            choices=[*PROTOCOLS, "all"],
+            help="Protocols to run: leave-last (per-user temporal), global-time (one cut-off "
+            "date), cold-items (items with all interactions held out), or all (default: "
+            "leave-last).",
+        )
+        parser.add_argument(
+            "--validation",
+            type=int,
+            help="leave-last: distinct items per user before the test ones used for "
+            "validation (default: --holdout).",
+        )
+        parser.add_argument(
+            "--test-share",
+            type=float,
+            default=0.1,
+            help="global-time: latest share of interactions in the test period (0.1).",
+        )
+        parser.add_argument(
+            "--validation-share",
+            type=float,
+            default=0.1,
+            help="global-time: share of interactions before it in the validation period (0.1).",
+        )
+        parser.add_argument(
+            "--cold-share",
+            type=float,
+            default=0.1,
+            help="cold-items: share of items held out for test (as many again for validation).",
+        )
+        parser.add_argument("--seed", type=int, default=0, help="cold-items: random seed (0).")
+        parser.add_argument(
+            "--budget",
+            type=int,
+            default=None,
+            help="Most configurations any tuned method tries on validation (24).",
+        )
+        parser.add_argument(
+            "--bootstrap",
+            type=int,
+            default=2000,
+            help="Bootstrap resamples of the paired intervals (2000).",
+        )
+        parser.add_argument(
+            "--coherence-field",
+            metavar="FIELD",
+            help="Model field whose values (e.g. genres) similar items should share; reports "
+            "their mean Jaccard overlap.",
+        )
+        parser.add_argument(
+            "--famous",
+            type=int,
+            default=5,
+            help="Print the similar items of this many most popular items (5; 0: none).",
+        )
+        parser.add_argument(
+            "--no-similar", action="store_true", help="Skip the similar-items measures."
+        )
+        parser.add_argument(
             "--min-train",
             type=int,
             default=1,
@@ -57,9 +120,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--methods",
             nargs="+",
-            help="Baselines (random popularity item-knn als) and encoder aliases, with options "
-            "like item2vec:last=3,popularity=0.5 (default: all baselines and each encoder of the "
-            "model, plain and tuned).",
+            help="Baselines (random popularity item-knn recent-knn ease als) and encoder "
+            "aliases. A bare name is tuned on validation; with options (item2vec:last=3,"
+            "popularity=0.5, hybrid:deployed=1) it is a fixed configuration (default: the "
+            "baselines but random, each encoder of the model tuned, and the serving encoder as "
+            "deployed).",
         )
         parser.add_argument("--json", metavar="PATH", help="Write the results as JSON.")
         parser.add_argument("--png", metavar="PATH", help="Write a bar chart of the results.")
@@ -73,10 +138,18 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------------------------------
 
     def handle(self, *args, **options) -> None:
-        for name in ("k", "holdout", "min_train"):
+        from embrec.evaluation.baselines import SEARCH_BUDGET
+
+        if options["budget"] is None:
+            options["budget"] = SEARCH_BUDGET
+        for name in ("k", "holdout", "min_train", "budget", "bootstrap"):
             if options[name] < 1:
                 flag = "--" + name.replace("_", "-")
                 raise CommandError(f"{flag} must be at least 1 (got {options[name]}).")
+        if options["validation"] is not None and options["validation"] < 1:
+            raise CommandError(f"--validation must be at least 1 (got {options['validation']}).")
+        if options["famous"] < 0:
+            raise CommandError("--famous must not be negative.")
         if options["intrinsic"]:
             payload = self.run_intrinsic(options)
         else:
@@ -127,16 +200,15 @@ class Command(BaseCommand):
         return recs[0]
 
     def run_recommendations(self, options) -> dict:
-        from embrec.evaluation.report import results_chart, results_table
-        from embrec.evaluation.runner import evaluate_method
+        from embrec.evaluation.report import protocol_table, results_chart, similar_table
+        from embrec.evaluation.search import default_specs, families
         from embrec.evaluation.site import (
             MethodSpecError,
-            build_methods,
-            content_vectors,
-            default_specs,
+            content_source,
             interactions_from_database,
+            item_field_sets,
+            item_labels,
         )
-        from embrec.evaluation.split import temporal_split
 
         rec = self.resolve(options["label"])
         log = interactions_from_database(rec, kinds=options["kinds"])
@@ -144,67 +216,179 @@ class Command(BaseCommand):
             raise CommandError(
                 f"No interactions are recorded for {rec.label}; nothing to evaluate."
             )
-        split = temporal_split(
-            log,
-            holdout=options["holdout"],
-            min_train=options["min_train"],
-            min_weight=-math.inf if options["include_negative"] else 0.0,
-        )
-        if len(split.test_users) == 0:
-            raise CommandError(
-                f"No user of {rec.label} has at least {options['holdout'] + options['min_train']} "
-                "distinct items; lower --holdout or --min-train."
-            )
-        cache: dict = {}
-
-        def content(alias: str):
-            if alias not in cache:
-                cache[alias] = content_vectors(rec, alias, log.items)
-            return cache[alias]
-
+        protocols = self.build_protocols(log, options, rec.label)
+        content = content_source(rec, log.items)
+        k = options["k"]
+        specs = options["methods"] or default_specs(rec)
         try:
-            methods = build_methods(
-                options["methods"] or default_specs(rec), content, k=options["k"]
-            )
+            fams = families(specs, content, k=k, budget=options["budget"])
         except MethodSpecError as exc:
             raise CommandError(str(exc)) from None
+        fields = None
+        if options["coherence_field"]:
+            try:
+                fields = item_field_sets(rec, log.items, options["coherence_field"])
+            except ValueError as exc:
+                raise CommandError(f"--coherence-field: {exc}") from None
+        labels = item_labels(rec, log.items) if options["famous"] else None
         verbosity = options["verbosity"]
-        stats = split.stats
-        if verbosity:
+        payload_protocols = {}
+        all_results = {}
+        total = sum(len(f.configs) + 1 for f in fams) * len(protocols)
+        with self.progress_bar(total, "evaluating", verbosity) as bar:
+            for protocol in protocols:
+                results = []
+                for family in fams:
+                    bar.set_postfix_str(f"{protocol.name}: {family.name}")
+                    results.append(self.tune(family, protocol, k, bar))
+                payload_protocols[protocol.name] = self.protocol_payload(
+                    protocol, results, k, options, fields, labels
+                )
+                all_results[protocol.name] = results
+        for protocol in protocols:
+            data = payload_protocols[protocol.name]
+            stats = protocol.test.stats
             self.stdout.write(
-                f"{rec.label}: {stats['interactions']} interactions, {stats['users']} users, "
-                f"{stats['items']} items; {stats['evaluated_users']} users evaluated on their "
-                f"{split.holdout} most recent items ({stats['test_pairs']} held out)."
+                f"\n{protocol.name} — {protocol.description}\n"
+                f"test: {stats['evaluated_users']} users, {stats['test_pairs']} held-out pairs; "
+                f"validation: {protocol.validation.stats['evaluated_users']} users"
+                + (
+                    f"; {stats['users_without_history']} users with no training history "
+                    "not evaluated"
+                    if "users_without_history" in stats
+                    else ""
+                )
             )
-        results = []
-        with self.progress_bar(len(methods), "evaluating", verbosity) as bar:
-            for method in methods:
-                bar.set_postfix_str(method.name)
-                results.append(evaluate_method(method, split, k=options["k"]))
-                bar.update(1)
-        self.stdout.write(results_table(results))
+            self.stdout.write(protocol_table(data, k))
+            similar = data.get("similar")
+            if similar:
+                self.stdout.write(similar_table(similar, k))
+                self.write_famous(similar)
         if options["png"]:
-            results_chart(
-                options["png"],
-                results,
-                title=f"{rec.label}: leave-last-{split.holdout}-out, K={options['k']}",
-            )
+            results_chart(options["png"], all_results, metric=f"ndcg@{k}", title=rec.label)
             self.stdout.write(f"Chart written to {options['png']}")
         return {
             "model": rec.label,
-            "protocol": {
-                "split": "temporal leave-last-N-out per user",
-                "holdout": split.holdout,
-                "min_train": options["min_train"],
-                "k": options["k"],
-                "positives": "all interactions"
-                if options["include_negative"]
-                else "interactions with positive weight",
-                "kinds": options["kinds"] or "all",
-            },
-            "dataset": stats,
-            "results": [r.as_dict() for r in results],
+            "k": k,
+            "budget": options["budget"],
+            "selection": f"ndcg@{k} on validation; the chosen configuration is refitted on "
+            "training + validation and evaluated once on test",
+            "positives": "all interactions"
+            if options["include_negative"]
+            else "interactions with positive weight",
+            "kinds": options["kinds"] or "all",
+            "protocols": payload_protocols,
         }
+
+    def build_protocols(self, log, options, label):
+        from embrec.evaluation.split import (
+            cold_items_protocol,
+            global_time_protocol,
+            leave_last_protocol,
+        )
+
+        min_weight = -math.inf if options["include_negative"] else 0.0
+        chosen = options["protocol"] or ["leave-last"]
+        if "all" in chosen:
+            chosen = list(PROTOCOLS)
+        out = []
+        for name in dict.fromkeys(chosen):
+            try:
+                if name == "leave-last":
+                    protocol = leave_last_protocol(
+                        log,
+                        holdout=options["holdout"],
+                        validation=options["validation"],
+                        min_train=options["min_train"],
+                        min_weight=min_weight,
+                    )
+                elif name == "global-time":
+                    protocol = global_time_protocol(
+                        log,
+                        test_share=options["test_share"],
+                        validation_share=options["validation_share"],
+                        min_train=options["min_train"],
+                        min_weight=min_weight,
+                    )
+                else:
+                    protocol = cold_items_protocol(
+                        log,
+                        share=options["cold_share"],
+                        seed=options["seed"],
+                        min_train=options["min_train"],
+                        min_weight=min_weight,
+                    )
+            except ValueError as exc:
+                raise CommandError(f"{name}: {exc}") from None
+            if name == "leave-last" and len(protocol.test.test_users) == 0:
+                need = options["holdout"] + (options["validation"] or options["holdout"])
+                raise CommandError(
+                    f"No user of {label} has at least {need + options['min_train']} distinct "
+                    "items; lower --holdout, --validation or --min-train."
+                )
+            if len(protocol.test.test_users) == 0 or len(protocol.validation.test_users) == 0:
+                raise CommandError(f"{name}: no user to evaluate in validation or test.")
+            out.append(protocol)
+        return out
+
+    def tune(self, family, protocol, k, bar):
+        from embrec.evaluation.runner import tune_and_test
+
+        original = family.make
+
+        def counted(params):
+            bar.update(1)
+            return original(params)
+
+        family.make = counted
+        try:
+            return tune_and_test(family, protocol.validation, protocol.test, k=k)
+        finally:
+            family.make = original
+
+    def protocol_payload(self, protocol, results, k, options, fields, labels) -> dict:
+        from embrec.evaluation.runner import (
+            compare_with_best,
+            evaluate_method,
+            similar_items_report,
+        )
+
+        metric = f"ndcg@{k}"
+        data = {
+            "description": protocol.description,
+            "stats": protocol.stats,
+            "results": [r.as_dict(metric) for r in results],
+            "intervals": compare_with_best(results, metric, samples=options["bootstrap"]),
+        }
+        if protocol.test.candidates is not None:
+            # Cold items among the whole catalog: are they recommended at all?
+            whole = dataclasses.replace(protocol.test, candidates=None)
+            for r, row in zip(results, data["results"], strict=True):
+                row["whole_catalog"] = evaluate_method(r.method, whole, k=k, fit=False).metrics
+        if protocol.name == "leave-last" and not options["no_similar"]:
+            similar = {}
+            for r in results:
+                report = similar_items_report(
+                    r.method,
+                    protocol.test,
+                    k=k,
+                    fields=fields,
+                    famous=options["famous"],
+                    labels=labels,
+                )
+                if report:
+                    similar[r.name] = report
+            data["similar"] = similar
+        return data
+
+    def write_famous(self, similar: dict) -> None:
+        for name, report in similar.items():
+            famous = report.get("famous")
+            if not famous:
+                continue
+            self.stdout.write(f"\nSimilar items of the most popular items — {name}:")
+            for source, items in famous.items():
+                self.stdout.write(f"  {source}: " + "; ".join(items[:5]))
 
     def run_intrinsic(self, options) -> dict:
         from embrec.evaluation.intrinsic import default_encoders, evaluate_encoder

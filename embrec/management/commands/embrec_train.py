@@ -1,8 +1,9 @@
-"""``manage.py embrec_train [ALIAS ...] [--no-reindex]``: train item2vec encoders now.
+"""``manage.py embrec_train [ALIAS ...] [--no-reindex]``: train encoders on interactions now.
 
-Trains each named item2vec encoder (default: every configured one) from the ``Interaction``
-table in this process, then queues re-embedding of the affected registrations when the model
-changed (the ``embrec.train_item2vec`` Celery task does the same from a worker or beat).
+Trains each named trained encoder — item2vec, ALS (default: every configured one) — from the
+``Interaction`` table in this process, then queues re-embedding of the affected registrations
+(the encoder itself and every hybrid or adaptive hybrid built on it) when the model changed. The
+``embrec.train_item2vec`` Celery task does the same for one alias from a worker or beat.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec.conf import embrec_settings
-
 
 class Command(BaseCommand):
-    help = "Train item2vec encoders from the recorded interactions and queue re-embedding."
+    help = "Train the encoders learned from interactions (item2vec, ALS) and queue re-embedding."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("aliases", nargs="*", metavar="ALIAS")
@@ -24,23 +23,23 @@ class Command(BaseCommand):
 
     def handle(self, *args: str, **options) -> None:
         from embrec.encoders import get_encoder
-        from embrec.encoders.item2vec import Item2VecEncoder, train_and_reindex
+        from embrec.encoders.trained import TrainedEncoder, train_and_reindex, trained_aliases
 
-        configured = [
-            name
-            for name in embrec_settings.ENCODERS
-            if str(embrec_settings.ENCODERS[name].get("CLASS", "")).endswith("Item2VecEncoder")
-        ]
-        names = list(options["aliases"] or args) or configured
+        names = list(options["aliases"] or args) or trained_aliases()
         if not names:
-            raise CommandError("No item2vec encoder is configured in EMBREC['ENCODERS'].")
+            raise CommandError(
+                "No encoder trained on interactions (item2vec, ALS) is configured in "
+                "EMBREC['ENCODERS']."
+            )
         for name in names:
             try:
                 encoder = get_encoder(name)
             except ImproperlyConfigured as exc:
                 raise CommandError(str(exc)) from None
-            if not isinstance(encoder, Item2VecEncoder):
-                raise CommandError(f"Encoder {name!r} is not an item2vec encoder.")
+            if not isinstance(encoder, TrainedEncoder):
+                raise CommandError(
+                    f"Encoder {name!r} is not trained on interactions (item2vec, ALS)."
+                )
             try:
                 summary = train_and_reindex(name, reindex=not options["no_reindex"])
             except ValueError as exc:
