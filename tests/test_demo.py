@@ -285,6 +285,8 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
 
     assert redis_available(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
     flush_broker()
+    # Read before the settings change: the Celery app keeps its own copy of the settings.
+    saved_routes = app.conf.task_routes
     routes = demo_settings.CELERY_TASK_ROUTES
     settings.CELERY_TASK_ROUTES = routes
     settings.EMBREC = {**settings.EMBREC, "QUEUE": demo_settings.EMBREC["QUEUE"]}
@@ -298,7 +300,6 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
 
     backlog = 3000
     broker = redis.Redis.from_url(REDIS_URL)
-    saved_routes = app.conf.task_routes
     app.conf.task_routes = routes
     workers = []
     try:
