@@ -40,8 +40,8 @@ DEFAULTS: dict[str, Any] = {
     # Crashes of a whole batch (e.g. an encoder failing on every text) before its rows are
     # marked failed. A single poison object is marked failed at once.
     "MAX_ATTEMPTS": 5,
-    # Longest a save waits for the broker when it queues a drain task (seconds): one connection
-    # attempt, no retries. With the broker down the outbox row keeps the work.
+    # Longest a save (or a recorded interaction) waits for the broker when it queues a task, in
+    # seconds: one connection attempt, no retries. With the broker down the outbox keeps the work.
     "KICK_TIMEOUT": 0.5,
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
