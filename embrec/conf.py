@@ -219,7 +219,6 @@ _BOUNDED_INTS = {
     "EF_SEARCH": (1, 1000),
     "INDEX_BUILD_THRESHOLD": (0, None),
     "RERANK_POPULAR_CANDIDATES": (0, None),
-    "POPULARITY_CACHE_SECONDS": (0, None),
 }
 #: Keys that may also be None.
 _OPTIONAL = {
@@ -337,6 +336,9 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             value is not None and (not _is_number(value) or value <= 0)
         ):
             wrong(key, ("None or " if optional else "") + "a positive number of days")
+    value = values["POPULARITY_CACHE_SECONDS"]
+    if not _is_number(value) or value < 0:
+        wrong("POPULARITY_CACHE_SECONDS", "a number of seconds, 0 or more")
     value = values["KICK_TIMEOUT"]
     if not _is_number(value) or value <= 0:
         wrong("KICK_TIMEOUT", "a positive number of seconds")
