@@ -147,25 +147,20 @@ def _after_commit(func, *args) -> None:
 
 
 def _queue_user_refresh(user_id: Any, content_type_id: int) -> None:
-    from embrec.tasks import queue_options, refresh_user_vectors
+    from embrec.tasks import publish, refresh_user_vectors
 
     try:
-        refresh_user_vectors.apply_async(
-            args=[user_id, content_type_id], retry=False, **queue_options(refresh_user_vectors)
-        )
+        # Bounded by EMBREC["KICK_TIMEOUT"]: a down broker must not hold the request.
+        publish(refresh_user_vectors, args=[user_id, content_type_id])
     except Exception as exc:  # broker down: the vector stays stale and reads compute it
         logger.warning("embrec: could not queue a user-vector refresh (%s).", exc)
 
 
 def _queue_items_refresh(content_type_id: int, encoder: str, object_pks: list[str]) -> None:
-    from embrec.tasks import queue_options, refresh_user_vectors_for_items
+    from embrec.tasks import publish, refresh_user_vectors_for_items
 
     try:
-        refresh_user_vectors_for_items.apply_async(
-            args=[content_type_id, encoder, object_pks],
-            retry=False,
-            **queue_options(refresh_user_vectors_for_items),
-        )
+        publish(refresh_user_vectors_for_items, args=[content_type_id, encoder, object_pks])
     except Exception as exc:
         logger.warning("embrec: could not queue user-vector refreshes (%s).", exc)
 
