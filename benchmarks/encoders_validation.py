@@ -350,6 +350,22 @@ def configurations(content: np.ndarray):
                         rescale=rescale,
                     ),
                 )
+    for unc in (0.3, 0.6, 0.9):
+        for k in (2.0, 20.0):
+            configs[f"adaptive3 a5 r2 k{k:g} unc{unc:g}"] = (
+                emb(**deployed),
+                lambda unc=unc, k=k: AdaptiveItemVectors(
+                    ALSItemVectors(
+                        ALSEncoder(
+                            "als", factors=64, regularization=2.0, alpha=5.0, similarity="cosine"
+                        ),
+                        name="als",
+                    ),
+                    minilm(),
+                    shrinkage=k,
+                    uncertainty=unc,
+                ),
+            )
     configs["adaptive als k5 centered"] = (
         emb(**deployed),
         lambda: AdaptiveItemVectors(
