@@ -366,6 +366,27 @@ def configurations(content: np.ndarray):
                     uncertainty=unc,
                 ),
             )
+
+    # The demo's configuration (project/settings.py).
+    def demo_als(similarity="cosine"):
+        return ALSEncoder("mf", factors=64, regularization=2.0, alpha=5.0, similarity=similarity)
+
+    def demo_adaptive():
+        return AdaptiveItemVectors(
+            ALSItemVectors(demo_als(), name="mf"), minilm(), shrinkage=2, uncertainty=0.6
+        )
+
+    configs["final adaptive (demo)"] = (emb(**deployed), demo_adaptive)
+    configs["final adaptive (demo) plain"] = (emb(), demo_adaptive)
+    configs["final mf cosine, last 3, pop 0.6"] = (
+        emb(**deployed),
+        lambda: ALSItemVectors(demo_als(), name="mf"),
+    )
+    configs["final mf exact fold-in"] = (emb(), lambda: ALSItemVectors(demo_als("exact")))
+    configs["final mf exact fold-in, pop 0.6"] = (
+        emb(popularity=0.6),
+        lambda: ALSItemVectors(demo_als("exact")),
+    )
     configs["adaptive als k5 centered"] = (
         emb(**deployed),
         lambda: AdaptiveItemVectors(
