@@ -146,7 +146,7 @@ EMBREC = {
                 "behaviour": "mf",
                 "content": "default",
                 "shrinkage": 2,
-                "uncertainty": 0.6,
+                "uncertainty": 0.3,
             },
         },
     },

@@ -49,7 +49,7 @@ Options:
   towards the mean, so without it mapped items are near-neighbours of everything).
 * ``uncertainty`` (0) — how much less an item known only from its content counts in *other*
   items' lists and in personal rankings: its cosine with everything is scaled by
-  ``√(1 − uncertainty · (1 − s))`` (through 16 extra dimensions, see :func:`blend`), its own
+  ``√(1 − uncertainty · (1 − s))`` (through 64 extra dimensions, see :func:`blend`), its own
   similar list is unchanged. 0 adds no dimensions.
 * ``model_dir`` — where maps are kept (default: the behavioural encoder's folder's parent).
 """
@@ -205,7 +205,7 @@ def blend(
 
 
 #: Extra dimensions added by the ``uncertainty`` option.
-UNCERTAINTY_DIMS = 16
+UNCERTAINTY_DIMS = 64
 
 
 def _private_direction(key: str) -> np.ndarray:
