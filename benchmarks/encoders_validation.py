@@ -401,6 +401,15 @@ def configurations(content: np.ndarray):
                 ALSItemVectors(demo_als(), name="mf"), minilm(), shrinkage=2, uncertainty=unc
             ),
         )
+    configs["robust i2v (tuned C) adaptive k5 unc0.3"] = (
+        emb(**deployed),
+        lambda: AdaptiveItemVectors(
+            TrainedItemVectors(i2v(**i2v_grid["i2v tuned C"])),
+            minilm(),
+            shrinkage=5,
+            uncertainty=0.3,
+        ),
+    )
     configs["adaptive als k5 centered"] = (
         emb(**deployed),
         lambda: AdaptiveItemVectors(

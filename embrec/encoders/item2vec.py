@@ -17,8 +17,8 @@ Options (all optional):
   ``min_count`` (1: items with fewer interactions get no vector), ``sample`` (0: no down-sampling
   of popular items), ``ns_exponent`` (0.75), ``alpha`` (0.025), ``seed`` (1), ``workers`` (1; more
   threads train faster but not bit-for-bit reproducibly) — word2vec parameters. Values tuned on
-  MovieLens (Caselles-Dupré et al., RecSys 2018): ``ns_exponent=-0.5, window=10, epochs=30,
-  sample=1e-3, min_count=5`` (docs/ENCODERS.md).
+  MovieLens (Caselles-Dupré et al., RecSys 2018): ``ns_exponent=-0.5, window=50, epochs=20,
+  sample=1e-4, min_count=5, center=True`` (docs/ENCODERS.md).
 * ``center`` (False) — subtract the mean vector before normalising: removes the direction all
   items share, which makes a few items the nearest neighbour of many.
 
