@@ -19,7 +19,10 @@ events leave the vector alone (they still hide the item from the user's results)
 normalised mean, so scaling every weight by the same factor (which is all that measuring from
 now would add) changes nothing, while measuring from now would underflow every weight of a user
 who has been away for years (or of imported historical data) to zero. A user with no positive
-contribution has no vector (popularity fallback). When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
+contribution has no vector (popularity fallback). Encoders with a user model of their own (``folds_in_users``, e.g. ALS) build the vector from the
+same weights with :meth:`~embrec.encoders.BaseEncoder.fold_in_user` instead of the mean, over all
+of the user's items when ``profile_uses_all_items``.
+When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
 dependent user vectors stale and queues their refresh. Stale or missing vectors are computed on
 the fly by the read path, so results never use a vector known to be outdated.
 """
