@@ -16,7 +16,8 @@ EMBREC = {
     "ENCODERS": {
         **EMBREC["ENCODERS"],
         # Implicit ALS item factors; users folded in from their items (the read path's way).
-        "als": {
+        # Not called "als": that name is the ALS baseline of embrec_evaluate.
+        "als-vectors": {
             "CLASS": "embrec.encoders.als.ALSEncoder",
             "OPTIONS": {"factors": 64, "regularization": 0.5, "similarity": "cosine"},
         },
@@ -29,7 +30,7 @@ EMBREC = {
         # The same over ALS factors.
         "adaptive-als": {
             "CLASS": "embrec.encoders.adaptive.AdaptiveHybridEncoder",
-            "OPTIONS": {"behaviour": "als", "content": "default"},
+            "OPTIONS": {"behaviour": "als-vectors", "content": "default"},
         },
         # MiniLM fine-tuned on co-consumed movies (retrained on each split's training part in
         # the evaluation; 150 steps keep a CPU run to about a minute per split).
