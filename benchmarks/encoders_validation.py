@@ -218,7 +218,7 @@ def configurations(content: np.ndarray):
         base = {"workers": 1}
         return Item2VecEncoder("item2vec", **{**base, **opts})
 
-    def emb(popularity=0.0, last=None, uniform=True):
+    def emb(popularity=0.0, last=None, uniform=True, **_):
         return lambda source: EmbeddingMethod(
             source.name, source, popularity=popularity, last=last, uniform=uniform
         )
@@ -290,12 +290,78 @@ def configurations(content: np.ndarray):
                     behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
                 ),
             )
+            configs[f"adaptive {behaviour_name} k{k:g} pop0.3"] = (
+                emb(last=3, popularity=0.3),
+                lambda behaviour=behaviour, k=k: AdaptiveItemVectors(
+                    behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
+                ),
+            )
             configs[f"adaptive {behaviour_name} k{k:g} plain"] = (
                 emb(),
                 lambda behaviour=behaviour, k=k: AdaptiveItemVectors(
                     behaviour(), minilm(), shrinkage=k, min_support=5, fit_support=20
                 ),
             )
+    for factors, reg, alpha in (
+        (64, 2.0, 1.0),
+        (64, 5.0, 1.0),
+        (128, 2.0, 1.0),
+        (64, 2.0, 5.0),
+        (32, 2.0, 1.0),
+    ):
+        enc = ALSEncoder(
+            "als", factors=factors, regularization=reg, alpha=alpha, similarity="cosine"
+        )
+        configs[f"als-sim f{factors} r{reg:g} a{alpha:g} cosine"] = (
+            emb(**deployed),
+            lambda enc=enc: ALSItemVectors(enc, name="als"),
+        )
+    for k, min_support in ((1.0, 1), (2.0, 1), (2.0, 3), (5.0, 1)):
+        configs[f"adaptive-grid als k{k:g} min{min_support}"] = (
+            emb(**deployed),
+            lambda k=k, m=min_support: AdaptiveItemVectors(
+                ALSItemVectors(
+                    ALSEncoder("als", factors=64, regularization=0.5, similarity="cosine"),
+                    name="als",
+                ),
+                minilm(),
+                shrinkage=k,
+                min_support=m,
+            ),
+        )
+    for alpha, reg in ((1.0, 0.5), (5.0, 2.0)):
+        for rescale in (False, True):
+            for k in (2.0, 5.0):
+                configs[f"adaptive2 a{alpha:g} r{reg:g} k{k:g} rescale{int(rescale)}"] = (
+                    emb(**deployed),
+                    lambda alpha=alpha, reg=reg, k=k, rescale=rescale: AdaptiveItemVectors(
+                        ALSItemVectors(
+                            ALSEncoder(
+                                "als",
+                                factors=64,
+                                regularization=reg,
+                                alpha=alpha,
+                                similarity="cosine",
+                            ),
+                            name="als",
+                        ),
+                        minilm(),
+                        shrinkage=k,
+                        rescale=rescale,
+                    ),
+                )
+    configs["adaptive als k5 centered"] = (
+        emb(**deployed),
+        lambda: AdaptiveItemVectors(
+            ALSItemVectors(
+                ALSEncoder("als", factors=64, regularization=0.5, similarity="cosine"), name="als"
+            ),
+            minilm(),
+            shrinkage=5,
+            center=True,
+            rescale=False,
+        ),
+    )
     return configs
 
 

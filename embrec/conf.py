@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     # Crashes of a whole batch (e.g. an encoder failing on every text) before its rows are
     # marked failed. A single poison object is marked failed at once.
     "MAX_ATTEMPTS": 5,
+    # Longest a save waits for the broker when it queues a drain task (seconds): one connection
+    # attempt, no retries. With the broker down the outbox row keeps the work.
+    "KICK_TIMEOUT": 0.5,
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
     "AUTO_KICK": True,
@@ -349,6 +352,9 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             value is not None and (not _is_number(value) or value <= 0)
         ):
             wrong(key, ("None or " if optional else "") + "a positive number of days")
+    value = values["KICK_TIMEOUT"]
+    if not _is_number(value) or value <= 0:
+        wrong("KICK_TIMEOUT", "a positive number of seconds")
     value = values["RECOMMEND_POPULARITY"]
     if not _is_number(value) or not 0 <= value <= 1:
         wrong("RECOMMEND_POPULARITY", "a number from 0 to 1")

@@ -249,10 +249,12 @@ def release_kick() -> None:
 def kick(*, force: bool = False) -> bool:
     """Send a drain task to the encoding queue, unless one is already queued and not started.
 
-    ``force`` sends one regardless (the sweeper). Never raises for a broker outage: the rows wait
-    in the outbox and the sweeper re-kicks them. Returns whether a task was sent.
+    ``force`` sends one regardless (the sweeper, a worker that connects). Never raises for a
+    broker outage, and never waits longer than ``EMBREC["KICK_TIMEOUT"]`` for the broker: the rows
+    wait in the outbox, and workers kick a drain when they (re)connect to the broker. Returns
+    whether a task was sent.
     """
-    from embrec.tasks import drain_outbox, queue_options
+    from embrec.tasks import send_drain
 
     try:
         if not _reserve_kick() and not force:
@@ -262,9 +264,15 @@ def kick(*, force: bool = False) -> bool:
         logger.warning("embrec: could not reserve a drain task (%s).", exc)
         return False
     try:
-        drain_outbox.apply_async(retry=False, **queue_options(drain_outbox))
+        # Bounded by EMBREC["KICK_TIMEOUT"]: with the broker down a save costs that much at most.
+        send_drain()
     except Exception as exc:  # broker down or misconfigured: the outbox keeps the work
-        logger.warning("embrec: could not queue a drain task (%s); the sweeper will retry.", exc)
+        logger.warning(
+            "embrec: could not queue a drain task (%s); workers drain the outbox when they "
+            "reconnect, the sweeper otherwise.",
+            exc,
+        )
+        # No task is queued: the next save (or a worker reconnecting) must be free to kick.
         with contextlib.suppress(DatabaseError):
             release_kick()
         return False

@@ -12,12 +12,18 @@ vectors they produce, so a redelivered or duplicated task finds nothing left to 
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
+
+from celery import bootsteps, shared_task
 from celery.app.routes import prepare as prepare_routes
-from django.db import InterfaceError, OperationalError
+from celery.signals import celeryd_init
+from django.db import DatabaseError, InterfaceError, OperationalError
 
 from embrec import indexing
 from embrec.conf import embrec_settings
+from embrec.models import OutboxEntry
+
+logger = logging.getLogger("embrec")
 
 #: Errors worth retrying with backoff: the database or the network blinked.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
@@ -68,10 +74,68 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     }
 
 
-@shared_task(name="embrec.sweep", ignore_result=True)
+@shared_task(
+    name="embrec.sweep",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=5,
+    ignore_result=True,
+)
 def sweep() -> int:
     """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds."""
     return indexing.sweep()
+
+
+def send_drain() -> None:
+    """Queue one :func:`drain_outbox` task (on the queue :func:`queue_options` picks), waiting
+    for the broker at most ``EMBREC["KICK_TIMEOUT"]`` seconds; raises when it cannot.
+
+    Saves call this (through :func:`embrec.indexing.kick`) after commit, so it must not hold a
+    request while the broker is down: kombu's usual publish retries the connection for several
+    seconds. Here one connection is opened without retries and with short socket timeouts (the
+    app's other broker settings are kept); kicks are deduplicated, so this costs one connection
+    per queued task, not one per save.
+    """
+    app = drain_outbox.app
+    if app.conf.task_always_eager:
+        drain_outbox.apply_async(**queue_options(drain_outbox))
+        return
+    timeout = float(embrec_settings.KICK_TIMEOUT)
+    options = {
+        **(app.conf.broker_transport_options or {}),
+        "max_retries": 0,
+        # Redis; AMQP uses connect_timeout below.
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+    }
+    with app.connection_for_write(transport_options=options, connect_timeout=timeout) as conn:
+        drain_outbox.apply_async(retry=False, connection=conn, **queue_options(drain_outbox))
+
+
+class DrainOnConnect(bootsteps.StartStopStep):
+    """Worker consumer step: each time the worker (re)connects to the broker, queue a drain if
+    outbox rows are pending.
+
+    Saves made while the broker was down could not queue a task; their rows are drained seconds
+    after the broker is back instead of when the sweeper next finds them (``SWEEP_AFTER``).
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, consumer) -> None:
+        try:
+            if OutboxEntry.objects.filter(state=OutboxEntry.PENDING).exists():
+                indexing.kick(force=True)
+        except DatabaseError as exc:  # the database is down too: the sweeper catches up
+            logger.warning("embrec: could not check the outbox on connect (%s).", exc)
+
+
+@celeryd_init.connect
+def _add_drain_on_connect(sender=None, instance=None, **kwargs) -> None:
+    if instance is not None and DrainOnConnect not in instance.app.steps["consumer"]:
+        instance.app.steps["consumer"].add(DrainOnConnect)
 
 
 # --------------------------------------------------------------------------- user vectors

@@ -145,3 +145,56 @@ def test_a_celery_app_not_configured_from_django_settings_is_a_warning(monkeypat
     with override_settings(CELERY_BROKER_URL="redis://127.0.0.1:6379/0"):
         errors = check_celery_app()
     assert ids(errors) == ["embrec.W001"], errors
+
+
+HOST_SETTINGS = """
+SECRET_KEY = "x"
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "rest_framework",
+    "embrec",
+]
+DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "unused"}}
+CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
+"""
+HOST_CELERY = """
+from celery import Celery
+
+app = Celery("hostproj")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+"""
+
+
+def _check_host(tmp_path, init: str) -> subprocess.CompletedProcess:
+    package = tmp_path / "hostproj"
+    package.mkdir(exist_ok=True)
+    (package / "settings.py").write_text(HOST_SETTINGS)
+    (package / "celery.py").write_text(HOST_CELERY)
+    (package / "__init__.py").write_text(init)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hostproj.settings",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_host_project_that_forgets_its_celery_app_fails_the_check(tmp_path):
+    forgot = _check_host(tmp_path, "")
+    assert forgot.returncode != 0
+    assert "embrec.E014" in forgot.stderr, forgot.stderr
+    assert "from .celery import app as celery_app" in forgot.stderr
+    fixed = _check_host(
+        tmp_path, 'from .celery import app as celery_app\n\n__all__ = ["celery_app"]\n'
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert "embrec.E014" not in fixed.stderr + fixed.stdout

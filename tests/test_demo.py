@@ -124,48 +124,44 @@ def test_demo_reports_a_bad_source_clearly(tmp_path):
 
 
 def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
-    # The demo's own EMBREC settings (item2vec trained on the ratings, hybrid vectors for
-    # recommendations, the evaluated profile and blend), with item2vec kept in a temp folder and
-    # trained briefly, plus the test suite's encoders.
+    # The demo's own EMBREC settings (ALS trained on the ratings, adaptive vectors for
+    # recommendations, the evaluated profile and blend), with ALS kept in a temp folder, plus the
+    # test suite's encoders.
     from project import settings as demo_settings
 
     demo = demo_settings.EMBREC
-    item2vec = demo["ENCODERS"]["item2vec"]
+    als = demo["ENCODERS"]["mf"]
     settings.EMBREC = {
         **demo,
         "ENCODERS": {
             **settings.EMBREC["ENCODERS"],
             **demo["ENCODERS"],
-            "item2vec": {
-                **item2vec,
-                "OPTIONS": {
-                    **item2vec.get("OPTIONS", {}),
-                    "model_dir": str(tmp_path / "models"),
-                    "epochs": 2,
-                },
+            "mf": {
+                **als,
+                "OPTIONS": {**als.get("OPTIONS", {}), "model_dir": str(tmp_path / "models")},
             },
         },
     }
     source = tmp_path / "ml-slice.zip"
     make_slice(source)
     first = run_demo(source)
-    assert "item2vec: trained revision" in first
+    assert "mf: trained revision" in first
     assert f"Embeddings: {2 * N_MOVIES} computed" in first
-    assert Embedding.objects.filter(encoder="hybrid").count() == N_MOVIES
-    assert UserEmbedding.objects.filter(encoder="hybrid").exists()
+    assert Embedding.objects.filter(encoder="adaptive").count() == N_MOVIES
+    assert UserEmbedding.objects.filter(encoder="adaptive").exists()
 
     # Re-running retrains nothing, re-embeds nothing, rebuilds no user vector.
-    revision = (tmp_path / "models" / "item2vec" / "meta.json").read_text()
+    revision = (tmp_path / "models" / "mf" / "meta.json").read_text()
     second = run_demo(source)
-    assert "item2vec: up to date" in second
+    assert "mf: up to date" in second
     assert "Embeddings: 0 computed" in second
     assert "User vectors: up to date" in second
-    assert (tmp_path / "models" / "item2vec" / "meta.json").read_text() == revision
+    assert (tmp_path / "models" / "mf" / "meta.json").read_text() == revision
     assert Embedding.objects.count() == 2 * N_MOVIES
 
-    # A demo user's default recommendations are personal, from the hybrid vectors.
+    # A demo user's default recommendations are personal, from the adaptive vectors.
     assert client.login(username="admin", password="admin")
-    with_vector = UserEmbedding.objects.filter(encoder="hybrid").values("user_id")
+    with_vector = UserEmbedding.objects.filter(encoder="adaptive").values("user_id")
     user_id = (
         Interaction.objects.filter(user_id__in=with_vector)
         .values("user_id")
@@ -176,12 +172,12 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     assert response.status_code == 200
     results = response.json()["results"]
     assert results and all(r["source"] == "personal" for r in results)
-    # Search embeds the text with MiniLM, not the hybrid.
+    # Search embeds the text with MiniLM, not the adaptive hybrid.
     from embrec.queries import _text_encoder_for
     from embrec.registry import registry
 
     rec = registry.get(Movie)
-    assert rec.get_encoders() == ["hybrid", "default"]
+    assert rec.get_encoders() == ["adaptive", "default"]
     assert _text_encoder_for(rec, None) == "default"
 
 
@@ -345,3 +341,142 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
         for worker in workers:
             stop_worker(worker, kill=True)
         flush_broker()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Direct children of ``pid``: {pid: command line}."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found[int(entry.name)] = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in {"Z", "X"}
+
+
+def _start_demo(source, db_root, port, tmp_path, run):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.worker import REDIS_URL, wait_for
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "EMBREC_TEST"))}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "DJANGO_SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+            "EMBREC_PGDATA": str(db_root),
+            # Its own database name, so item2vec's model folder is its own too.
+            "EMBREC_DATABASE_NAME": "embrec_demo_stop_test",
+            "CELERY_BROKER_URL": REDIS_URL,
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    log = open(tmp_path / f"demo-{run}.log", "wb")
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "demo",
+            "--source",
+            str(source),
+            "--addrport",
+            f"127.0.0.1:{port}",
+            "--stop-timeout",
+            "3",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def static_served():
+        if demo.poll() is not None:
+            postgres_log = (db_root / "postgres.log").read_text()[-2000:]
+            output = (tmp_path / f"demo-{run}.log").read_text()[-4000:]
+            raise AssertionError(f"the demo exited:\n{output}\n--- postgres.log:\n{postgres_log}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return False
+        # DEBUG is off, and the admin's static files are served all the same.
+        url = f"http://127.0.0.1:{port}/static/admin/css/base.css"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status == 200
+
+    wait_for(static_served, timeout=400, interval=1, message="the demo serving")
+    wait_for(lambda: len(_children(demo.pid)) >= 3, timeout=60, message="workers and beat")
+    return demo
+
+
+def test_stopping_the_demo_stops_workers_beat_and_the_embedded_server(tmp_path):
+    import os
+    import signal
+    import socket
+
+    from embrec.devdb import EmbeddedPostgres
+    from tests.worker import flush_broker, redis_available, wait_for
+
+    assert redis_available(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    flush_broker()
+    source = tmp_path / "ml-slice.zip"
+    make_slice(source)
+    db_root = tmp_path / "db"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def server_pid() -> int:
+        return int((db_root / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+    def all_stopped(pids):
+        return not any(_alive(pid) for pid in pids) and not EmbeddedPostgres(db_root).is_running()
+
+    # 1. The demo is killed outright: its children stop with it (PR_SET_PDEATHSIG), beat included.
+    #    (Children killed while still starting cannot unregister: the server may stay up, and
+    #    the next start reuses it and clears their stale registrations, as run 2 shows.)
+    demo = _start_demo(source, db_root, port, tmp_path, 1)
+    children = _children(demo.pid)
+    kinds = sorted(
+        "beat" if " beat " in cmd else cmd.split(" -Q ", 1)[1].split()[0]
+        for cmd in children.values()
+    )
+    # Beat is the demo's own child, not a worker's: no worker can orphan it.
+    assert kinds == ["beat", "embrec.encode", "embrec.users,celery"], children
+    demo.kill()
+    demo.wait()
+    wait_for(
+        lambda: not any(_alive(pid) for pid in children), timeout=60, message="children stopped"
+    )
+
+    # 2. SIGTERM (like Ctrl-C) with a worker that cannot stop by itself: the demo kills it after
+    #    --stop-timeout, reaps it, and the embedded server still stops.
+    demo = _start_demo(source, db_root, port, tmp_path, 2)
+    children = _children(demo.pid)
+    postmaster = server_pid()
+    encoder = next(pid for pid, cmd in children.items() if "embrec.encode" in cmd)
+    os.kill(encoder, signal.SIGSTOP)
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=90) == 0
+    output = (tmp_path / "demo-2.log").read_text()
+    assert "encoding worker did not stop within 3s: killed" in output
+    wait_for(lambda: all_stopped([*children, postmaster]), timeout=30, message="all stopped")
+    assert not list((db_root / "clients").iterdir())

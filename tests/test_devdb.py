@@ -5,6 +5,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -383,3 +384,43 @@ def test_project_settings_use_the_password():
         pytest.skip("DATABASE_URL is set: the embedded server is not used")
     server = EmbeddedPostgres.for_base_dir(settings.BASE_DIR)
     assert settings.DATABASES["default"]["PASSWORD"] == server.password() != ""
+
+
+REGISTER = """
+import sys, time
+from pathlib import Path
+from embrec.devdb import EmbeddedPostgres
+EmbeddedPostgres(Path(sys.argv[1])).start()
+print("registered", flush=True)
+time.sleep(600)
+"""
+
+
+def test_killed_client_does_not_keep_the_server_running(tmp_path):
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", REGISTER, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "registered"
+        assert (tmp_path / "clients" / str(child.pid)).exists()
+        # Killed (it never releases) and not yet reaped: a zombie still has its pid.
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # A registration whose pid now belongs to another process (other start time) is stale.
+        (tmp_path / "clients" / "1").write_text("not-its-start-time")
+        server.release()
+        assert not server.is_running()
+        assert not list((tmp_path / "clients").iterdir())
+    finally:
+        child.kill()
+        child.wait()

@@ -201,7 +201,7 @@ def test_train_command_and_configuration_errors(behavioural, settings):
 
     from django.core.management.base import CommandError
 
-    with pytest.raises(CommandError, match="not an item2vec encoder"):
+    with pytest.raises(CommandError, match="not trained on interactions"):
         call_command("embrec_train", "hashing")
     with pytest.raises(CommandError, match="two or more interactions"):
         call_command("embrec_train", "item2vec", stdout=StringIO())

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
 
+import embrec
 from tests.worker import ROOT
 
 ENDPOINTS = {
@@ -87,3 +88,33 @@ def test_web_process_does_not_import_torch():
     )
     assert done.returncode == 0, done.stderr
     assert "no torch" in done.stdout
+
+
+@pytest.mark.django_db
+def test_docs_page_works_offline(client):
+    from django.contrib.staticfiles import finders
+
+    page = client.get("/api/docs/").content.decode()
+    # Every asset comes from this site (drf-spectacular-sidecar), none from a CDN.
+    assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"):
+        path = f"drf_spectacular_sidecar/swagger-ui-dist/{asset}"
+        assert f"/static/{path}" in page, asset
+        assert finders.find(path), asset
+
+
+def test_schema_follows_the_configuration(settings):
+    settings.EMBREC = {**settings.EMBREC, "MAX_LIMIT": 40, "SEARCH_MAX_LENGTH": 64}
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    for path, method in ENDPOINTS.items():
+        params = {p["name"]: p for p in schema["paths"][path][method].get("parameters", [])}
+        if "limit" in params:
+            assert params["limit"]["schema"]["maximum"] == 40
+        if "type" in params:
+            assert params["type"]["schema"]["enum"] == sorted(
+                r.label for r in embrec.registry.all()
+            )
+    search = {p["name"]: p for p in schema["paths"]["/api/embrec/search/"]["get"]["parameters"]}
+    assert search["q"]["schema"]["maxLength"] == 64
+    assert search["year__gte"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 32767}
+    assert search["category__isnull"]["schema"] == {"type": "boolean"}

@@ -114,17 +114,18 @@ def test_broker_down_during_save_nothing_is_lost(workers, tmp_path):
     with use_broker(UNREACHABLE_BROKER):
         started = time.monotonic()
         article = Article.objects.create(title="saved while the broker is down")
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 1.5
     assert Article.objects.filter(pk=article.pk).exists()
     assert OutboxEntry.objects.filter(state="pending").count() == 1
 
+    # A worker that connects drains what is pending, without waiting for the sweeper.
     _, log = workers("w1", record_dir=str(tmp_path))
     with use_broker():
         wait_ready(log)
+        wait_for(lambda: article_vectors() == 1, timeout=60, message="pending row embedded")
         out = StringIO()
         call_command("embrec_sweep", older_than=0, stdout=out)
-        assert "1 outbox row(s) pending" in out.getvalue()
-        wait_for(lambda: article_vectors() == 1, timeout=60, message="swept row embedded")
+        assert "No outbox row pending" in out.getvalue()
 
         # With the broker up, a save reaches the worker by itself.
         later = Article.objects.create(title="saved with the broker up")

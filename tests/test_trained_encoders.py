@@ -19,7 +19,7 @@ from scipy import sparse
 import embrec
 from embrec import indexing
 from embrec.encoders import get_encoder
-from embrec.encoders.adaptive import AdaptiveHybridEncoder, blend, fit_content_map, map_content
+from embrec.encoders.adaptive import AdaptiveHybridEncoder, blend, fit_content_map
 from embrec.encoders.als import (
     ALSEncoder,
     exact_item_vectors,
@@ -222,12 +222,12 @@ def test_adaptive_hybrid_places_rare_and_new_items_by_content(trained):
 
     # The rare item's vector is its content mapped into the behavioural space...
     encoder = get_encoder("adaptive")
-    w = encoder.content_map(registry.get(Article))
+    content_map = encoder.content_map(registry.get(Article))
     content = get_encoder("hashing").encode([registry.get(Article).get_text(rare)])
-    np.testing.assert_allclose(adaptive[str(rare.pk)], map_content(content, w)[0], atol=1e-4)
-    # ...which lies among the red articles' behavioural vectors.
-    reds = np.stack([item2vec[str(a.pk)] for a in articles["red"]])
-    others = np.stack([item2vec[str(a.pk)] for g in ("green", "blue") for a in articles[g]])
+    np.testing.assert_allclose(adaptive[str(rare.pk)], content_map.apply(content)[0], atol=1e-4)
+    # ...which lies among the red articles' (behavioural) vectors.
+    reds = np.stack([adaptive[str(a.pk)] for a in articles["red"]])
+    others = np.stack([adaptive[str(a.pk)] for g in ("green", "blue") for a in articles[g]])
     assert (reds @ adaptive[str(rare.pk)]).mean() > (others @ adaptive[str(rare.pk)]).mean() + 0.3
 
     # A new item with no interactions ranks in a red reader's recommendations and similar lists.
@@ -328,3 +328,29 @@ def test_train_command_rejects_other_encoders(trained):
         call_command("embrec_train", "hashing", stdout=StringIO())
     with pytest.raises(CommandError, match="Unknown encoder alias"):
         call_command("embrec_train", "nope", stdout=StringIO())
+
+
+def test_evaluation_builds_als_and_adaptive_methods_from_settings(settings):
+    from embrec.evaluation.site import build_methods
+
+    encoders = dict(settings.EMBREC["ENCODERS"])
+    encoders["mf"] = {
+        "CLASS": "embrec.encoders.als.ALSEncoder",
+        "OPTIONS": {"factors": 6, "iterations": 10, "regularization": 0.1},
+    }
+    encoders["adaptive"] = {
+        "CLASS": "embrec.encoders.adaptive.AdaptiveHybridEncoder",
+        "OPTIONS": {"behaviour": "mf", "content": "hashing", "fit_support": 1, "min_support": 1},
+    }
+    settings.EMBREC = {**settings.EMBREC, "ENCODERS": encoders}
+    split, catalog = planted_split()
+    groups = ["alpha", "beta", "gamma"]
+    texts = [f"{groups[int(key.split('-')[0])]} film {key}" for key in catalog]
+    content = FixedItemVectors(get_encoder("hashing").encode(texts), name="hashing")
+    # (An alias "als" would name the ALS baseline in method specifications.)
+    als, adaptive = build_methods(["mf", "adaptive:last=3"], lambda alias: content, k=5)
+    assert isinstance(als.source, ALSItemVectors)
+    assert isinstance(adaptive.source, AdaptiveItemVectors)
+    # Every held-out item is the cold one: ALS cannot recommend it, the adaptive hybrid can.
+    assert evaluate_method(als, split, k=5).metrics["recall@5"] == 0.0
+    assert evaluate_method(adaptive, split, k=5).metrics["recall@5"] > 0.5

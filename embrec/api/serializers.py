@@ -95,7 +95,7 @@ class ResultSerializer(serializers.Serializer):
 class ResultListSerializer(serializers.Serializer):
     """A ranked list (never paginated; ``limit`` caps it)."""
 
-    type = serializers.CharField(help_text="Registered model label, e.g. 'catalog.movie'.")
+    type = serializers.CharField(help_text="Registered model label (app_label.model_name).")
     limit = serializers.IntegerField()
     results = ResultSerializer(many=True)
 
@@ -103,7 +103,7 @@ class ResultListSerializer(serializers.Serializer):
 class InteractionEventSerializer(serializers.Serializer):
     """One event of the current user on one object."""
 
-    type = serializers.CharField(help_text="Registered model label, e.g. 'catalog.movie'.")
+    type = serializers.CharField(help_text="Registered model label (app_label.model_name).")
     pk = serializers.CharField(help_text="Primary key of the object.")
     kind = serializers.CharField(help_text="A kind from EMBREC['INTERACTION_WEIGHTS'].")
     at = serializers.DateTimeField(

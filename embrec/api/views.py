@@ -13,16 +13,17 @@ parameter is a filter on the registration's ``filter_fields`` (``category=scifi`
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -37,6 +38,8 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from embrec import queries
+from embrec.api import schema as openapi
+from embrec.api.schema import EmbrecAutoSchema
 from embrec.api.serializers import (
     ErrorSerializer,
     InteractionBatchSerializer,
@@ -51,6 +54,8 @@ from embrec.conf import embrec_settings
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
+
+logger = logging.getLogger("embrec")
 
 #: Permission to see another user's recommendations (and, in their explanations, history).
 VIEW_USER_RECOMMENDATIONS = "embrec.view_user_recommendations"
@@ -84,7 +89,21 @@ class EmbrecAPIError(exceptions.APIException):
         self.extra = {k: v for k, v in extra.items() if v is not None}
 
 
+class ServiceUnavailable(exceptions.APIException):
+    """The database cannot be reached: a 503 with ``Retry-After``, never a 500 page."""
+
+    status_code = 503
+    default_detail = "The service is temporarily unavailable; try again shortly."
+    default_code = "unavailable"
+    #: Seconds a client should wait before retrying (the ``Retry-After`` header).
+    retry_after = 5
+
+
 def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # Connection refused, server restarting, connection lost mid-request: transient.
+        logger.warning("embrec API: database unavailable (%s).", exc)
+        return ServiceUnavailable()
     if isinstance(exc, NotRegistered):
         return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
     if isinstance(exc, (QueryError, InteractionError)):
@@ -130,6 +149,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"detail": str(detail), "code": getattr(detail, "code", None) or "error"}
     body.update(getattr(exc, "extra", {}))
     response.data = body
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(exc.retry_after)
     return response
 
 
@@ -156,6 +177,9 @@ class SafeJSONParser(JSONParser):
 class EmbrecAPIView(APIView):
     """Base view: settings-driven permissions and throttles, consistent error bodies."""
 
+    schema = EmbrecAutoSchema()
+    #: OpenAPI parameters built when the schema is generated (see :mod:`embrec.api.schema`).
+    schema_parameters: tuple = ()
     #: Added in front of the configured permission classes (personal endpoints).
     required_permission_classes: tuple = ()
     #: Added after the configured throttle classes (search: the encoder runs per request).
@@ -239,47 +263,10 @@ ERRORS = {
     403: ErrorSerializer,
     404: ErrorSerializer,
     429: ErrorSerializer,
+    503: ErrorSerializer,
 }
-TYPE_PATH = OpenApiParameter(
-    "type", str, OpenApiParameter.PATH, description="Registered model label, e.g. catalog.movie."
-)
-TYPE_QUERY = OpenApiParameter(
-    "type",
-    str,
-    description="Registered model label; may be left out when only one model is registered.",
-)
-COMMON = [
-    OpenApiParameter("limit", int, description="Number of results, 1..EMBREC['MAX_LIMIT']."),
-    OpenApiParameter(
-        "mmr_lambda",
-        float,
-        description="Diversity re-ranking (maximal marginal relevance): 1 keeps the relevance "
-        "order, lower values favour variety. Left out: no re-ranking.",
-    ),
-    OpenApiParameter(
-        "popularity",
-        float,
-        description=(
-            "Share (0–1) of popularity in the score (default 0; for recommendations, "
-            "EMBREC['RECOMMEND_POPULARITY'])."
-        ),
-    ),
-    OpenApiParameter("recency", float, description="Share (0–1) of recency in the score."),
-    OpenApiParameter(
-        "exclude_seen",
-        bool,
-        description="Leave out items the user interacted with (disliked items always are).",
-    ),
-    OpenApiParameter(
-        "filters",
-        OpenApiTypes.OBJECT,
-        style="form",
-        explode=True,
-        description="Filters on the registration's filter_fields, e.g. category=scifi, "
-        "price__gte=10, year__in=1994,1995 (lookups: exact, iexact, in, gt, gte, lt, lte, "
-        "isnull). Unknown fields are rejected with 400.",
-    ),
-]
+TYPE_IN_PATH = partial(openapi.type_parameter, OpenApiParameter.PATH)
+TYPE_IN_QUERY = partial(openapi.type_parameter, OpenApiParameter.QUERY)
 
 
 # --------------------------------------------------------------------------- views
@@ -288,14 +275,19 @@ COMMON = [
 class SimilarItemsView(EmbrecAPIView):
     """``GET items/<type>/<pk>/similar/`` — nearest neighbours of one object."""
 
+    schema_parameters = (
+        TYPE_IN_PATH,
+        openapi.ranking_parameters,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
+
     @extend_schema(
         summary="Objects similar to one object",
         parameters=[
-            TYPE_PATH,
             OpenApiParameter(
                 "object_pk", str, OpenApiParameter.PATH, description="The object's primary key."
             ),
-            *COMMON,
         ],
         responses={200: ResultListSerializer, 409: ErrorSerializer, **ERRORS},
     )
@@ -326,9 +318,15 @@ class SimilarItemsView(EmbrecAPIView):
 class PopularItemsView(EmbrecAPIView):
     """``GET items/<type>/popular/`` — most popular visible objects (works for anyone)."""
 
+    schema_parameters = (
+        TYPE_IN_PATH,
+        openapi.limit_parameter,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
+
     @extend_schema(
         summary="Most popular objects",
-        parameters=[TYPE_PATH, COMMON[0], COMMON[4], COMMON[5]],
         responses={200: ResultListSerializer, **ERRORS},
     )
     def get(self, request, type: str):
@@ -353,11 +351,16 @@ class RecommendationsView(EmbrecAPIView):
     """
 
     required_permission_classes = (IsAuthenticated,)
+    schema_parameters = (
+        TYPE_IN_QUERY,
+        openapi.ranking_parameters,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
 
     @extend_schema(
         summary="Personal recommendations",
         parameters=[
-            TYPE_QUERY,
             OpenApiParameter(
                 "user",
                 str,
@@ -365,7 +368,6 @@ class RecommendationsView(EmbrecAPIView):
                 "embrec.view_user_recommendations.",
             ),
             OpenApiParameter("explain", bool, description="Include explanations (default true)."),
-            *COMMON,
         ],
         responses={200: ResultListSerializer, **ERRORS},
     )
@@ -409,16 +411,16 @@ class SearchView(EmbrecAPIView):
     """``GET search/?q=...`` — semantic search from free text (throttled by ``search``)."""
 
     required_throttle_classes = (SearchRateThrottle,)
+    schema_parameters = (
+        openapi.query_parameter,
+        TYPE_IN_QUERY,
+        openapi.ranking_parameters,
+        openapi.exclude_seen_parameter,
+        openapi.filter_parameters,
+    )
 
     @extend_schema(
         summary="Semantic search",
-        parameters=[
-            OpenApiParameter(
-                "q", str, required=True, description="Text, 1..EMBREC['SEARCH_MAX_LENGTH'] chars."
-            ),
-            TYPE_QUERY,
-            *COMMON,
-        ],
         responses={200: ResultListSerializer, **ERRORS},
     )
     def get(self, request):
@@ -446,17 +448,15 @@ class InteractionsView(EmbrecAPIView):
             serializers=[InteractionEventSerializer, InteractionBatchSerializer],
             resource_type_field_name=None,
         ),
-        responses={201: InteractionResultSerializer, **ERRORS},
+        responses={201: InteractionResultSerializer, 415: ErrorSerializer, **ERRORS},
         examples=[
-            OpenApiExample(
-                "One event", value={"type": "catalog.movie", "pk": "42", "kind": "like"}
-            ),
+            OpenApiExample("One event", value={"type": "shop.product", "pk": "42", "kind": "like"}),
             OpenApiExample(
                 "A batch",
                 value={
                     "events": [
-                        {"type": "catalog.movie", "pk": "42", "kind": "view"},
-                        {"type": "catalog.movie", "pk": "7", "kind": "dislike"},
+                        {"type": "shop.product", "pk": "42", "kind": "view"},
+                        {"type": "shop.product", "pk": "7", "kind": "dislike"},
                     ]
                 },
             ),

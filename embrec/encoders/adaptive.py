@@ -40,6 +40,13 @@ Options:
 * ``min_support`` (5) — items with fewer distinct users get no behavioural part.
 * ``fit_support`` (20) — items with at least this many users train the map.
 * ``ridge`` (1.0) — L2 penalty of the map.
+* ``center`` (False) — centre behavioural vectors on their mean before mapping and blending (the
+  ridge map regresses towards the mean, so mapped vectors lean towards the average item). On
+  MovieLens with ALS it did not help (docs/ENCODERS.md); try it with item2vec, whose vectors
+  share a strong common direction.
+* ``rescale`` (True) — stretch mapped vectors away from the mean of the behavioural vectors by
+  the ratio of the real vectors' spread to the predictions' (ridge predictions are shrunk
+  towards the mean, so without it mapped items are near-neighbours of everything).
 * ``model_dir`` — where maps are kept (default: the behavioural encoder's folder's parent).
 """
 
@@ -49,6 +56,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +65,20 @@ from django.core.exceptions import ImproperlyConfigured
 from embrec.encoders.base import BaseEncoder, EncoderIdentity, l2_normalize
 from embrec.encoders.trained import UNTRAINED, TrainedEncoder, atomic_write
 
-DEFAULTS = {"shrinkage": 20.0, "min_support": 5, "fit_support": 20, "ridge": 1.0}
+DEFAULTS = {
+    "shrinkage": 20.0,
+    "min_support": 5,
+    "fit_support": 20,
+    "ridge": 1.0,
+    "center": 0.0,
+    "rescale": 1.0,
+}
 
 
 def fit_content_map(content: np.ndarray, behaviour: np.ndarray, ridge: float = 1.0) -> np.ndarray:
     """Ridge regression from (unit) content vectors to behavioural vectors, with an intercept.
 
-    Returns ``W`` of shape ``(d_content + 1, d_behaviour)``; apply with :func:`map_content`.
+    Returns ``W`` of shape ``(d_content + 1, d_behaviour)``; apply it through :class:`ContentMap`.
     """
     if content.shape[0] == 0:
         raise ValueError("The content map needs at least one item with behaviour.")
@@ -74,14 +89,68 @@ def fit_content_map(content: np.ndarray, behaviour: np.ndarray, ridge: float = 1
     return np.linalg.solve(x.T @ x + penalty, x.T @ np.asarray(behaviour, np.float64))
 
 
-def map_content(content: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Content vectors mapped into the behavioural space (unit rows; zero rows stay zero)."""
-    content = np.asarray(content, np.float32)
-    present = np.linalg.norm(content, axis=1) > 0
-    x = np.hstack([l2_normalize(content), np.ones((content.shape[0], 1), np.float32)])
-    mapped = l2_normalize((x @ w).astype(np.float32))
-    mapped[~present] = 0.0
-    return mapped
+@dataclass
+class ContentMap:
+    """A fitted map from content vectors into the behavioural space.
+
+    ``w`` is the ridge solution (with intercept), ``center`` the vector subtracted from
+    behavioural vectors before mapping and blending (zeros: no centring), ``anchor`` the mean of
+    the mapped targets and ``spread`` the factor applied to a prediction's distance from it (ridge
+    predictions are closer to the mean than real vectors; ``spread`` > 1 restores their spread,
+    so mapped vectors do not all crowd the average item).
+    """
+
+    w: np.ndarray
+    center: np.ndarray
+    anchor: np.ndarray
+    spread: float = 1.0
+
+    def apply(self, content: np.ndarray) -> np.ndarray:
+        """Mapped unit vectors of ``content`` rows (zero rows stay zero)."""
+        content = np.asarray(content, np.float32)
+        present = np.linalg.norm(content, axis=1) > 0
+        x = np.hstack([l2_normalize(content), np.ones((content.shape[0], 1), np.float32)])
+        raw = x @ self.w
+        raw = self.anchor + float(self.spread) * (raw - self.anchor)
+        mapped = l2_normalize(raw.astype(np.float32))
+        mapped[~present] = 0.0
+        return mapped
+
+    def to_array(self) -> np.ndarray:
+        dims = self.w.shape[1]
+        return np.vstack(
+            [self.w, self.center[None, :], self.anchor[None, :], np.full((1, dims), self.spread)]
+        )
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> ContentMap:
+        return cls(array[:-3], array[-3], array[-2], float(array[-1][0]))
+
+
+def fit_map(
+    content: np.ndarray,
+    behaviour: np.ndarray,
+    *,
+    ridge: float = 1.0,
+    center: np.ndarray | None = None,
+    rescale: bool = True,
+) -> ContentMap:
+    """Fit a :class:`ContentMap` from ``content`` rows to (unit) ``behaviour`` rows, centring
+    the targets on ``center`` first when given, and restoring the targets' spread around their
+    mean when ``rescale``."""
+    behaviour = np.asarray(behaviour, np.float64)
+    dims = behaviour.shape[1]
+    center = np.zeros(dims) if center is None else np.asarray(center, np.float64)
+    targets = behaviour - center
+    w = fit_content_map(content, targets, ridge)
+    anchor = targets.mean(axis=0)
+    spread = 1.0
+    if rescale:
+        x = np.hstack([l2_normalize(np.asarray(content, np.float32)), np.ones((len(targets), 1))])
+        predicted = np.linalg.norm(x @ w - anchor, axis=1).mean()
+        actual = np.linalg.norm(targets - anchor, axis=1).mean()
+        spread = float(actual / predicted) if predicted > 1e-9 else 1.0
+    return ContentMap(w, center.astype(np.float32), anchor.astype(np.float32), spread)
 
 
 def blend(
@@ -92,13 +161,19 @@ def blend(
     *,
     shrinkage: float,
     min_support: float,
+    mean: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``normalise(s · own + (1 − s) · mapped)`` with ``s = n / (n + shrinkage)`` (0 below
-    ``min_support`` or without an own vector). Returns ``(vectors, has_vector)``."""
+    ``min_support`` or without an own vector); with ``mean``, own vectors are centred on it first
+    (``mapped`` must then come from a map fitted on centred vectors). Returns
+    ``(vectors, has_vector)``."""
     support = np.asarray(support, np.float64)
+    own = np.asarray(own, np.float32)
+    if mean is not None:
+        own = np.where(np.asarray(has_own, bool)[:, None], own - mean[None, :], 0.0)
     share = support / (support + float(shrinkage)) if shrinkage > 0 else np.ones_like(support)
     share = np.where(np.asarray(has_own, bool) & (support >= float(min_support)), share, 0.0)
-    merged = share[:, None] * l2_normalize(np.asarray(own, np.float32)) + (1.0 - share)[
+    merged = share[:, None] * l2_normalize(own.astype(np.float32)) + (1.0 - share)[
         :, None
     ] * np.asarray(mapped, np.float32)
     has = np.linalg.norm(merged, axis=1) > 1e-9
@@ -124,6 +199,8 @@ class AdaptiveHybridEncoder(BaseEncoder):
             if options[key] == alias:
                 raise ImproperlyConfigured(f"Adaptive hybrid {alias!r} cannot include itself.")
         self.params = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
+        self.params["center"] = bool(options.get("center", False))
+        self.params["rescale"] = bool(options.get("rescale", True))
         if self.params["shrinkage"] < 0 or self.params["ridge"] < 0:
             raise ImproperlyConfigured(
                 f"Adaptive hybrid {alias!r}: shrinkage and ridge must not be negative."
@@ -177,7 +254,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
 
     # -- the content map --------------------------------------------------------------------
 
-    def content_map(self, rec) -> np.ndarray | None:
+    def content_map(self, rec) -> ContentMap | None:
         """``W`` for registration ``rec`` under the current revision (fitted when missing);
         ``None`` while the behavioural encoder is untrained."""
         from django.contrib.contenttypes.models import ContentType
@@ -195,16 +272,16 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 return self._maps[key]
             path = self.model_dir / f"map-{revision}-{ct.id}.npy"
             if path.exists():
-                w = np.load(path, allow_pickle=False)
+                w = ContentMap.from_array(np.load(path, allow_pickle=False))
             else:
                 w = self.fit_map(rec, ct.id)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, lambda fh: np.save(fh, w))
+                atomic_write(path, lambda fh: np.save(fh, w.to_array()))
             self._maps = {k: v for k, v in self._maps.items() if k[0] == revision}
             self._maps[key] = w
             return w
 
-    def fit_map(self, rec, content_type_id: int) -> np.ndarray:
+    def fit_map(self, rec, content_type_id: int) -> ContentMap:
         """Fit ``W`` on the items of ``rec`` with at least ``fit_support`` users."""
         behaviour = self.behaviour_encoder()
         model = behaviour.model_arrays()
@@ -224,7 +301,21 @@ class AdaptiveHybridEncoder(BaseEncoder):
         if not keep:
             raise ValueError(f"Adaptive hybrid {self.alias!r}: no item has both parts.")
         matrix = np.stack([content[pk] for pk, _ in rows if pk in found])
-        return fit_content_map(matrix, model["vectors"][keep], self.params["ridge"])
+        return fit_map(
+            matrix,
+            model["vectors"][keep],
+            ridge=self.params["ridge"],
+            center=self.behaviour_mean(model, prefix),
+            rescale=self.params["rescale"],
+        )
+
+    def behaviour_mean(self, model, prefix: str) -> np.ndarray:
+        """Mean behavioural vector of the registration's items (zeros when ``center`` is off)."""
+        dims = model["vectors"].shape[1]
+        if not self.params["center"]:
+            return np.zeros(dims, np.float32)
+        rows = [n for n, k in enumerate(model["keys"]) if k.startswith(prefix)]
+        return model["vectors"][rows].mean(axis=0).astype(np.float32)
 
     def stored_content(self, rec, pks: Sequence[str]) -> tuple[dict[str, np.ndarray], set[str]]:
         """Content vectors of ``pks``: stored ones under the content encoder's identity, the rest
@@ -276,7 +367,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
         )
         support = behaviour.support_for_tokens(behaviour.tokens_for(rec, objects))
         content_list = list(self.content_encoder().encode_objects(rec, objects, texts))
-        content_dims = w.shape[0] - 1
+        content_dims = w.w.shape[0] - 1
         content = np.stack(
             [
                 np.zeros(content_dims, np.float32) if v is None else np.asarray(v, np.float32)
@@ -286,10 +377,11 @@ class AdaptiveHybridEncoder(BaseEncoder):
         vectors, has = blend(
             own,
             has_own,
-            map_content(content, w),
+            w.apply(content),
             support,
             shrinkage=self.params["shrinkage"],
             min_support=self.params["min_support"],
+            mean=w.center if self.params["center"] else None,
         )
         return [vectors[n] if has[n] else None for n in range(len(objects))]
 
@@ -304,4 +396,4 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 f"Adaptive hybrid {self.alias!r} cannot encode text before its behavioural "
                 "encoder is trained."
             )
-        return map_content(self.content_encoder().encode(texts), w)
+        return w.apply(self.content_encoder().encode(texts))

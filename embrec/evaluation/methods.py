@@ -437,9 +437,13 @@ class AdaptiveItemVectors(ItemVectors):
         min_support: float = 5,
         fit_support: float = 20,
         ridge: float = 1.0,
+        center: bool = False,
+        rescale: bool = True,
         min_weight: float = 0.0,
         name: str = "adaptive",
     ):
+        self.center = center
+        self.rescale = rescale
         self.behaviour = behaviour
         self.content = content
         self.shrinkage = shrinkage
@@ -450,7 +454,7 @@ class AdaptiveItemVectors(ItemVectors):
         self.name = name
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        from embrec.encoders.adaptive import blend, fit_content_map, map_content
+        from embrec.encoders.adaptive import blend, fit_map
 
         own, has_own = self.behaviour.vectors(split)
         content, has_content = self.content.vectors(split)
@@ -458,8 +462,11 @@ class AdaptiveItemVectors(ItemVectors):
         fit_rows = has_own & has_content & (support >= max(self.fit_support, 1))
         if not fit_rows.any():
             fit_rows = has_own & has_content
-        w = fit_content_map(content[fit_rows], own[fit_rows], self.ridge)
-        mapped = map_content(np.where(has_content[:, None], content, 0.0), w)
+        mean = own[has_own].mean(axis=0) if self.center else None
+        content_map = fit_map(
+            content[fit_rows], own[fit_rows], ridge=self.ridge, center=mean, rescale=self.rescale
+        )
+        mapped = content_map.apply(np.where(has_content[:, None], content, 0.0))
         return blend(
             own,
             has_own,
@@ -467,6 +474,7 @@ class AdaptiveItemVectors(ItemVectors):
             support,
             shrinkage=self.shrinkage,
             min_support=self.min_support,
+            mean=mean,
         )
 
 

@@ -319,6 +319,8 @@ def trained_item_vectors(alias: str, content: Callable[[str], ItemVectors]) -> I
             min_support=encoder.params["min_support"],
             fit_support=encoder.params["fit_support"],
             ridge=encoder.params["ridge"],
+            center=encoder.params["center"],
+            rescale=encoder.params["rescale"],
             min_weight=float(behaviour.options.get("min_weight", 0.0)),
             name=alias,
         )

@@ -1,9 +1,10 @@
 """The demo's registration: movies are embedded from title, year and genres.
 
-With the demo settings, similar-movie and personal recommendations use the ``hybrid`` encoder
-(item2vec trained on the ratings + MiniLM for movies nobody rated), and search uses MiniLM
-(``default``): the configuration that scored best in docs/EVALUATION.md. Where no ``hybrid``
-encoder is configured (e.g. the test settings) movies use MiniLM only.
+With the demo settings, similar-movie and personal recommendations use the ``adaptive`` encoder
+(ALS trained on the ratings; MiniLM mapped into the ALS space for movies few or nobody rated), and
+search uses MiniLM (``default``): the configuration chosen on the validation split of
+docs/ENCODERS.md. Where no ``adaptive`` encoder is configured (e.g. the test settings) movies use
+MiniLM only.
 """
 
 import embrec
@@ -19,8 +20,8 @@ class MovieRecommendable(embrec.Recommendable):
 
     def get_encoders(self) -> list[str]:
         # The first alias serves similar items and recommendations, "default" embeds searches.
-        if "hybrid" in embrec_settings.ENCODERS:
-            return ["hybrid", "default"]
+        if "adaptive" in embrec_settings.ENCODERS:
+            return ["adaptive", "default"]
         return ["default"]
 
     def get_queryset(self):

@@ -5,10 +5,10 @@ Steps (each safe to re-run; unchanged rows are neither duplicated nor re-embedde
 1. apply migrations;
 2. fetch the ``recbole==1.2.1`` wheel (cached under ``.embrec/cache``) and load its 1,682 movies,
    943 users and 100,000 ratings (as embrec interactions);
-3. train the ``item2vec`` encoder on the ratings (when one is configured, as in the demo
-   settings) — only when the ratings changed or no model exists yet; a new model queues the
-   movies for re-embedding under every encoder built on it (``hybrid``);
-4. embed every new or changed movie with the registration's encoders (``hybrid`` and MiniLM
+3. train the encoders learned from interactions (``als`` with the demo settings, about a second)
+   — only when the ratings changed or no model exists yet; a new model queues the movies for
+   re-embedding under every encoder built on it (``adaptive``);
+4. embed every new or changed movie with the registration's encoders (``adaptive`` and MiniLM
    with the demo settings);
 5. build every user's vector (from their latest ratings) so recommendations are personal at once;
 6. create the demo superuser ``admin`` / ``admin``;

@@ -1,0 +1,165 @@
+"""OpenAPI description of the embrec API (drf-spectacular), built from the live configuration.
+
+The parameters of each endpoint are computed when the schema is generated, not when this module
+is imported: ``type`` lists the registered model labels, ``limit`` has the real bounds
+(``1..EMBREC["MAX_LIMIT"]``), ``q`` the real length limit, and every registration's
+``filter_fields`` appear as parameters with the lookups they accept and a type derived from the
+model field (integer bounds from the database column).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connections, models, router
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiParameter
+
+from embrec.conf import embrec_settings
+from embrec.queries import FILTER_LOOKUPS
+from embrec.registry import registry
+
+_INTEGER_FIELDS = (models.IntegerField, models.AutoField)
+
+
+def _labels() -> list[str]:
+    return sorted(rec.label for rec in registry.all())
+
+
+def type_parameter(location: str) -> OpenApiParameter:
+    """``type``: one of the registered model labels."""
+    in_path = location == OpenApiParameter.PATH
+    return OpenApiParameter(
+        "type",
+        str,
+        location,
+        enum=_labels() or None,
+        description="Registered model label (app_label.model_name)."
+        + ("" if in_path else " May be left out when only one model is registered."),
+    )
+
+
+def _fraction(name: str, description: str) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, {"type": "number", "minimum": 0, "maximum": 1}, description=description
+    )
+
+
+def ranking_parameters() -> list[OpenApiParameter]:
+    """``limit`` with its real bounds, and the re-ranking options of ranked lists."""
+    return [
+        limit_parameter(),
+        _fraction(
+            "mmr_lambda",
+            "Diversity re-ranking (maximal marginal relevance): 1 keeps the relevance order, "
+            "lower values favour variety. Left out: no re-ranking.",
+        ),
+        _fraction(
+            "popularity",
+            "Share of popularity in the score (default 0; for recommendations, "
+            f"{embrec_settings.RECOMMEND_POPULARITY}). popularity + recency ≤ 1.",
+        ),
+        _fraction("recency", "Share of recency in the score. popularity + recency ≤ 1."),
+    ]
+
+
+def limit_parameter() -> OpenApiParameter:
+    maximum = int(embrec_settings.MAX_LIMIT)
+    return OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": maximum},
+        default=int(embrec_settings.DEFAULT_LIMIT),
+        description=f"Number of results, 1..{maximum}.",
+    )
+
+
+def exclude_seen_parameter() -> OpenApiParameter:
+    return OpenApiParameter(
+        "exclude_seen",
+        bool,
+        description="Leave out items the user interacted with (disliked items always are).",
+    )
+
+
+def query_parameter() -> OpenApiParameter:
+    maximum = int(embrec_settings.SEARCH_MAX_LENGTH)
+    return OpenApiParameter(
+        "q",
+        {"type": "string", "minLength": 1, "maxLength": maximum},
+        required=True,
+        description=f"Text to search for, 1..{maximum} characters, not blank.",
+    )
+
+
+def filter_value_schema(field: models.Field, lookup: str) -> dict[str, Any]:
+    """The OpenAPI schema of a filter value on ``field`` with ``lookup``."""
+    if lookup == "isnull":
+        return {"type": "boolean"}
+    if lookup == "in":
+        return {"type": "string", "description": "comma-separated values"}
+    if getattr(field, "remote_field", None) is not None:
+        field = field.target_field
+    if isinstance(field, models.BooleanField):
+        return {"type": "boolean"}
+    if isinstance(field, _INTEGER_FIELDS):
+        connection = connections[router.db_for_read(field.model)]
+        try:
+            low, high = connection.ops.integer_field_range(field.get_internal_type())
+        except KeyError:
+            low = high = None
+        schema: dict[str, Any] = {"type": "integer"}
+        if low is not None:
+            schema["minimum"] = low
+        if high is not None:
+            schema["maximum"] = high
+        return schema
+    if isinstance(field, (models.FloatField, models.DecimalField)):
+        return {"type": "number"}
+    if isinstance(field, models.DateTimeField):
+        return {"type": "string", "format": "date-time"}
+    if isinstance(field, models.DateField):
+        return {"type": "string", "format": "date"}
+    return {"type": "string"}
+
+
+def filter_parameters() -> list[OpenApiParameter]:
+    """One parameter per registered filter field and lookup (``year``, ``year__gte``, …)."""
+    parameters: dict[str, OpenApiParameter] = {}
+    for rec in sorted(registry.all(), key=lambda r: r.label):
+        for name in rec.filter_fields:
+            field = rec.model._meta.get_field(name)
+            for lookup in FILTER_LOOKUPS:
+                key = name if lookup == "exact" else f"{name}__{lookup}"
+                if key in parameters:
+                    continue
+                parameters[key] = OpenApiParameter(
+                    key,
+                    filter_value_schema(field, lookup),
+                    description=f"Filter ({lookup}) on {rec.label}.{name}; other types reject "
+                    "it with 400 unknown_filter.",
+                )
+    return list(parameters.values())
+
+
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    {"type": "integer", "minimum": 0},
+    OpenApiParameter.HEADER,
+    response=[429, 503],
+    description="Seconds to wait before retrying.",
+)
+
+
+class EmbrecAutoSchema(AutoSchema):
+    """drf-spectacular's ``AutoSchema`` plus the parameters a view lists in
+    ``schema_parameters``: callables returning one :class:`OpenApiParameter` or a list; and
+    the ``Retry-After`` header of 429 and 503 responses."""
+
+    def get_override_parameters(self):
+        parameters = [*super().get_override_parameters(), RETRY_AFTER]
+        builders: tuple[Callable[[], Any], ...] = getattr(self.view, "schema_parameters", ())
+        for build in builders:
+            built = build()
+            parameters.extend(built if isinstance(built, list) else [built])
+        return parameters
