@@ -87,10 +87,14 @@ def test_command_writes_table_json_and_png(tmp_path):
         ],
         json=str(tmp_path / "out" / "results.json"),
         png=str(tmp_path / "out" / "results.png"),
+        markdown=str(tmp_path / "out" / "results.md"),
         stdout=out,
         stderr=err,
     )
     text = out.getvalue()
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "### cold-items" in markdown and "| recent-knn |" in markdown
+    assert "whole-catalog Recall@5" in markdown and "| similar items |" in markdown
     assert "test: 36 users, 72 held-out pairs; validation: 36 users" in text
     for name in ("random", "popularity", "item-knn", "recent-knn", "ease", "als", "hashing"):
         assert f"| {name} " in text
