@@ -87,10 +87,14 @@ def test_command_writes_table_json_and_png(tmp_path):
         ],
         json=str(tmp_path / "out" / "results.json"),
         png=str(tmp_path / "out" / "results.png"),
+        markdown=str(tmp_path / "out" / "results.md"),
         stdout=out,
         stderr=err,
     )
     text = out.getvalue()
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "### cold-items" in markdown and "| recent-knn |" in markdown
+    assert "whole-catalog Recall@5" in markdown and "| similar items |" in markdown
     assert "test: 36 users, 72 held-out pairs; validation: 36 users" in text
     for name in ("random", "popularity", "item-knn", "recent-knn", "ease", "als", "hashing"):
         assert f"| {name} " in text
@@ -268,3 +272,24 @@ def test_intrinsic_command_reports_glove_on_gensim_test_sets(tmp_path, monkeypat
     assert 0.2 < scores["lee_pearson"] < 0.6
     assert result["coverage"]["wordsim353"] == "353/353"
     assert (tmp_path / "i.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fine_tuned_encoders_are_retrained_per_split_never_read_from_storage(settings):
+    from embrec.evaluation.methods import FinetunedItemVectors
+    from embrec.evaluation.site import content_source
+    from embrec.registry import registry
+
+    encoders = dict(settings.EMBREC["ENCODERS"])
+    encoders["tuned-text"] = {"CLASS": "embrec.encoders.finetune.FinetunedEncoder", "OPTIONS": {}}
+    settings.EMBREC = {**settings.EMBREC, "ENCODERS": encoders}
+    make_site(users=3)
+    rec = registry.get(Article)
+    keys = [str(pk) for pk in Article.objects.order_by("pk").values_list("pk", flat=True)]
+    content = content_source(rec, keys)
+    source = content("tuned-text")
+    # Its stored vectors come from a model trained on every interaction: the evaluation
+    # fine-tunes the base model on each split's training part instead.
+    assert isinstance(source, FinetunedItemVectors)
+    assert content("tuned-text") is source
+    assert source.texts(keys[:2]) == [rec.get_text(a) for a in Article.objects.order_by("pk")[:2]]
+    assert not isinstance(content("hashing"), FinetunedItemVectors)

@@ -153,3 +153,72 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """Markdown tables of an ``embrec_evaluate`` JSON payload: per protocol, validation and test
+    NDCG@K, test Recall/HitRate/Coverage, the ratio to the best baseline with its 95 % interval
+    and the chosen configuration; then the similar-items measures (for docs and reviews)."""
+    from embrec.evaluation.search import describe
+
+    k = payload["k"]
+    metric = f"ndcg@{k}"
+    out: list[str] = []
+    for name, data in payload["protocols"].items():
+        stats = data["stats"]["test"]
+        intervals = data.get("intervals") or {}
+        reference = intervals.get("reference", "")
+        out.append(f"### {name}: {data['description']}\n")
+        extra = (
+            f"; {stats['users_without_history']} users with no training history not evaluated"
+            if stats.get("users_without_history")
+            else ""
+        )
+        out.append(
+            f"Test: {stats['evaluated_users']} users, {stats['test_pairs']} held-out pairs; "
+            f"validation: {data['stats']['validation']['evaluated_users']} users{extra}.\n"
+        )
+        whole = any("whole_catalog" in r for r in data["results"])
+        header = (
+            f"| method | val NDCG@{k} | NDCG@{k} | Recall@{k} | HitRate@{k} | Coverage@{k} "
+            f"| vs {reference} (95 % CI) |"
+            + (f" whole-catalog Recall@{k} |" if whole else "")
+            + " chosen on validation |"
+        )
+        out.append(header)
+        out.append("|---|" + "---:|" * (6 + whole) + "---|")
+        for r in data["results"]:
+            m = r["metrics"]
+            ci = intervals.get("methods", {}).get(r["name"])
+            versus = (
+                f"{ci['ratio']:.3f}× [{ci['ratio_low']:.3f}, {ci['ratio_high']:.3f}]"
+                if ci
+                else ("reference" if r["name"] == reference else "")
+            )
+            cells = [
+                r["name"],
+                f"{r.get('validation_' + metric, float('nan')):.4f}",
+                f"{m[metric]:.4f}",
+                f"{m[f'recall@{k}']:.4f}",
+                f"{m[f'hit_rate@{k}']:.4f}",
+                f"{m[f'coverage@{k}']:.4f}",
+                versus,
+            ]
+            if whole:
+                cells.append(f"{r.get('whole_catalog', {}).get(f'recall@{k}', 0.0):.4f}")
+            cells.append(describe(r.get("chosen") or {}))
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        similar = data.get("similar")
+        if similar:
+            columns = [
+                c
+                for c in next(iter(similar.values()))
+                if c not in ("famous", "sources", "next_item_pairs")
+            ]
+            out.append("| similar items | " + " | ".join(columns) + " |")
+            out.append("|---|" + "---:|" * len(columns))
+            for method, rep in similar.items():
+                out.append(f"| {method} | " + " | ".join(f"{rep[c]:.4f}" for c in columns) + " |")
+            out.append("")
+    return "\n".join(out)

@@ -129,6 +129,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", metavar="PATH", help="Write the results as JSON.")
         parser.add_argument("--png", metavar="PATH", help="Write a bar chart of the results.")
         parser.add_argument(
+            "--markdown", metavar="PATH", help="Write the result tables as Markdown."
+        )
+        parser.add_argument(
             "--intrinsic",
             action="store_true",
             help="Compare the text encoders (GloVe, MiniLM) on WordSim353, SimLex-999, "
@@ -164,6 +167,15 @@ class Command(BaseCommand):
 
             write_json(options["json"], payload)
             self.stdout.write(f"JSON written to {options['json']}")
+        if options.get("markdown") and "protocols" in payload:
+            from pathlib import Path
+
+            from embrec.evaluation.report import markdown_report
+
+            path = Path(options["markdown"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(markdown_report(payload) + "\n")
+            self.stdout.write(f"Markdown written to {options['markdown']}")
 
     def progress_bar(self, total: int, desc: str, verbosity: int):
         from tqdm import tqdm
@@ -359,6 +371,14 @@ class Command(BaseCommand):
             "stats": protocol.stats,
             "results": [r.as_dict(metric) for r in results],
             "intervals": compare_with_best(results, metric, samples=options["bootstrap"]),
+            # The same against each baseline in turn (targets name particular baselines).
+            "intervals_by_baseline": {
+                r.name: compare_with_best(
+                    results, metric, against=[r.name], samples=options["bootstrap"]
+                ).get("methods", {})
+                for r in results
+                if r.baseline
+            },
         }
         if protocol.test.candidates is not None:
             # Cold items among the whole catalog: are they recommended at all?

@@ -209,21 +209,35 @@ class Command(BaseCommand):
         rec = registry.get(Movie)
         started = time.monotonic()
         result = indexing.drain()
-        if result.claimed == 0 and not self._all_embedded(rec):
-            indexing.reindex(rec, kick=False)
-            result = indexing.drain()
+        stale = self._stale_encoders(rec)
+        if stale:
+            # Vectors missing, or made by another configuration of an encoder (edited settings):
+            # recompute them under the current one.
+            for alias in stale:
+                indexing.reindex(rec, encoder=alias, kick=False)
+            result.merge(indexing.drain())
         self.log(
             f"Embeddings: {result.encoded} computed, {result.unchanged} unchanged, "
             f"{result.failed} failed in {time.monotonic() - started:.1f}s"
         )
         return result.encoded
 
-    def _all_embedded(self, rec) -> bool:
+    def _stale_encoders(self, rec) -> list[str]:
+        """Aliases with fewer current vectors (the encoder's present identity) than movies."""
+        from embrec.encoders import get_encoder
         from embrec.models import Embedding
 
         ct = ContentType.objects.get_for_model(Movie)
-        expected = rec.get_queryset().count() * len(rec.get_encoders())
-        return Embedding.objects.filter(content_type=ct).count() >= expected
+        expected = rec.get_queryset().count()
+        stale = []
+        for alias in rec.get_encoders():
+            identity = get_encoder(alias).identity.as_string()
+            current = Embedding.objects.filter(
+                content_type=ct, encoder=alias, identity=identity
+            ).count()
+            if current < expected:
+                stale.append(alias)
+        return stale
 
     def refresh_user_vectors(self, rebuild: bool) -> None:
         """Rebuild every user's vectors when ratings or movie vectors changed (or none exist)."""
