@@ -375,6 +375,8 @@ def test_simultaneous_events_break_ties_by_key(settings):
 @pytest.mark.django_db(transaction=True)
 def test_drain_does_not_wait_for_a_running_user_vector_refresh():
     """A refresh holding user-vector rows must not hold up the item vectors of a drain."""
+    import time
+
     import psycopg
     from django.db import connection
 
@@ -398,13 +400,16 @@ def test_drain_does_not_wait_for_a_running_user_vector_refresh():
             "SELECT id FROM embrec_userembedding WHERE user_id = %s FOR UPDATE", (user.pk,)
         )
         with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '3s'")
+            cursor.execute("SET lock_timeout = '20s'")  # (a bound, should the drain wait)
         try:
             # The save's drain runs eagerly, after commit, while the refresh holds its rows.
             articles[0].title = "a new title while a refresh runs"
+            started = time.monotonic()
             articles[0].save()
+            elapsed = time.monotonic() - started
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("RESET lock_timeout")
         assert Embedding.objects.get(object_pk=str(articles[0].pk)).content_hash != before
+        assert elapsed < 10, f"the drain waited {elapsed:.1f}s for the refresh's row locks"
         refresh.rollback()
