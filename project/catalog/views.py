@@ -87,7 +87,9 @@ def movie_detail(request: HttpRequest, pk: int) -> HttpResponse:
         context["similar"] = embrec.similar(movie, limit=LIST_SIZE, request=request, user=user)
     except NotEmbedded as exc:
         context["similar_state"] = exc.state
-    context["for_you"] = _for_you(request, user, limit=4)
+    # "For you" next to a movie leaves that movie out.
+    for_you = _for_you(request, user, limit=5)
+    context["for_you"] = [r for r in for_you if r.object.pk != movie.pk][:4]
     return _page(request, "catalog/movie.html", context)
 
 
