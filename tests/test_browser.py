@@ -2,11 +2,10 @@
 
 Chromium comes from the system (``apt-get install chromium``; ``.ci/run`` installs it), not from
 Playwright's own download. Movies are embedded with the real MiniLM model before the browser
-starts. ``EMBREC_SCREENSHOTS=docs/screenshots`` also writes the README's screenshots there.
+starts.
 """
 
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,10 +57,6 @@ def screenshot(page, tmp_path, name: str) -> Path:
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=False)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    target = os.environ.get("EMBREC_SCREENSHOTS")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(target) / name)
     return path
 
 

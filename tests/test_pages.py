@@ -228,3 +228,37 @@ def test_the_stylesheet_is_one_static_file(client, db):
     assert html.count('rel="stylesheet"') == 1
     assert "/static/catalog/site.css" in html
     assert "<script" not in html
+
+
+def test_pages_work_on_an_empty_catalog(client, db):
+    assert "No movies yet" in client.get("/").content.decode()
+    response = client.get("/search/", {"q": "space adventure"})
+    assert response.status_code == 200
+    assert "No movies found" in response.content.decode()
+
+
+def test_for_you_next_to_a_movie_leaves_that_movie_out(client, users, movies):
+    browse_as(client, 1)
+    lion_king = movies["Lion King, The"]
+    html = client.get(f"/movies/{lion_king.pk}/").content.decode()
+    for_you = titles(html, "for-you")
+    assert for_you and "Lion King, The" not in for_you
+    assert "Aladdin" in for_you
+
+
+def test_explanations_read_as_a_sentence():
+    from embrec.queries import Explanation
+    from project.catalog.templatetags.catalog import because
+
+    def item(title, kind):
+        return Explanation(object=title, pk=title, kind=kind, weight=1.0, contribution=1.0)
+
+    assert because([]) == ""
+    assert because([item("Alien", "love")]) == "Because you loved Alien"
+    assert because([item("Alien", "like"), item("Heat", "love")]) == (
+        "Because you liked Alien, and loved Heat"
+    )
+    assert (
+        because([item("Alien", "love"), item("Heat", "love"), item("Fargo", "view")])
+        == "Because you loved Alien and Heat, and watched Fargo"
+    )

@@ -8,19 +8,21 @@ register = template.Library()
 VERBS = {"love": "loved", "like": "liked", "view": "watched", "purchase": "bought"}
 
 
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 @register.filter
 def because(explanation) -> str:
-    """``[Explanation, …]`` → "because you loved Star Wars and liked Alien"."""
-    parts = []
-    previous = None
+    """``[Explanation, …]`` → "Because you loved Alien and Heat, and watched Fargo"."""
+    groups: dict[str, list[str]] = {}
     for item in explanation or []:
-        verb = VERBS.get(item.kind, "rated")
-        parts.append(str(item.object) if verb == previous else f"{verb} {item.object}")
-        previous = verb
-    if not parts:
+        groups.setdefault(VERBS.get(item.kind, "rated"), []).append(str(item.object))
+    if not groups:
         return ""
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"Because you {listed}"
+    return "Because you " + ", and ".join(
+        f"{verb} {_listed(titles)}" for verb, titles in groups.items()
+    )
 
 
 @register.filter
