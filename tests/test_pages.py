@@ -134,6 +134,8 @@ def test_search_page_without_a_query_shows_the_form(client, db):
     response = client.get("/search/")
     assert response.status_code == 200
     assert 'name="q"' in response.content.decode()
+    assert client.head("/search/").status_code == 200
+    assert client.post("/search/", {"q": "x"}).status_code == 405
 
 
 @pytest.mark.parametrize(
@@ -152,11 +154,15 @@ def test_unpublished_movies_are_404(client, movies, users):
     assert client.post(f"/movies/{hidden.pk}/rate/", {"kind": "like"}).status_code == 404
 
 
-@pytest.mark.parametrize("value", ["", "0", "ml0", "943", "ml", "admin", "ml4", "x" * 300])
+@pytest.mark.parametrize(
+    "value", ["", "0", "ml0", "943", "ml", "ml1 x", "admin", "ml4", "1" * 300, "ml1\x00"]
+)
 def test_the_switcher_rejects_unknown_and_privileged_accounts(client, users, value):
-    response = client.post("/browse-as/", {"user": value})
+    response = client.post("/browse-as/", {"user": value, "next": "/search/"})
     assert response.status_code == 400
     assert SESSION_KEY not in client.session
+    # The switcher on the error page sends the visitor back where they came from.
+    assert 'name="next" value="/search/"' in response.content.decode()
 
 
 def test_the_switcher_never_signs_in_nor_grants_admin_rights(client, users):

@@ -36,7 +36,7 @@ def parse_username(value: str) -> str:
     value = (value or "").strip().lower()
     if value.isdigit():
         value = f"ml{int(value)}" if len(value) <= 7 else value
-    if not USERNAME.match(value):
+    if not USERNAME.fullmatch(value):
         raise UnknownUser("Enter a MovieLens user number, e.g. 42 or ml42.")
     return value
 

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 import embrec
 from embrec.interactions import InteractionError
@@ -40,7 +40,7 @@ def _page(request, template: str, context: dict, status: int = 200) -> HttpRespo
     return render(request, template, context, status=status)
 
 
-@require_GET
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     user = browsing.browsing_user(request)
     return _page(
@@ -54,7 +54,7 @@ def home(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 def search(request: HttpRequest) -> HttpResponse:
     """Semantic search: the query is embedded with MiniLM and matched against every movie."""
     user = browsing.browsing_user(request)
@@ -78,7 +78,7 @@ def _search_error(exc: QueryError) -> str:
     return str(exc)
 
 
-@require_GET
+@require_safe
 def movie_detail(request: HttpRequest, pk: int) -> HttpResponse:
     movie = get_object_or_404(_visible_movies(request), pk=pk)
     user = browsing.browsing_user(request)
@@ -110,9 +110,7 @@ def browse_as(request: HttpRequest) -> HttpResponse:
     try:
         user = browsing.choose(request, request.POST.get("user", ""))
     except browsing.UnknownUser as exc:
-        return _page(
-            request, "catalog/error.html", {"status": 400, "message": str(exc)}, status=400
-        )
+        return _error(request, 400, str(exc))
     messages.success(request, f"You are now browsing as {user.get_username()}.")
     return HttpResponseRedirect(next_url)
 
@@ -123,32 +121,25 @@ def rate(request: HttpRequest, pk: int) -> HttpResponse:
     movie = get_object_or_404(_visible_movies(request), pk=pk)
     user = browsing.browsing_user(request)
     if user is None:
-        return _page(
-            request,
-            "catalog/error.html",
-            {
-                "status": 403,
-                "message": "Choose a MovieLens user to browse as before rating movies.",
-            },
-            status=403,
-        )
+        return _error(request, 403, "Choose a MovieLens user to browse as before rating movies.")
     kind = request.POST.get("kind", "")
     if kind not in BUTTON_KINDS:
-        return _page(
-            request,
-            "catalog/error.html",
-            {"status": 400, "message": "Rate a movie with “like” or “dislike”."},
-            status=400,
-        )
+        return _error(request, 400, "Rate a movie with “like” or “dislike”.")
     try:
         embrec.record_interaction(user, movie, kind)
     except InteractionError as exc:
-        return _page(request, "catalog/error.html", {"status": 400, "message": str(exc)}, 400)
+        return _error(request, 400, str(exc))
     verb = "like" if kind == "like" else "don’t like"
     messages.success(
         request, f"Noted: you {verb} {movie}. Your recommendations “for you” are updated."
     )
     return HttpResponseRedirect(_next_url(request, default=movie))
+
+
+def _error(request: HttpRequest, status: int, message: str) -> HttpResponse:
+    """The error page of a POST: forms on it send the visitor back where they came from."""
+    context = {"status": status, "message": message, "next_path": _next_url(request)}
+    return _page(request, "catalog/error.html", context, status=status)
 
 
 def _next_url(request: HttpRequest, default: Movie | None = None) -> str:
