@@ -30,6 +30,12 @@ def main() -> None:
         page.goto(f"{args.url}/movies/{args.movie}/")
         page.screenshot(path=str(HERE / "movie.png"))
         browser.close()
+    # 64 colours keep each file around 30 kB (Pillow comes with matplotlib).
+    from PIL import Image
+
+    for name in ("home.png", "movie.png"):
+        image = Image.open(HERE / name).convert("RGB")
+        image.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(HERE / name, optimize=True)
     print(f"Wrote {HERE / 'home.png'} and {HERE / 'movie.png'}")
 
 
