@@ -268,3 +268,15 @@ def test_explanations_read_as_a_sentence():
         because([item("Alien", "love"), item("Heat", "love"), item("Fargo", "view")])
         == "Because you loved Alien and Heat, and watched Fargo"
     )
+
+
+def test_the_switcher_can_be_turned_off(client, users, settings):
+    browse_as(client, 1)
+    settings.DEMO_USER_SWITCHER = False
+    html = client.get("/").content.decode()
+    assert "Demo only" not in html
+    assert 'data-testid="browsing-user"' not in html
+    assert client.post("/browse-as/", {"user": "2"}).status_code == 404
+    # A signed-in user still gets personal recommendations.
+    client.force_login(users[0])
+    assert "Because you loved Toy Story" in client.get("/").content.decode()

@@ -4,12 +4,17 @@ The chosen user's pk is kept in the session. Only the accounts the demo loader c
 MovieLens users (``ml1`` … ``ml943``) can be chosen, and never one with staff or superuser status.
 Nothing here signs anybody in: ``request.user`` is untouched, so the admin and the API see the
 visitor as before. A real site identifies its users with ``django.contrib.auth`` instead.
+
+It shows any MovieLens user's history (in the explanations) to any visitor, which is fine for
+public demo data only: the setting ``DEMO_USER_SWITCHER = False`` turns it off (the switcher is
+hidden, its URL answers 404 and only signed-in users get personal pages).
 """
 
 from __future__ import annotations
 
 import re
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
@@ -22,6 +27,11 @@ USERNAME = re.compile(r"^ml([1-9][0-9]{0,6})$")
 
 class UnknownUser(ValueError):
     """The requested MovieLens user does not exist or may not be browsed as."""
+
+
+def enabled() -> bool:
+    """Whether the switcher is on (``DEMO_USER_SWITCHER``, default ``True``)."""
+    return bool(getattr(settings, "DEMO_USER_SWITCHER", True))
 
 
 def eligible_users():
@@ -72,7 +82,7 @@ def browsing_user(request: HttpRequest) -> AbstractBaseUser | None:
     if cached is not False:
         return cached
     user = None
-    pk = request.session.get(SESSION_KEY) if hasattr(request, "session") else None
+    pk = request.session.get(SESSION_KEY) if hasattr(request, "session") and enabled() else None
     if pk is not None:
         user = eligible_users().filter(pk=pk).first()
         if user is None:

@@ -10,7 +10,7 @@ or hidden movie 404, an action that needs a browsing user 403: never a 500.
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -37,6 +37,7 @@ def _for_you(request: HttpRequest, user, limit: int = LIST_SIZE):
 
 def _page(request, template: str, context: dict, status: int = 200) -> HttpResponse:
     context.setdefault("browsing_user", browsing.browsing_user(request))
+    context["switcher"] = browsing.enabled()
     return render(request, template, context, status=status)
 
 
@@ -102,6 +103,8 @@ def _visible_movies(request: HttpRequest):
 def browse_as(request: HttpRequest) -> HttpResponse:
     """Demo only: choose the MovieLens user to browse as (``user``: 42, ml42 or ``random``;
     ``action=stop`` stops). Never signs anybody in and never grants admin rights."""
+    if not browsing.enabled():
+        raise Http404("The user switcher is turned off.")
     next_url = _next_url(request)
     if request.POST.get("action") == "stop":
         browsing.stop(request)
