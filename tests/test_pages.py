@@ -280,3 +280,12 @@ def test_the_switcher_can_be_turned_off(client, users, settings):
     # A signed-in user still gets personal recommendations.
     client.force_login(users[0])
     assert "Because you loved Toy Story" in client.get("/").content.decode()
+
+
+def test_error_templates_render_without_the_page_context(client, db):
+    from django.template.loader import render_to_string
+
+    response = client.get("/", HTTP_HOST="evil.example")  # not in ALLOWED_HOSTS
+    assert response.status_code == 400
+    assert "Bad request" in response.content.decode()
+    assert "Something went wrong" in render_to_string("500.html")
