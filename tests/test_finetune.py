@@ -3,6 +3,7 @@ random-weight BERT on the MiniLM tokenizer, built here), the revisioned model on
 stored in pgvector after training, the command's errors, and the leak-free evaluation source."""
 
 import random
+import shutil
 from datetime import timedelta
 from io import StringIO
 
@@ -353,3 +354,27 @@ def test_real_minilm_fine_tunes_a_few_steps():
     )
     after = cosine(model, [a for a, _ in pairs], [b for _, b in pairs]).mean()
     assert stats.steps >= 3 and after > before
+
+
+def test_other_processes_follow_the_current_revision(tiny_model, tmp_path):
+    options = {"base_model": tiny_model, "model_dir": str(tmp_path), "train_batch_size": 4}
+    trainer = FinetunedEncoder("shared", **options)
+    worker = FinetunedEncoder("shared", **options)  # another process's instance
+    texts = planted_catalog(groups=4, per_group=3)
+    before = worker.encode([texts["0-0"]])
+    untrained = worker.identity
+    assert untrained.revision == UNTRAINED and untrained.name == "finetuned-model"
+    pairs = [(texts[f"{g}-0"], texts[f"{g}-1"]) for g in range(4)]
+    result = trainer.train_on_texts(pairs, {"learning_rate": 0.1, "epochs": 3})
+    assert result.trained and result.revision != UNTRAINED and result.pairs_per_second > 0
+    # The worker sees current.json change: new identity, new weights.
+    assert worker.identity.revision == result.revision
+    assert worker.identity.dimensions == untrained.dimensions == 32
+    assert not np.allclose(worker.encode([texts["0-0"]]), before)
+    assert np.allclose(worker.encode([texts["0-0"]]), trainer.encode([texts["0-0"]]), atol=1e-6)
+    # Same pairs and parameters: nothing to do; a missing model folder is a clear error.
+    assert not trainer.train_on_texts(pairs, {"learning_rate": 0.1, "epochs": 3}).trained
+    shutil.rmtree(tmp_path / "shared" / result.revision)
+    (tmp_path / "shared" / "current.json").touch()
+    with pytest.raises(ImproperlyConfigured, match="folder is missing"):
+        FinetunedEncoder("shared", **options).encode(["text"])
