@@ -112,6 +112,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--grid", type=int, default=len(GRID), help="validation points to try")
+    parser.add_argument(
+        "--chosen",
+        help="JSON training parameters already chosen on validation: skip the validation grid "
+        "(the base model is still scored on the validation fold) and read the test once",
+    )
     parser.add_argument("--source", help="recbole wheel (default: fetched into .embrec/cache)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -174,7 +179,9 @@ def main() -> None:
         flush=True,
     )
     best = None
-    for config in GRID[: args.grid]:
+    if args.chosen:
+        best = {"config": json.loads(args.chosen), "ndcg@10": None}
+    for config in [] if args.chosen else GRID[: args.grid]:
         source = FinetunedItemVectors(encoder, texts_for, params=config)
         m, k = source.vectors(val_split)
         recall, ndcg = score(val_split, val_cold, m, k)

@@ -139,7 +139,7 @@ EMBREC = {
         # docs/FINETUNING.md): text-only vectors for movies nobody rated yet.
         "finetuned": {
             "CLASS": "embrec.encoders.finetune.FinetunedEncoder",
-            "OPTIONS": {"learning_rate": 1e-4, "max_pairs": 5000, "max_pairs_per_item": 10},
+            "OPTIONS": {"learning_rate": 2e-4, "max_pairs": 2500, "max_pairs_per_item": 10},
         },
     },
     # MovieLens ratings date from 1997-98: count popularity over all time.
