@@ -30,7 +30,7 @@ Options (all optional; plus the :class:`SentenceTransformerEncoder` options ``de
 
 * ``base_model`` — the model training starts from (default: the packaged all-MiniLM-L6-v2).
 * ``model_dir`` — where models are stored (default ``<BASE_DIR>/.embrec/models/<database name>``).
-* ``epochs`` (1), ``train_batch_size`` (64), ``learning_rate`` (2e-5), ``warmup_ratio`` (0.1),
+* ``epochs`` (1), ``train_batch_size`` (64), ``learning_rate`` (1e-4), ``warmup_ratio`` (0.1),
   ``weight_decay`` (0.01), ``scale`` (20: the loss's inverse temperature), ``max_steps`` (None:
   no limit besides ``epochs``), ``max_seq_length`` (64 tokens), ``seed`` (1) — training.
 * ``max_pairs`` (20,000), ``max_pairs_per_item`` (20), ``window`` (5), ``min_count`` (1: pairs
@@ -74,7 +74,7 @@ logger = logging.getLogger("embrec")
 DEFAULT_PARAMS: dict[str, Any] = {
     "epochs": 1,
     "train_batch_size": 64,
-    "learning_rate": 2e-5,
+    "learning_rate": 1e-4,
     "warmup_ratio": 0.1,
     "weight_decay": 0.01,
     "scale": 20.0,
