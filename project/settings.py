@@ -208,6 +208,12 @@ EMBREC = {
                 "uncertainty": 0.3,
             },
         },
+        # MiniLM fine-tuned on co-rated movies (manage.py embrec_finetune finetuned; see
+        # docs/FINETUNING.md): text-only vectors for movies nobody rated yet.
+        "finetuned": {
+            "CLASS": "embrec.encoders.finetune.FinetunedEncoder",
+            "OPTIONS": {"learning_rate": 2e-4, "max_pairs": 2500, "max_pairs_per_item": 10},
+        },
     },
     # MovieLens ratings date from 1997-98: count popularity over all time.
     "POPULARITY_WINDOW_DAYS": None,
