@@ -44,6 +44,7 @@ import django  # noqa: E402
 django.setup()
 
 from embrec.encoders.als import ALSEncoder  # noqa: E402
+from embrec.encoders.cooccurrence import CooccurrenceEncoder  # noqa: E402
 from embrec.encoders.item2vec import Item2VecEncoder  # noqa: E402
 from embrec.evaluation.baselines import ALSMethod, ItemKNNMethod, PopularityMethod  # noqa: E402
 from embrec.evaluation.methods import (  # noqa: E402
@@ -422,6 +423,23 @@ def configurations(content: np.ndarray):
             rescale=False,
         ),
     )
+    # Co-occurrence (item-kNN's cosine, truncated SVD), alone and under the adaptive hybrid.
+    for dims in (96, 128, 192):
+        configs[f"cooc d{dims}"] = (
+            emb(**deployed),
+            lambda dims=dims: TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=dims)),
+        )
+    for k in (2.0, 5.0):
+        for unc in (0.3,):
+            configs[f"adaptive cooc d128 k{k:g} unc{unc:g}"] = (
+                emb(**deployed),
+                lambda k=k, unc=unc: AdaptiveItemVectors(
+                    TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=128)),
+                    minilm(),
+                    shrinkage=k,
+                    uncertainty=unc,
+                ),
+            )
     return configs
 
 
