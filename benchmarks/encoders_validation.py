@@ -226,9 +226,15 @@ def configurations(content: np.ndarray):
         base = {"workers": 1}
         return Item2VecEncoder("item2vec", **{**base, **opts})
 
-    def emb(popularity=0.0, last=None, uniform=True, **_):
+    def emb(popularity=0.0, last=None, uniform=True, prior=None, prior_strength=5.0, **_):
         return lambda source: EmbeddingMethod(
-            source.name, source, popularity=popularity, last=last, uniform=uniform
+            source.name,
+            source,
+            popularity=popularity,
+            last=last,
+            uniform=uniform,
+            prior=prior,
+            prior_strength=prior_strength,
         )
 
     deployed = {"last": 3, "popularity": 0.6}
@@ -439,6 +445,45 @@ def configurations(content: np.ndarray):
                     shrinkage=k,
                     uncertainty=unc,
                 ),
+            )
+
+    for k in (0.0, 0.5, 1.0, 2.0):
+        configs[f"adaptive cooc d128 k{k:g} min1 unc0.3"] = (
+            emb(**deployed),
+            lambda k=k: AdaptiveItemVectors(
+                TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=128)),
+                minilm(),
+                shrinkage=k,
+                min_support=1,
+                uncertainty=0.3,
+            ),
+        )
+
+    # The popularity prior (POPULARITY_PRIOR quantile q, POPULARITY_PRIOR_STRENGTH n) with the
+    # deployed profile, on the demo's adaptive over ALS and on adaptive over co-occurrence.
+    def adaptive_over(behaviour):
+        return lambda: AdaptiveItemVectors(behaviour(), minilm(), shrinkage=2, uncertainty=0.3)
+
+    bases = {
+        "mf": lambda: ALSItemVectors(demo_als(), name="mf"),
+        "cooc": lambda: TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=128)),
+    }
+    for base, behaviour in bases.items():
+        for q, n in (
+            (None, 5.0),
+            (0.25, 1.0),
+            (0.5, 1.0),
+            (0.25, 5.0),
+            (0.5, 5.0),
+            (0.75, 0.1),
+            (0.9, 0.1),
+            (0.9, 1.0),
+            (1.0, 0.1),
+        ):
+            label = "none" if q is None else f"q{q:g} n{n:g}"
+            configs[f"prior adaptive {base} {label}"] = (
+                emb(**deployed, prior=q, prior_strength=n),
+                adaptive_over(behaviour),
             )
     return configs
 

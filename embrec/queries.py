@@ -1078,6 +1078,8 @@ def similar(
     rec = registry.get(obj)
     limit = clean_limit(limit)
     mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
+    if encoder is None and rec.similar_encoder in rec.get_encoders():
+        encoder = rec.similar_encoder  # the registration's choice for similar items
     encoder = _encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     vector, spec = get_vector(obj, encoder)

@@ -47,7 +47,7 @@ def knn_cosines(matrix: sparse.csr_matrix) -> np.ndarray:
 
 
 @pytest.mark.django_db
-def test_cooccurrence_similar_lists_are_item_knn(cooc):
+def test_cooccurrence_similar_lists_are_item_knn(cooc, monkeypatch):
     User = get_user_model()
     articles = make_articles()
     users = [User.objects.create(username=f"co{n}") for n in range(30)]
@@ -80,6 +80,19 @@ def test_cooccurrence_similar_lists_are_item_knn(cooc):
                 assert (
                     abs(r.similarity - cosine[row, column[item_token(ct.id, r.object.pk)]]) < 1e-4
                 )
+
+    # A registration may serve similar items from another encoder than its first.
+    rec = registry.get(Article)
+    article = articles["red"][0]
+    assert rec.get_encoders()[0] == "hashing"
+    by_hashing = [r.object.pk for r in embrec.similar(article, limit=8)]
+    by_cooc = [r.object.pk for r in embrec.similar(article, encoder="cooc", limit=8)]
+    assert by_hashing != by_cooc
+    monkeypatch.setattr(rec, "similar_encoder", "cooc", raising=False)
+    assert [r.object.pk for r in embrec.similar(article, limit=8)] == by_cooc
+    assert [r.object.pk for r in embrec.similar(article, encoder="hashing", limit=8)] == by_hashing
+    monkeypatch.setattr(rec, "similar_encoder", "unknown", raising=False)  # not used: the first
+    assert [r.object.pk for r in embrec.similar(article, limit=8)] == by_hashing
 
 
 def test_truncated_vectors_approximate_the_cosine_and_options_are_checked():
