@@ -20,7 +20,7 @@ Measures:
 
 Usage::
 
-    .venv/bin/python benchmarks/encoders_validation.py [--only NAME ...] [--json PATH]
+    .venv/bin/python benchmarks/encoders_validation.py [--only NAME ...] [--json PATH] [--test]
 """
 
 from __future__ import annotations
@@ -495,10 +495,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--show", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="measure on the test split (train on everything before each user's last 10); "
+        "read it once, after choosing on validation",
+    )
     args = parser.parse_args()
     log, titles, texts = load()
     content = content_matrix(texts)
-    split = validation_split(log)
+    split = temporal_split(log, holdout=10) if args.test else validation_split(log)
     cold_info = cold_split(split)
     results = []
     for name, (factory, source) in configurations(content).items():
