@@ -829,8 +829,8 @@ def _blend(
     prior, strength = 0.0, 0.0
     quantile = embrec_settings.POPULARITY_PRIOR
     if popularity and quantile is not None:
-        table_users = popularity_table(content_type_id).users.values()
-        prior = popularity_prior(list(table_users), float(quantile))
+        users = ranking.scores if ranking is not None else popularity_table(content_type_id).users
+        prior = popularity_prior(list(users.values()), float(quantile))
         strength = float(embrec_settings.POPULARITY_PRIOR_STRENGTH)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
