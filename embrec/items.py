@@ -35,6 +35,9 @@ class Recommendable:
       serves similar items and personal recommendations when a query names none.
     * ``search_encoder`` — the alias (one of ``encoders``) that embeds search text when a query
       names none; default: the first of ``encoders`` that works from text.
+    * ``similar_encoder`` — the alias (one of ``encoders``) that serves similar items when a
+      query names none; default: the first of ``encoders``. Lets a site list "people who liked
+      this also liked" from one encoder and rank personal recommendations with another.
     * ``filter_fields`` — fields the read path may filter on (exact, ``__gte``/``__lte`` …).
     * ``serializer_class`` — dotted path or class of a DRF serializer for API results.
     * ``text_separator`` — what joins the field values (default ``". "``).
@@ -43,6 +46,7 @@ class Recommendable:
     fields: Sequence[str] = ()
     encoders: Sequence[str] | None = None
     search_encoder: str | None = None
+    similar_encoder: str | None = None
     filter_fields: Sequence[str] = ()
     serializer_class: Any = None
     text_separator: str = ". "

@@ -36,7 +36,12 @@ from embrec.conf import embrec_settings
 from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, OutboxEntry
 from embrec.registry import registry
-from embrec.scoring import blend_scores, normalized_popularity
+from embrec.scoring import (
+    blend_scores,
+    normalized_popularity,
+    popularity_prior,
+    smoothed_popularity,
+)
 from embrec.storage import IndexSpec, parse_vector, vector_literal
 
 #: Lookups a filter may use, on fields listed in ``Recommendable.filter_fields``.
@@ -819,10 +824,18 @@ def _blend(
             scores = popularity_scores(content_type_id, [c.pk for c in candidates])
         pops = {c.pk: scores.get(c.pk, 0.0) for c in candidates}
         top = max(top, *pops.values())
+    # Items with little or no history are shrunk towards a prior (POPULARITY_PRIOR), so a new
+    # item is not ranked as if nobody would ever want it.
+    prior, strength = 0.0, 0.0
+    quantile = embrec_settings.POPULARITY_PRIOR
+    if popularity and quantile is not None:
+        users = ranking.scores if ranking is not None else popularity_table(content_type_id).users
+        prior = popularity_prior(list(users.values()), float(quantile))
+        strength = float(embrec_settings.POPULARITY_PRIOR_STRENGTH)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
     for c in candidates:
-        pop = float(normalized_popularity(pops.get(c.pk, 0.0), top))
+        pop = float(smoothed_popularity(pops.get(c.pk, 0.0), top, prior, strength))
         fresh = 0.0
         if recency and c.created_at is not None and half_life > 0:
             age_days = max((now - c.created_at).total_seconds(), 0.0) / 86400.0
@@ -1065,6 +1078,8 @@ def similar(
     rec = registry.get(obj)
     limit = clean_limit(limit)
     mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
+    if encoder is None and rec.similar_encoder in rec.get_encoders():
+        encoder = rec.similar_encoder  # the registration's choice for similar items
     encoder = _encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     vector, spec = get_vector(obj, encoder)

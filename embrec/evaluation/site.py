@@ -67,8 +67,8 @@ _OPTION_TYPES: dict[str, Callable[[str], object]] = {
 
 
 def deployed_options(k: int) -> dict:
-    """Profile and pool options equivalent to the read path under the current ``EMBREC``
-    settings, for ``recommend(user, limit=k, ...)``."""
+    """Profile, pool and popularity-prior options equivalent to the read path under the
+    current ``EMBREC`` settings, for ``recommend(user, limit=k, ...)``."""
     from embrec.conf import embrec_settings
 
     return {
@@ -77,6 +77,8 @@ def deployed_options(k: int) -> dict:
         "uniform": embrec_settings.USER_VECTOR_WEIGHTING == "uniform",
         "pool": k * max(int(embrec_settings.RERANK_POOL_FACTOR), 1),
         "popular_pool": int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
+        "prior": embrec_settings.POPULARITY_PRIOR,
+        "prior_strength": float(embrec_settings.POPULARITY_PRIOR_STRENGTH),
     }
 
 
@@ -251,6 +253,8 @@ def build_methods(
                     pool=options.get("pool"),
                     popular_pool=options.get("popular_pool", 0),
                     uniform=bool(options.get("uniform", False)),
+                    prior=options.get("prior"),
+                    prior_strength=options.get("prior_strength", 5.0),
                 )
             )
         except ValueError as exc:
