@@ -88,7 +88,12 @@ def main() -> None:
 
     db = settings.DATABASES["default"]
     raw = psycopg.connect(
-        host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"], autocommit=True
+        host=db["HOST"],
+        port=db["PORT"],
+        user=db["USER"],
+        password=db.get("PASSWORD") or None,
+        dbname=db["NAME"],
+        autocommit=True,
     )
     register_vector(raw)
     raw.execute(f"SET hnsw.ef_search = {ef_default}")

@@ -14,7 +14,9 @@ Measures:
   with fewer than 10 training users), popularity ratio (median over the top-60 movies of the
   median support of their results / their own support);
 * cold items: 5 % of the movies lose every training interaction; cold recall@10 (held-out cold
-  pairs found in the top 10), cold share (of top-10 slots), cold items present in any similar list.
+  pairs found in the top 10), cold share (of top-10 slots), cold items present in any similar
+  list, and cold list overlap (a cold movie's similar list vs its item-kNN list computed with its
+  ratings).
 
 Usage::
 
@@ -207,6 +209,11 @@ def run(name, method_factory, source_factory, split, cold_info, titles, show=Fal
         result["cold_in_similar"] = round(
             float(np.isin(np.flatnonzero(cold), warm_lists).mean()), 4
         )
+        # A cold item's own list against what its co-ratings say (item-kNN on the full training
+        # data, where it is not cold): overlap of the top 10s.
+        truth = similar_lists(*knn_vectors(split_val.train))
+        overlaps = [len(set(cl[i]) & set(truth[i])) / K for i in np.flatnonzero(cold & method.mask)]
+        result["cold_list_overlap"] = round(float(np.mean(overlaps)), 4)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -350,6 +357,59 @@ def configurations(content: np.ndarray):
                         rescale=rescale,
                     ),
                 )
+    for unc in (0.3, 0.6, 0.9):
+        for k in (2.0, 20.0):
+            configs[f"adaptive3 a5 r2 k{k:g} unc{unc:g}"] = (
+                emb(**deployed),
+                lambda unc=unc, k=k: AdaptiveItemVectors(
+                    ALSItemVectors(
+                        ALSEncoder(
+                            "als", factors=64, regularization=2.0, alpha=5.0, similarity="cosine"
+                        ),
+                        name="als",
+                    ),
+                    minilm(),
+                    shrinkage=k,
+                    uncertainty=unc,
+                ),
+            )
+
+    # The demo's configuration (project/settings.py).
+    def demo_als(similarity="cosine"):
+        return ALSEncoder("mf", factors=64, regularization=2.0, alpha=5.0, similarity=similarity)
+
+    def demo_adaptive():
+        return AdaptiveItemVectors(
+            ALSItemVectors(demo_als(), name="mf"), minilm(), shrinkage=2, uncertainty=0.6
+        )
+
+    configs["final adaptive (demo)"] = (emb(**deployed), demo_adaptive)
+    configs["final adaptive (demo) plain"] = (emb(), demo_adaptive)
+    configs["final mf cosine, last 3, pop 0.6"] = (
+        emb(**deployed),
+        lambda: ALSItemVectors(demo_als(), name="mf"),
+    )
+    configs["final mf exact fold-in"] = (emb(), lambda: ALSItemVectors(demo_als("exact")))
+    configs["final mf exact fold-in, pop 0.6"] = (
+        emb(popularity=0.6),
+        lambda: ALSItemVectors(demo_als("exact")),
+    )
+    for unc in (0.0, 0.3, 0.6):
+        configs[f"cmp unc{unc:g} plain"] = (
+            emb(),
+            lambda unc=unc: AdaptiveItemVectors(
+                ALSItemVectors(demo_als(), name="mf"), minilm(), shrinkage=2, uncertainty=unc
+            ),
+        )
+    configs["robust i2v (tuned C) adaptive k5 unc0.3"] = (
+        emb(**deployed),
+        lambda: AdaptiveItemVectors(
+            TrainedItemVectors(i2v(**i2v_grid["i2v tuned C"])),
+            minilm(),
+            shrinkage=5,
+            uncertainty=0.3,
+        ),
+    )
     configs["adaptive als k5 centered"] = (
         emb(**deployed),
         lambda: AdaptiveItemVectors(

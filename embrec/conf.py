@@ -44,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
     # Crashes of a whole batch (e.g. an encoder failing on every text) before its rows are
     # marked failed. A single poison object is marked failed at once.
     "MAX_ATTEMPTS": 5,
-    # Longest a save waits for the broker when it queues a drain task (seconds): one connection
-    # attempt, no retries. With the broker down the outbox row keeps the work.
+    # Longest a save (or a recorded interaction) waits for the broker when it queues a task, in
+    # seconds: one connection attempt, no retries. With the broker down the outbox keeps the work.
     "KICK_TIMEOUT": 0.5,
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
@@ -234,7 +234,6 @@ _BOUNDED_INTS = {
     "EF_SEARCH": (1, 1000),
     "INDEX_BUILD_THRESHOLD": (0, None),
     "RERANK_POPULAR_CANDIDATES": (0, None),
-    "POPULARITY_CACHE_SECONDS": (0, None),
 }
 #: Keys that may also be None.
 _OPTIONAL = {
@@ -352,6 +351,9 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             value is not None and (not _is_number(value) or value <= 0)
         ):
             wrong(key, ("None or " if optional else "") + "a positive number of days")
+    value = values["POPULARITY_CACHE_SECONDS"]
+    if not _is_number(value) or value < 0:
+        wrong("POPULARITY_CACHE_SECONDS", "a number of seconds, 0 or more")
     value = values["KICK_TIMEOUT"]
     if not _is_number(value) or value <= 0:
         wrong("KICK_TIMEOUT", "a positive number of seconds")

@@ -19,7 +19,10 @@ events leave the vector alone (they still hide the item from the user's results)
 normalised mean, so scaling every weight by the same factor (which is all that measuring from
 now would add) changes nothing, while measuring from now would underflow every weight of a user
 who has been away for years (or of imported historical data) to zero. A user with no positive
-contribution has no vector (popularity fallback). When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
+contribution has no vector (popularity fallback). Encoders with a user model of their own (``folds_in_users``, e.g. ALS) build the vector from the
+same weights with :meth:`~embrec.encoders.BaseEncoder.fold_in_user` instead of the mean, over all
+of the user's items when ``profile_uses_all_items``.
+When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
 dependent user vectors stale and queues their refresh. Stale or missing vectors are computed on
 the fly by the read path, so results never use a vector known to be outdated.
 """
@@ -147,25 +150,20 @@ def _after_commit(func, *args) -> None:
 
 
 def _queue_user_refresh(user_id: Any, content_type_id: int) -> None:
-    from embrec.tasks import queue_options, refresh_user_vectors
+    from embrec.tasks import publish, refresh_user_vectors
 
     try:
-        refresh_user_vectors.apply_async(
-            args=[user_id, content_type_id], retry=False, **queue_options(refresh_user_vectors)
-        )
+        # Bounded by EMBREC["KICK_TIMEOUT"]: a down broker must not hold the request.
+        publish(refresh_user_vectors, args=[user_id, content_type_id])
     except Exception as exc:  # broker down: the vector stays stale and reads compute it
         logger.warning("embrec: could not queue a user-vector refresh (%s).", exc)
 
 
 def _queue_items_refresh(content_type_id: int, encoder: str, object_pks: list[str]) -> None:
-    from embrec.tasks import queue_options, refresh_user_vectors_for_items
+    from embrec.tasks import publish, refresh_user_vectors_for_items
 
     try:
-        refresh_user_vectors_for_items.apply_async(
-            args=[content_type_id, encoder, object_pks],
-            retry=False,
-            **queue_options(refresh_user_vectors_for_items),
-        )
+        publish(refresh_user_vectors_for_items, args=[content_type_id, encoder, object_pks])
     except Exception as exc:
         logger.warning("embrec: could not queue user-vector refreshes (%s).", exc)
 

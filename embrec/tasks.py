@@ -88,19 +88,18 @@ def sweep() -> int:
     return indexing.sweep()
 
 
-def send_drain() -> None:
-    """Queue one :func:`drain_outbox` task (on the queue :func:`queue_options` picks), waiting
-    for the broker at most ``EMBREC["KICK_TIMEOUT"]`` seconds; raises when it cannot.
+def publish(task, args: list | tuple = (), kwargs: dict | None = None) -> None:
+    """Queue ``task`` (on the queue :func:`queue_options` picks), waiting for the broker at most
+    ``EMBREC["KICK_TIMEOUT"]`` seconds; raises when it cannot.
 
-    Saves call this (through :func:`embrec.indexing.kick`) after commit, so it must not hold a
-    request while the broker is down: kombu's usual publish retries the connection for several
-    seconds. Here one connection is opened without retries and with short socket timeouts (the
-    app's other broker settings are kept); kicks are deduplicated, so this costs one connection
-    per queued task, not one per save.
+    Saves and interactions publish after commit, so a publish must not hold a request while the
+    broker is down: kombu's usual publish retries the connection for several seconds. Here one
+    connection is opened without retries and with short socket timeouts (the app's other broker
+    settings are kept). Eager mode (``task_always_eager``) runs the task in-process.
     """
-    app = drain_outbox.app
+    app = task.app
     if app.conf.task_always_eager:
-        drain_outbox.apply_async(**queue_options(drain_outbox))
+        task.apply_async(args=args, kwargs=kwargs, **queue_options(task))
         return
     timeout = float(embrec_settings.KICK_TIMEOUT)
     options = {
@@ -111,7 +110,15 @@ def send_drain() -> None:
         "socket_timeout": timeout,
     }
     with app.connection_for_write(transport_options=options, connect_timeout=timeout) as conn:
-        drain_outbox.apply_async(retry=False, connection=conn, **queue_options(drain_outbox))
+        task.apply_async(
+            args=args, kwargs=kwargs, retry=False, connection=conn, **queue_options(task)
+        )
+
+
+def send_drain() -> None:
+    """Queue one :func:`drain_outbox` task (see :func:`publish`). Kicks are deduplicated
+    (:func:`embrec.indexing.kick`), so this costs one connection per queued task, not per save."""
+    publish(drain_outbox)
 
 
 class DrainOnConnect(bootsteps.StartStopStep):

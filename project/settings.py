@@ -184,17 +184,29 @@ EMBREC = {
             "OPTIONS": {},
         },
         # Behavioural vectors: implicit ALS item factors (train: manage.py embrec_train; about
-        # a second on the 100k ratings). Unit factors ("cosine"): the best similar-movie lists.
-        # (Not called "als": in embrec_evaluate method lists that names the ALS baseline.)
+        # a second on the 100k ratings), as unit vectors: the best similar-movie lists on the
+        # validation split of docs/ENCODERS.md. (Not aliased "als": in embrec_evaluate method
+        # lists that names the ALS baseline.)
         "mf": {
             "CLASS": "embrec.encoders.als.ALSEncoder",
-            "OPTIONS": {"factors": 64, "regularization": 0.5, "similarity": "cosine"},
+            "OPTIONS": {
+                "factors": 64,
+                "regularization": 2.0,
+                "alpha": 5.0,
+                "similarity": "cosine",
+            },
         },
-        # Behaviour where a movie has enough of it, MiniLM mapped into the ALS space where it has
-        # little or none (new movies get neighbours and can be recommended at once).
+        # Serves similar movies and recommendations: ALS where a movie has ratings, MiniLM mapped
+        # into the ALS space where it has few or none (a new movie gets neighbours at once);
+        # movies known only from their text rank lower in other movies' lists (uncertainty).
         "adaptive": {
             "CLASS": "embrec.encoders.adaptive.AdaptiveHybridEncoder",
-            "OPTIONS": {"behaviour": "mf", "content": "default", "shrinkage": 5},
+            "OPTIONS": {
+                "behaviour": "mf",
+                "content": "default",
+                "shrinkage": 2,
+                "uncertainty": 0.3,
+            },
         },
     },
     # MovieLens ratings date from 1997-98: count popularity over all time.

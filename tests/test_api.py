@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle
 
 import embrec
+from embrec.conf import DEFAULTS
 from embrec.models import Interaction, UserEmbedding
 from tests.readpath import brute_force, make_catalog, make_user, text_vector
 from tests.testapp.models import Article
@@ -430,7 +431,5 @@ def test_throttles_are_on_by_default_with_configurable_rates(client, catalog, se
 
 
 def test_default_rates():
-    from embrec.conf import DEFAULTS
-
     assert DEFAULTS["THROTTLE_RATES"] == {"anon": "100/min", "user": "1000/min", "search": "30/min"}
     assert DEFAULTS["API_THROTTLE_CLASSES"]

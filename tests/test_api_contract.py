@@ -90,6 +90,15 @@ def test_schema_lists_types_limits_and_filters(api):
     assert search["q"]["schema"]["maxLength"] == 512
     assert search["price__lte"]["schema"] == {"type": "number"}
     assert {"category", "category__in", "tenant__isnull"} <= set(search)
+    event = raw["components"]["schemas"]["InteractionEvent"]["properties"]
+    enums = {
+        name: schema["enum"]
+        for name, schema in raw["components"]["schemas"].items()
+        if "enum" in schema
+    }
+    assert ["testapp.article", "testapp.note"] in enums.values()
+    assert event["type"] and event["kind"]
+    assert sorted(["view", "like", "purchase", "dislike"]) in enums.values()
     text = str(raw).lower()
     assert "catalog" not in text and "movie" not in text
 

@@ -11,6 +11,7 @@ from celery import _state as celery_state
 from django.test import override_settings
 
 from embrec.checks import check_celery_app, check_settings
+from embrec.conf import DEFAULTS
 from tests.settings import EMBREC as TEST_EMBREC
 from tests.worker import ROOT
 
@@ -63,6 +64,16 @@ def test_a_bad_value_of_any_key_is_a_check_error_with_a_hint(key, value, expecte
     assert ids(errors) == [expected], errors
     assert all(error.hint for error in errors)
     assert key in errors[0].msg or key == "THROTTLE_RATES"
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULTS))
+def test_every_key_is_validated(key):
+    # A value no setting accepts: each key must have a rule that reports it.
+    with override_settings(EMBREC={**encoders(), key: object()}):
+        errors = check_settings()
+    assert errors, f"EMBREC[{key!r}] is not validated"
+    assert any(key in error.msg for error in errors), errors
+    assert all(error.id.startswith("embrec.E") and error.hint for error in errors)
 
 
 @pytest.mark.parametrize(

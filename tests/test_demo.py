@@ -285,6 +285,8 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
 
     assert redis_available(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
     flush_broker()
+    # Read before the settings change: the Celery app keeps its own copy of the settings.
+    saved_routes = app.conf.task_routes
     routes = demo_settings.CELERY_TASK_ROUTES
     settings.CELERY_TASK_ROUTES = routes
     settings.EMBREC = {**settings.EMBREC, "QUEUE": demo_settings.EMBREC["QUEUE"]}
@@ -298,7 +300,6 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
 
     backlog = 3000
     broker = redis.Redis.from_url(REDIS_URL)
-    saved_routes = app.conf.task_routes
     app.conf.task_routes = routes
     workers = []
     try:
@@ -366,6 +367,14 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in {"Z", "X"}
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether ``pid`` has installed a SIGTERM handler (a booting worker has not yet)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (15 - 1)))
+    return False
 
 
 def _start_demo(source, db_root, port, tmp_path, run):
@@ -473,6 +482,9 @@ def test_stopping_the_demo_stops_workers_beat_and_the_embedded_server(tmp_path):
     children = _children(demo.pid)
     postmaster = server_pid()
     encoder = next(pid for pid, cmd in children.items() if "embrec.encode" in cmd)
+    # Once it handles SIGTERM itself (a worker still booting would just die of it), stop it: it
+    # can no longer react, so the demo has to kill it.
+    wait_for(lambda: _catches_sigterm(encoder), timeout=120, message="the worker's handlers")
     os.kill(encoder, signal.SIGSTOP)
     demo.send_signal(signal.SIGTERM)
     assert demo.wait(timeout=90) == 0

@@ -297,9 +297,8 @@ def test_another_account_cannot_connect(tmp_path):
     assert not server.is_running()
 
 
-def test_old_trust_data_folder_is_migrated(tmp_path):
-    """A data folder made by earlier versions (initdb --auth=trust, no password) keeps working."""
-    root = tmp_path / "old"
+def make_old_data_folder(root: Path) -> EmbeddedPostgres:
+    """A data folder as earlier versions made it: initdb --auth=trust, no password."""
     server = EmbeddedPostgres(root)
     root.mkdir()
     root.chmod(0o755)  # earlier versions left it open
@@ -322,16 +321,44 @@ def test_old_trust_data_folder_is_migrated(tmp_path):
     )
     assert "trust" in (server.pgdata / "pg_hba.conf").read_text()
     assert not server.passfile.exists()
+    return server
+
+
+def start_old_style(server: EmbeddedPostgres) -> None:
+    """Start it as earlier versions did: an open socket folder, the default 0777 socket."""
+    server.socket_dir.mkdir(mode=0o755)
+    server._chown(server.socket_dir)
+    server.logfile.touch()
+    server._chown(server.logfile)
+    options = f"-k {server.socket_dir} -p {server.port} -h ''"
+    server._pg_ctl(["start", "-w", "-l", str(server.logfile), "-o", options])
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["at-rest", "running"])
+def test_old_trust_data_folder_is_migrated(tmp_path, running):
+    """A data folder made by earlier versions keeps working, now with a password; also when an
+    earlier version's server is still running on it."""
+    root = tmp_path / "old"
+    server = make_old_data_folder(root)
+    if running:
+        start_old_style(server)
+        with psycopg.connect(
+            host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres"
+        ) as conn:
+            started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
 
     server.start()
     try:
         assert "trust" not in (server.pgdata / "pg_hba.conf").read_text()
         assert stat.S_IMODE(server.passfile.stat().st_mode) == 0o600
+        assert stat.S_IMODE(server.socket_dir.stat().st_mode) == 0o700
         with psycopg.connect(server.url(), autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             verifier = conn.execute(
                 "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'"
             ).fetchone()[0]
+            if running:  # reloaded in place, not restarted
+                assert conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
         assert verifier.startswith("SCRAM-SHA-256$")
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(
@@ -339,6 +366,7 @@ def test_old_trust_data_folder_is_migrated(tmp_path):
             )
     finally:
         server.release()
+    assert not server.is_running()
 
     # A second start finds the folder migrated and leaves it as it is.
     again = EmbeddedPostgres(root)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
@@ -92,8 +93,6 @@ def test_web_process_does_not_import_torch():
 
 @pytest.mark.django_db
 def test_docs_page_works_offline(client):
-    from django.contrib.staticfiles import finders
-
     page = client.get("/api/docs/").content.decode()
     # Every asset comes from this site (drf-spectacular-sidecar), none from a CDN.
     assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page

@@ -14,7 +14,7 @@ from django.db import OperationalError, connection
 from rest_framework.test import APIClient
 
 from embrec import indexing, tasks
-from embrec.models import DrainSignal, Embedding, OutboxEntry
+from embrec.models import DrainSignal, Embedding, Interaction, OutboxEntry
 from tests.testapp.models import Article
 from tests.worker import start_worker, stop_worker, use_broker, wait_for
 
@@ -72,6 +72,26 @@ def test_save_with_the_broker_down_returns_at_once_and_keeps_the_work():
             assert DrainSignal.objects.filter(queued_at__isnull=False).count() == 0
     print("save with the broker down:", [f"{t:.3f}s" for t in timings])
     assert max(timings) < 1.5, timings
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_interactions_with_the_broker_down_returns_at_once():
+    article = Article.objects.create(title="liked offline", body="x")
+    client = APIClient()
+    client.force_authenticate(get_user_model().objects.create_user("fan", password="pw"))
+    with use_broker(f"redis://127.0.0.1:{free_port()}/0"):
+        started = time.monotonic()
+        response = client.post(
+            "/api/embrec/interactions/",
+            {"type": "testapp.article", "pk": str(article.pk), "kind": "like"},
+            format="json",
+        )
+        elapsed = time.monotonic() - started
+    print(f"POST interactions with the broker down: {elapsed:.3f}s")
+    assert response.status_code == 201, response.content
+    assert elapsed < 1.5, elapsed
+    # The interaction is stored; the user's vector is computed when it is read.
+    assert Interaction.objects.filter(user__username="fan").count() == 1
 
 
 @pytest.mark.slow

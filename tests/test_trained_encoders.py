@@ -19,7 +19,12 @@ from scipy import sparse
 import embrec
 from embrec import indexing
 from embrec.encoders import get_encoder
-from embrec.encoders.adaptive import AdaptiveHybridEncoder, blend, fit_content_map
+from embrec.encoders.adaptive import (
+    UNCERTAINTY_DIMS,
+    AdaptiveHybridEncoder,
+    blend,
+    fit_content_map,
+)
 from embrec.encoders.als import (
     ALSEncoder,
     exact_item_vectors,
@@ -253,6 +258,33 @@ def test_blend_weights_behaviour_by_support():
     assert np.allclose(vectors[1], np.array([1.0, 1.0]) / np.sqrt(2))  # n = k: half and half
     assert np.allclose(vectors[2], [0.0, 1.0])  # below min_support: content only
     assert np.allclose(vectors[3], [0.0, 1.0])  # nothing of its own: content only
+
+
+def test_uncertainty_scales_a_content_only_item_down_in_other_lists():
+    rng = np.random.default_rng(3)
+    own = l2(rng.normal(size=(6, 5)))
+    mapped = l2(rng.normal(size=(6, 5)))
+    has_own = np.array([True] * 5 + [False])
+    support = np.array([50, 50, 50, 50, 50, 0])
+    keys = [f"1:{n}" for n in range(6)]
+    plain, _ = blend(own, has_own, mapped, support, shrinkage=0, min_support=1, keys=keys)
+    vectors, has = blend(
+        own, has_own, mapped, support, shrinkage=0, min_support=1, uncertainty=0.36, keys=keys
+    )
+    assert has.all() and vectors.shape == (6, 5 + UNCERTAINTY_DIMS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The cold item's cosine with a warm one is scaled by √(1 − 0.36) = 0.8 ...
+    np.testing.assert_allclose(vectors[:5] @ vectors[5], 0.8 * (plain[:5] @ plain[5]), atol=1e-5)
+    # ... and its own neighbours keep their order.
+    assert list(np.argsort(-(vectors[:5] @ vectors[5]))) == list(
+        np.argsort(-(plain[:5] @ plain[5]))
+    )
+    with pytest.raises(ImproperlyConfigured, match="uncertainty"):
+        AdaptiveHybridEncoder("x", behaviour="a", content="b", uncertainty=1.5)
+
+
+def l2(matrix):
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
 
 
 def test_content_map_recovers_a_linear_relation():

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import connections, models, router
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter
 
@@ -25,6 +26,27 @@ _INTEGER_FIELDS = (models.IntegerField, models.AutoField)
 
 def _labels() -> list[str]:
     return sorted(rec.label for rec in registry.all())
+
+
+class RegisteredTypeFieldExtension(OpenApiSerializerFieldExtension):
+    """``type`` in request bodies: an enum of the registered labels, like the parameter."""
+
+    target_class = "embrec.api.serializers.RegisteredTypeField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        schema: dict[str, Any] = {"type": "string"}
+        if _labels():
+            schema["enum"] = _labels()
+        return schema
+
+
+class InteractionKindFieldExtension(OpenApiSerializerFieldExtension):
+    """``kind`` in request bodies: an enum of the configured interaction kinds."""
+
+    target_class = "embrec.api.serializers.InteractionKindField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {"type": "string", "enum": sorted(embrec_settings.INTERACTION_WEIGHTS)}
 
 
 def type_parameter(location: str) -> OpenApiParameter:

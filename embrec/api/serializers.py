@@ -100,12 +100,22 @@ class ResultListSerializer(serializers.Serializer):
     results = ResultSerializer(many=True)
 
 
+class RegisteredTypeField(serializers.CharField):
+    """A registered model label; unknown labels are answered with 404 ``unknown_type`` by the
+    view. Documented as an enum of the labels registered when the schema is generated."""
+
+
+class InteractionKindField(serializers.CharField):
+    """A kind from ``EMBREC["INTERACTION_WEIGHTS"]`` (documented as an enum of the configured
+    kinds; checked by :meth:`InteractionEventSerializer.validate_kind`)."""
+
+
 class InteractionEventSerializer(serializers.Serializer):
     """One event of the current user on one object."""
 
-    type = serializers.CharField(help_text="Registered model label (app_label.model_name).")
+    type = RegisteredTypeField(help_text="Registered model label (app_label.model_name).")
     pk = serializers.CharField(help_text="Primary key of the object.")
-    kind = serializers.CharField(help_text="A kind from EMBREC['INTERACTION_WEIGHTS'].")
+    kind = InteractionKindField(help_text="A configured interaction kind.")
     at = serializers.DateTimeField(
         required=False, help_text="When it happened (default: now); not in the future."
     )

@@ -1,9 +1,12 @@
 """DRF views of the embrec API.
 
 All views share :class:`EmbrecAPIView`: permission and throttle classes come from
-``EMBREC["API_PERMISSION_CLASSES"]`` / ``EMBREC["API_THROTTLE_CLASSES"]`` (DRF's defaults when
-``None``), personal endpoints add ``IsAuthenticated``, and every error has the body
-``{"detail": "...", "code": "..."}`` (see :func:`exception_handler`).
+``EMBREC["API_PERMISSION_CLASSES"]`` / ``EMBREC["API_THROTTLE_CLASSES"]`` (by default no extra
+permission, and embrec's anonymous and per-user throttles; DRF's defaults when ``None``),
+personal endpoints add ``IsAuthenticated``, search adds its own throttle, and every error has the
+body ``{"detail": "...", "code": "..."}`` (see :func:`exception_handler`): no input gives a 500
+(bodies that do not parse are a 400, values the database cannot hold a 400 or 404), and an
+unreachable database gives a 503 with ``Retry-After``.
 
 Query parameters common to the ranked lists: ``limit``; ``mmr_lambda`` (0–1, diversity
 re-ranking); ``popularity`` and ``recency`` (0–1, score shares); ``exclude_seen``; any other

@@ -47,6 +47,10 @@ Options:
 * ``rescale`` (True) — stretch mapped vectors away from the mean of the behavioural vectors by
   the ratio of the real vectors' spread to the predictions' (ridge predictions are shrunk
   towards the mean, so without it mapped items are near-neighbours of everything).
+* ``uncertainty`` (0) — how much less an item known only from its content counts in *other*
+  items' lists and in personal rankings: its cosine with everything is scaled by
+  ``√(1 − uncertainty · (1 − s))`` (through 64 extra dimensions, see :func:`blend`), its own
+  similar list is unchanged. 0 adds no dimensions.
 * ``model_dir`` — where maps are kept (default: the behavioural encoder's folder's parent).
 """
 
@@ -55,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +77,7 @@ DEFAULTS = {
     "ridge": 1.0,
     "center": 0.0,
     "rescale": 1.0,
+    "uncertainty": 0.0,
 }
 
 
@@ -162,11 +168,19 @@ def blend(
     shrinkage: float,
     min_support: float,
     mean: np.ndarray | None = None,
+    uncertainty: float = 0.0,
+    keys: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``normalise(s · own + (1 − s) · mapped)`` with ``s = n / (n + shrinkage)`` (0 below
     ``min_support`` or without an own vector); with ``mean``, own vectors are centred on it first
-    (``mapped`` must then come from a map fitted on centred vectors). Returns
-    ``(vectors, has_vector)``."""
+    (``mapped`` must then come from a map fitted on centred vectors).
+
+    ``uncertainty`` ``u`` > 0 appends :data:`UNCERTAINTY_DIMS` dimensions: each vector becomes
+    ``[√(1 − p) · v, √p · r]`` with ``p = u · (1 − s)`` and ``r`` a fixed pseudo-random unit vector
+    per item (seeded by its key in ``keys``). Its cosine with any other item ``j`` is then
+    ``√(1 − p) · v·v_j`` up to the small ``r·r_j`` term: an item known only from its content keeps
+    its own neighbours in the same order but ranks lower, by a constant factor, in everyone
+    else's lists. Returns ``(vectors, has_vector)``."""
     support = np.asarray(support, np.float64)
     own = np.asarray(own, np.float32)
     if mean is not None:
@@ -177,7 +191,28 @@ def blend(
         :, None
     ] * np.asarray(mapped, np.float32)
     has = np.linalg.norm(merged, axis=1) > 1e-9
-    return l2_normalize(merged.astype(np.float32)), has
+    vectors = l2_normalize(merged.astype(np.float32))
+    if uncertainty > 0:
+        if keys is None or len(keys) != len(vectors):
+            raise ValueError("uncertainty needs one key per item")
+        p = np.clip(float(uncertainty) * (1.0 - share), 0.0, 1.0)
+        extra = np.stack([_private_direction(str(key)) for key in keys])
+        vectors = np.hstack(
+            [vectors * np.sqrt(1.0 - p)[:, None], extra * np.sqrt(p)[:, None]]
+        ).astype(np.float32)
+        vectors[~has] = 0.0
+    return vectors, has
+
+
+#: Extra dimensions added by the ``uncertainty`` option.
+UNCERTAINTY_DIMS = 64
+
+
+def _private_direction(key: str) -> np.ndarray:
+    """A unit vector in the uncertainty dimensions, the same for ``key`` in every process."""
+    rng = np.random.default_rng(zlib.crc32(key.encode("utf-8")))
+    vector = rng.normal(size=UNCERTAINTY_DIMS)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 class AdaptiveHybridEncoder(BaseEncoder):
@@ -201,6 +236,8 @@ class AdaptiveHybridEncoder(BaseEncoder):
         self.params = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
         self.params["center"] = bool(options.get("center", False))
         self.params["rescale"] = bool(options.get("rescale", True))
+        if not 0.0 <= self.params["uncertainty"] < 1.0:
+            raise ImproperlyConfigured(f"Adaptive hybrid {alias!r}: uncertainty must be in [0, 1).")
         if self.params["shrinkage"] < 0 or self.params["ridge"] < 0:
             raise ImproperlyConfigured(
                 f"Adaptive hybrid {alias!r}: shrinkage and ridge must not be negative."
@@ -243,7 +280,8 @@ class AdaptiveHybridEncoder(BaseEncoder):
         revision = hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
         if behaviour.revision == UNTRAINED:
             revision = UNTRAINED
-        return EncoderIdentity("adaptive", revision, behaviour.dimensions, True)
+        extra = UNCERTAINTY_DIMS if self.params["uncertainty"] > 0 else 0
+        return EncoderIdentity("adaptive", revision, behaviour.dimensions + extra, True)
 
     @property
     def model_dir(self) -> Path:
@@ -356,7 +394,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
         if w is None:
             return [None] * len(objects)
         behaviour = self.behaviour_encoder()
-        dims = self.dimensions
+        dims = behaviour.dimensions
         own_list = list(behaviour.encode_objects(rec, objects, texts))
         has_own = np.array([v is not None for v in own_list])
         own = np.stack(
@@ -382,6 +420,8 @@ class AdaptiveHybridEncoder(BaseEncoder):
             shrinkage=self.params["shrinkage"],
             min_support=self.params["min_support"],
             mean=w.center if self.params["center"] else None,
+            uncertainty=self.params["uncertainty"],
+            keys=behaviour.tokens_for(rec, objects),
         )
         return [vectors[n] if has[n] else None for n in range(len(objects))]
 
@@ -396,4 +436,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 f"Adaptive hybrid {self.alias!r} cannot encode text before its behavioural "
                 "encoder is trained."
             )
-        return w.apply(self.content_encoder().encode(texts))
+        mapped = w.apply(self.content_encoder().encode(texts))
+        if self.params["uncertainty"] > 0:
+            mapped = np.hstack([mapped, np.zeros((len(mapped), UNCERTAINTY_DIMS), np.float32)])
+        return mapped

@@ -14,13 +14,19 @@ encoder's identity and marks every stored vector of this alias stale.
 Options (all optional):
 
 * ``vector_size`` (64), ``window`` (5), ``negative`` (10), ``epochs`` (10), ``sg`` (1: skip-gram),
-  ``min_count`` (1), ``sample`` (0: no down-sampling of popular items), ``ns_exponent`` (0.75),
-  ``alpha`` (0.025), ``seed`` (1), ``workers`` (1; more threads train faster but not bit-for-bit
-  reproducibly) — word2vec parameters.
-* ``model_dir`` — where models are stored (default ``<BASE_DIR>/.embrec/models/<database name>``).
-* ``kinds`` — interaction kinds used for training (default: all).
-* ``min_weight`` — interactions with weight at most this are ignored (default 0: dislikes and
-  other negative signals are not co-consumption).
+  ``min_count`` (1: items with fewer interactions get no vector), ``sample`` (0: no down-sampling
+  of popular items), ``ns_exponent`` (0.75), ``alpha`` (0.025), ``seed`` (1), ``workers`` (1; more
+  threads train faster but not bit-for-bit reproducibly) — word2vec parameters. Values tuned on
+  MovieLens (Caselles-Dupré et al., RecSys 2018): ``ns_exponent=-0.5, window=50, epochs=20,
+  sample=1e-4, min_count=5, center=True`` (docs/ENCODERS.md).
+* ``center`` (False) — subtract the mean vector before normalising: removes the direction all
+  items share, which makes a few items the nearest neighbour of many.
+
+Rarely-seen items: wrap the encoder in an :class:`~embrec.encoders.adaptive.AdaptiveHybridEncoder`
+with a text encoder; items below ``min_count`` then get their content mapped into the item2vec
+space, and items with little support are shrunk towards it.
+* ``model_dir``, ``kinds``, ``min_weight`` — as for every trained encoder
+  (:mod:`embrec.encoders.trained`).
 """
 
 from __future__ import annotations

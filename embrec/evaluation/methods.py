@@ -439,9 +439,11 @@ class AdaptiveItemVectors(ItemVectors):
         ridge: float = 1.0,
         center: bool = False,
         rescale: bool = True,
+        uncertainty: float = 0.0,
         min_weight: float = 0.0,
         name: str = "adaptive",
     ):
+        self.uncertainty = uncertainty
         self.center = center
         self.rescale = rescale
         self.behaviour = behaviour
@@ -475,6 +477,8 @@ class AdaptiveItemVectors(ItemVectors):
             shrinkage=self.shrinkage,
             min_support=self.min_support,
             mean=mean,
+            uncertainty=self.uncertainty,
+            keys=split.train.items,
         )
 
 

@@ -321,6 +321,7 @@ def trained_item_vectors(alias: str, content: Callable[[str], ItemVectors]) -> I
             ridge=encoder.params["ridge"],
             center=encoder.params["center"],
             rescale=encoder.params["rescale"],
+            uncertainty=encoder.params["uncertainty"],
             min_weight=float(behaviour.options.get("min_weight", 0.0)),
             name=alias,
         )

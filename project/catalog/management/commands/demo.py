@@ -47,6 +47,11 @@ DEMO_USERNAME = "admin"
 DEMO_PASSWORD = "admin"
 USER_PREFIX = "ml"
 
+#: The encoding worker touches this file once its models are loaded (see project/celery.py).
+READY_FILE_ENV = "EMBREC_DEMO_READY_FILE"
+#: Seconds the demo waits for that before serving anyway.
+WORKER_READY_TIMEOUT = 300
+
 #: MovieLens star ratings as interaction kinds (weights in settings.EMBREC).
 RATING_KINDS = {5: "love", 4: "like", 3: "view", 2: "dislike", 1: "dislike"}
 
@@ -204,21 +209,35 @@ class Command(BaseCommand):
         rec = registry.get(Movie)
         started = time.monotonic()
         result = indexing.drain()
-        if result.claimed == 0 and not self._all_embedded(rec):
-            indexing.reindex(rec, kick=False)
-            result = indexing.drain()
+        stale = self._stale_encoders(rec)
+        if stale:
+            # Vectors missing, or made by another configuration of an encoder (edited settings):
+            # recompute them under the current one.
+            for alias in stale:
+                indexing.reindex(rec, encoder=alias, kick=False)
+            result.merge(indexing.drain())
         self.log(
             f"Embeddings: {result.encoded} computed, {result.unchanged} unchanged, "
             f"{result.failed} failed in {time.monotonic() - started:.1f}s"
         )
         return result.encoded
 
-    def _all_embedded(self, rec) -> bool:
+    def _stale_encoders(self, rec) -> list[str]:
+        """Aliases with fewer current vectors (the encoder's present identity) than movies."""
+        from embrec.encoders import get_encoder
         from embrec.models import Embedding
 
         ct = ContentType.objects.get_for_model(Movie)
-        expected = rec.get_queryset().count() * len(rec.get_encoders())
-        return Embedding.objects.filter(content_type=ct).count() >= expected
+        expected = rec.get_queryset().count()
+        stale = []
+        for alias in rec.get_encoders():
+            identity = get_encoder(alias).identity.as_string()
+            current = Embedding.objects.filter(
+                content_type=ct, encoder=alias, identity=identity
+            ).count()
+            if current < expected:
+                stale.append(alias)
+        return stale
 
     def refresh_user_vectors(self, rebuild: bool) -> None:
         """Rebuild every user's vectors when ratings or movie vectors changed (or none exist)."""
@@ -246,21 +265,15 @@ class Command(BaseCommand):
 
     def serve(self, addrport: str, start_worker: bool, stop_timeout: float = 20.0) -> None:
         children = Children(stop_timeout=stop_timeout, log=self.log)
-        if start_worker:
-            for name, command in worker_commands():
-                children.start(name, command)
-            encode = encode_queue()
-            self.log(
-                f"Workers: encoding on {encode!r} (its own process, so an edit is re-embedded at "
-                f"once), other tasks on {', '.join(other_queues())}; beat for the sweeper"
-            )
-        self.log(
-            "API: http://127.0.0.1:8000/api/embrec/items/catalog.movie/1/similar/ · "
-            "docs: http://127.0.0.1:8000/api/docs/"
-        )
         # `kill <pid>` (SIGTERM) ends the demo like Ctrl-C does, so the workers are stopped too.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
+            if start_worker:
+                self.start_workers(children)
+            self.log(
+                "API: http://127.0.0.1:8000/api/embrec/items/catalog.movie/1/similar/ · "
+                "docs: http://127.0.0.1:8000/api/docs/"
+            )
             # --insecure: serve the admin's and API docs' static files with DEBUG off (the demo
             # has no web server in front; a real site uses collectstatic and its web server).
             call_command("runserver", addrport, use_reloader=False, insecure_serving=True)
@@ -274,6 +287,35 @@ class Command(BaseCommand):
                 signal.signal(signal.SIGTERM, previous)
         # This process's registration with the embedded server is released at exit; the children
         # are reaped above, so the last one out (normally this process) stops the server.
+
+    def start_workers(self, children: Children) -> None:
+        """Start the Celery processes and wait until the encoding worker has loaded its models,
+        so that the first edit in the admin is re-embedded at once, not after a model load."""
+        ready = Path(settings.BASE_DIR) / ".embrec" / f"encode-worker-ready-{os.getpid()}"
+        ready.unlink(missing_ok=True)
+        started = time.monotonic()
+        for name, command in worker_commands():
+            env = {**os.environ, READY_FILE_ENV: str(ready)} if name == "encoding worker" else None
+            children.start(name, command, env=env)
+        self.log(
+            f"Workers: encoding on {encode_queue()!r} (its own process, so an edit is "
+            f"re-embedded at once), other tasks on {', '.join(other_queues())}; beat for the "
+            "sweeper. Loading the models…"
+        )
+        encoder = children.procs[0][1]
+        try:
+            while not ready.exists():
+                if encoder.poll() is not None:
+                    raise CommandError(
+                        f"The encoding worker exited (code {encoder.returncode}) while starting."
+                    )
+                if time.monotonic() - started > WORKER_READY_TIMEOUT:
+                    self.log("Workers: still loading; serving anyway")
+                    return
+                time.sleep(0.2)
+        finally:
+            ready.unlink(missing_ok=True)
+        self.log(f"Workers: ready in {time.monotonic() - started:.1f}s")
 
 
 def encode_queue() -> str:
@@ -322,10 +364,11 @@ class Children:
         self.log = log
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+    def start(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
             command,
             cwd=settings.BASE_DIR,
+            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent(os.getpid()),
         )
