@@ -736,10 +736,13 @@ def _encode_and_write(
         delete_vectors(ct_id, no_vector, alias)
     if rows:
         result.encoded += write_vectors(ct_id, alias, identity, rows)
-        # Read path hook: user vectors built from these items are now stale.
+        # Read path hook: user vectors built from these items are now stale. Marked after commit:
+        # the marking can wait on row locks held by a running user-vector refresh, and the new
+        # item vectors (what an edit in the admin waits for) must not wait with it.
         from embrec.interactions import on_items_embedded
 
-        on_items_embedded(ct_id, alias, [row.object_pk for row in rows])
+        pks = [row.object_pk for row in rows]
+        transaction.on_commit(lambda: on_items_embedded(ct_id, alias, pks), robust=True)
 
 
 def encode_isolating_failures(encoder, texts: Sequence[str], *, rec=None, objects=None):

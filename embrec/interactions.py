@@ -441,10 +441,16 @@ def on_items_embedded(content_type_id: int, encoder: str, object_pks: Sequence[s
     users = Interaction.objects.filter(content_type_id=content_type_id, object_pk__in=pks)
     if not users.exists():
         return 0
-    marked = UserEmbedding.objects.filter(
+    dependent = UserEmbedding.objects.filter(
         content_type_id=content_type_id,
         encoder=encoder,
         user_id__in=users.values("user_id"),
+    )
+    # Rows a running refresh holds are skipped, not waited for (a refresh of many users would
+    # otherwise hold up the drain, and the next edit's vectors behind it): that refresh, or the
+    # one queued below, rewrites them.
+    marked = UserEmbedding.objects.filter(
+        pk__in=dependent.select_for_update(skip_locked=True).values("pk")
     ).update(is_stale=True)
     _after_commit(_queue_items_refresh, content_type_id, encoder, pks)
     return marked

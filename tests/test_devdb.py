@@ -326,7 +326,8 @@ def make_old_data_folder(root: Path) -> EmbeddedPostgres:
 
 def start_old_style(server: EmbeddedPostgres) -> None:
     """Start it as earlier versions did: an open socket folder, the default 0777 socket."""
-    server.socket_dir.mkdir(mode=0o755)
+    server.socket_dir.mkdir(exist_ok=True)  # (left by an earlier run of this test)
+    server.socket_dir.chmod(0o755)
     server._chown(server.socket_dir)
     server.logfile.touch()
     server._chown(server.logfile)

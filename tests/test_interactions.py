@@ -370,3 +370,46 @@ def test_simultaneous_events_break_ties_by_key(settings):
         embrec.record_interaction(user, item, "view", at=t)
     keys = sorted((str(x.pk) for x in articles[:5]), reverse=True)[:2]
     assert set(user_profile(user.pk, embrec.registry.get(Article), "hashing").weights) == set(keys)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drain_does_not_wait_for_a_running_user_vector_refresh():
+    """A refresh holding user-vector rows must not hold up the item vectors of a drain."""
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    from embrec.models import Embedding
+
+    articles = make_catalog(per_category=3)
+    user = make_user("locked")
+    embrec.record_interaction(user, articles[0], "like")  # commits; its refresh runs eagerly
+    assert UserEmbedding.objects.filter(user=user).exists()
+    before = Embedding.objects.get(object_pk=str(articles[0].pk)).content_hash
+
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname=db["NAME"],
+    ) as refresh:  # a user-vector refresh in progress: its rows are locked until it commits
+        refresh.execute(
+            "SELECT id FROM embrec_userembedding WHERE user_id = %s FOR UPDATE", (user.pk,)
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '20s'")  # (a bound, should the drain wait)
+        try:
+            # The save's drain runs eagerly, after commit, while the refresh holds its rows.
+            articles[0].title = "a new title while a refresh runs"
+            started = time.monotonic()
+            articles[0].save()
+            elapsed = time.monotonic() - started
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+        assert Embedding.objects.get(object_pk=str(articles[0].pk)).content_hash != before
+        assert elapsed < 10, f"the drain waited {elapsed:.1f}s for the refresh's row locks"
+        refresh.rollback()
