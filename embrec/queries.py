@@ -277,6 +277,9 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
                 field=str(key),
             )
         model_field = rec.get_filter_field(name)
+        if lookup == "iexact" and not isinstance(_target(model_field), _TEXT_FIELDS):
+            # Case does not apply to numbers or dates; PostgreSQL has no UPPER() for them.
+            lookup = "exact"
         try:
             if lookup == "isnull":
                 value: Any = _to_bool(raw, str(key))
@@ -294,6 +297,16 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
             ) from None
         q &= Q(**{f"{name}__{lookup}": value})
     return q
+
+
+_TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+def _target(model_field: models.Field) -> models.Field:
+    """The field whose column holds the value (a foreign key's target)."""
+    if getattr(model_field, "remote_field", None) is not None:
+        return model_field.target_field
+    return model_field
 
 
 def _convert(model_field: models.Field, value: Any) -> Any:

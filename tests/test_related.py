@@ -163,3 +163,12 @@ def test_api_results_serialize_related_objects_in_constant_queries(sectioned, mo
     assert api_queries(3) == api_queries(15)
     monkeypatch.setattr(rec, "select_related", ())
     assert api_queries(15) > api_queries(3)
+
+
+def test_iexact_on_a_number_or_a_foreign_key_is_exact(sectioned):
+    rec = embrec.registry.get(Article)
+    price = sectioned[0].price
+    q = queries.parse_filters(rec, {"price__iexact": int(price)})
+    assert Article.objects.filter(q).count() == Article.objects.filter(price=price).count() > 0
+    q = queries.parse_filters(rec, {"section__slug__iexact": "S1"})
+    assert Article.objects.filter(q).count() == 10
