@@ -46,7 +46,7 @@ def resolve_field_path(model: type[models.Model], path: str) -> models.Field:
                 f"{path!r} cannot follow it."
             )
         current = field.related_model
-    if field is None or not field.concrete:
+    if field is None or not field.concrete or field.many_to_many:
         raise FieldDoesNotExist(f"{path!r} does not end on a concrete field of {current.__name__}.")
     return field
 
