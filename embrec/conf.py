@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
     "AUTO_KICK": True,
+    # Encoder aliases embrec.preload_encoders() loads (model in memory, one warm-up encode) when
+    # a process calls it at startup, e.g. in wsgi.py: the first search then skips the load.
+    "PRELOAD_ENCODERS": [],
     # HNSW index parameters and the default ef_search for queries.
     "HNSW_M": 16,
     "HNSW_EF_CONSTRUCTION": 64,
@@ -341,6 +344,12 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             wrong("DEFAULT_LIMIT", f"at most MAX_LIMIT ({values['MAX_LIMIT']})")
     if not isinstance(values["AUTO_KICK"], bool):
         wrong("AUTO_KICK", "True or False")
+    preload = values["PRELOAD_ENCODERS"]
+    encoders = values["ENCODERS"] if isinstance(values["ENCODERS"], dict) else {}
+    if not isinstance(preload, list | tuple) or not all(
+        isinstance(alias, str) and alias in encoders for alias in preload
+    ):
+        wrong("PRELOAD_ENCODERS", "a list of aliases from EMBREC['ENCODERS']")
     value = values["MAX_SCAN_TUPLES"]
     if value is not None and (not _is_int(value) or value < 1):
         wrong("MAX_SCAN_TUPLES", "None or a positive integer")

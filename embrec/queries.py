@@ -261,10 +261,13 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
     if not filters:
         return q
     allowed = list(rec.filter_fields)
+    # Longest first: "category__slug__in" is the path "category__slug" with the lookup "in".
+    by_length = sorted(allowed, key=len, reverse=True)
     for key, raw in filters.items():
-        name, _, lookup = str(key).partition("__")
+        name = next((n for n in by_length if str(key) == n or str(key).startswith(f"{n}__")), None)
+        lookup = str(key)[len(name) + 2 :] if name else ""
         lookup = lookup or "exact"
-        if name not in allowed:
+        if name is None:
             known = ", ".join(allowed) or "none"
             raise QueryError(
                 f"Unknown filter {key!r} for {rec.label} (filterable fields: {known}).",
@@ -278,7 +281,10 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
                 code="unknown_filter",
                 field=str(key),
             )
-        model_field = rec.model._meta.get_field(name)
+        model_field = rec.get_filter_field(name)
+        if lookup == "iexact" and not isinstance(_target(model_field), _TEXT_FIELDS):
+            # Case does not apply to numbers or dates; PostgreSQL has no UPPER() for them.
+            lookup = "exact"
         try:
             if lookup == "isnull":
                 value: Any = _to_bool(raw, str(key))
@@ -296,6 +302,16 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
             ) from None
         q &= Q(**{f"{name}__{lookup}": value})
     return q
+
+
+_TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+def _target(model_field: models.Field) -> models.Field:
+    """The field whose column holds the value (a foreign key's target)."""
+    if getattr(model_field, "remote_field", None) is not None:
+        return model_field.target_field
+    return model_field
 
 
 def _convert(model_field: models.Field, value: Any) -> Any:
@@ -983,7 +999,7 @@ def _in_bulk(rec: Recommendable, qs: models.QuerySet, pks: Sequence[str]) -> dic
             continue
     if not values:
         return {}
-    return {str(obj.pk): obj for obj in qs.filter(pk__in=values)}
+    return {str(obj.pk): obj for obj in rec.get_results_queryset(qs.filter(pk__in=values))}
 
 
 def _exclusions(rec, user_id, *, pks=(), seen: bool = False) -> Exclusions:

@@ -234,6 +234,8 @@ EMBREC = {
             },
         },
     },
+    # Web processes load MiniLM (search) when they start (project/wsgi.py), not on the first search.
+    "PRELOAD_ENCODERS": ["default"],
     # MovieLens ratings date from 1997-98: count popularity over all time.
     "POPULARITY_WINDOW_DAYS": None,
     # The best profile of docs/EVALUATION.md, confirmed for the adaptive encoder on the validation
