@@ -20,7 +20,7 @@ Measures:
 
 Usage::
 
-    .venv/bin/python benchmarks/encoders_validation.py [--only NAME ...] [--json PATH]
+    .venv/bin/python benchmarks/encoders_validation.py [--only NAME ...] [--json PATH] [--test]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import django  # noqa: E402
 django.setup()
 
 from embrec.encoders.als import ALSEncoder  # noqa: E402
+from embrec.encoders.cooccurrence import CooccurrenceEncoder  # noqa: E402
 from embrec.encoders.item2vec import Item2VecEncoder  # noqa: E402
 from embrec.evaluation.baselines import ALSMethod, ItemKNNMethod, PopularityMethod  # noqa: E402
 from embrec.evaluation.methods import (  # noqa: E402
@@ -225,9 +226,15 @@ def configurations(content: np.ndarray):
         base = {"workers": 1}
         return Item2VecEncoder("item2vec", **{**base, **opts})
 
-    def emb(popularity=0.0, last=None, uniform=True, **_):
+    def emb(popularity=0.0, last=None, uniform=True, prior=None, prior_strength=5.0, **_):
         return lambda source: EmbeddingMethod(
-            source.name, source, popularity=popularity, last=last, uniform=uniform
+            source.name,
+            source,
+            popularity=popularity,
+            last=last,
+            uniform=uniform,
+            prior=prior,
+            prior_strength=prior_strength,
         )
 
     deployed = {"last": 3, "popularity": 0.6}
@@ -422,6 +429,64 @@ def configurations(content: np.ndarray):
             rescale=False,
         ),
     )
+    # Co-occurrence (item-kNN's cosine, truncated SVD), alone and under the adaptive hybrid.
+    for dims in (96, 128, 192):
+        configs[f"cooc d{dims}"] = (
+            emb(**deployed),
+            lambda dims=dims: TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=dims)),
+        )
+    for k in (2.0, 5.0):
+        for unc in (0.3,):
+            configs[f"adaptive cooc d128 k{k:g} unc{unc:g}"] = (
+                emb(**deployed),
+                lambda k=k, unc=unc: AdaptiveItemVectors(
+                    TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=128)),
+                    minilm(),
+                    shrinkage=k,
+                    uncertainty=unc,
+                ),
+            )
+
+    for k in (0.0, 0.5, 1.0, 2.0):
+        configs[f"adaptive cooc d128 k{k:g} min1 unc0.3"] = (
+            emb(**deployed),
+            lambda k=k: AdaptiveItemVectors(
+                TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=128)),
+                minilm(),
+                shrinkage=k,
+                min_support=1,
+                uncertainty=0.3,
+            ),
+        )
+
+    # The popularity prior (POPULARITY_PRIOR quantile q, POPULARITY_PRIOR_STRENGTH n) with the
+    # deployed profile, on the demo's adaptive over ALS and on adaptive over co-occurrence.
+    def adaptive_over(behaviour):
+        return lambda: AdaptiveItemVectors(behaviour(), minilm(), shrinkage=2, uncertainty=0.3)
+
+    bases = {
+        "mf": lambda: ALSItemVectors(demo_als(), name="mf"),
+        "cooc": lambda: TrainedItemVectors(CooccurrenceEncoder("cooc", dimensions=128)),
+    }
+    for base, behaviour in bases.items():
+        for q, n in (
+            (None, 5.0),
+            (0.25, 1.0),
+            (0.5, 1.0),
+            (0.25, 5.0),
+            (0.5, 5.0),
+            (0.75, 0.1),
+            (0.8, 0.1),
+            (0.85, 0.1),
+            (0.9, 0.1),
+            (0.9, 1.0),
+            (1.0, 0.1),
+        ):
+            label = "none" if q is None else f"q{q:g} n{n:g}"
+            configs[f"prior adaptive {base} {label}"] = (
+                emb(**deployed, prior=q, prior_strength=n),
+                adaptive_over(behaviour),
+            )
     return configs
 
 
@@ -430,10 +495,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--show", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="measure on the test split (train on everything before each user's last 10); "
+        "read it once, after choosing on validation",
+    )
     args = parser.parse_args()
     log, titles, texts = load()
     content = content_matrix(texts)
-    split = validation_split(log)
+    split = temporal_split(log, holdout=10) if args.test else validation_split(log)
     cold_info = cold_split(split)
     results = []
     for name, (factory, source) in configurations(content).items():

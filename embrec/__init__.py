@@ -39,6 +39,7 @@ __all__ = [
     "Recommendable",
     "mark_dirty",
     "popular",
+    "preload_encoders",
     "recommend",
     "record_interaction",
     "register",
@@ -94,6 +95,13 @@ def popular(model=None, **kwargs):
     from embrec.queries import popular as _popular
 
     return _popular(model, **kwargs)
+
+
+def preload_encoders(aliases=None) -> dict[str, float]:
+    """Load encoders now (see :func:`embrec.warmup.preload_encoders`); call it in ``wsgi.py``."""
+    from embrec.warmup import preload_encoders as _preload
+
+    return _preload(aliases)
 
 
 def record_interaction(user, obj, kind: str, weight: float | None = None, at=None):

@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # Whether saves enqueue a drain task after commit. With False, run the sweeper or
     # ``embrec_drain`` yourself.
     "AUTO_KICK": True,
+    # Encoder aliases embrec.preload_encoders() loads (model in memory, one warm-up encode) when
+    # a process calls it at startup, e.g. in wsgi.py: the first search then skips the load.
+    "PRELOAD_ENCODERS": [],
     # HNSW index parameters and the default ef_search for queries.
     "HNSW_M": 16,
     "HNSW_EF_CONSTRUCTION": 64,
@@ -104,6 +107,11 @@ DEFAULTS: dict[str, Any] = {
     # Popularity = distinct users with a positive interaction in the last N days (None: all
     # time), blended as log1p(users) / log1p(most users of any visible item).
     "POPULARITY_WINDOW_DAYS": 90,
+    # Popularity prior for items with little history (None: off): an item with n users scores
+    # s * its own popularity + (1 - s) * that of this quantile (0-1) of the items' popularity,
+    # s = n / (n + POPULARITY_PRIOR_STRENGTH). A new item then competes on its similarity.
+    "POPULARITY_PRIOR": None,
+    "POPULARITY_PRIOR_STRENGTH": 5.0,
     # Seconds a process reuses its popularity counts (they are recounted at once when an
     # interaction is added; this bounds staleness after deletions). 0: count on every query.
     "POPULARITY_CACHE_SECONDS": 60,
@@ -238,6 +246,7 @@ _BOUNDED_INTS = {
 #: Keys that may also be None.
 _OPTIONAL = {
     "MAX_SCAN_TUPLES",
+    "POPULARITY_PRIOR",
     "INDEX_BUILD_PARALLEL_WORKERS",
     "INDEX_BUILD_MAINTENANCE_WORK_MEM",
     "USER_VECTOR_HALF_LIFE_DAYS",
@@ -335,6 +344,12 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             wrong("DEFAULT_LIMIT", f"at most MAX_LIMIT ({values['MAX_LIMIT']})")
     if not isinstance(values["AUTO_KICK"], bool):
         wrong("AUTO_KICK", "True or False")
+    preload = values["PRELOAD_ENCODERS"]
+    encoders = values["ENCODERS"] if isinstance(values["ENCODERS"], dict) else {}
+    if not isinstance(preload, list | tuple) or not all(
+        isinstance(alias, str) and alias in encoders for alias in preload
+    ):
+        wrong("PRELOAD_ENCODERS", "a list of aliases from EMBREC['ENCODERS']")
     value = values["MAX_SCAN_TUPLES"]
     if value is not None and (not _is_int(value) or value < 1):
         wrong("MAX_SCAN_TUPLES", "None or a positive integer")
@@ -360,6 +375,12 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
     value = values["RECOMMEND_POPULARITY"]
     if not _is_number(value) or not 0 <= value <= 1:
         wrong("RECOMMEND_POPULARITY", "a number from 0 to 1")
+    value = values["POPULARITY_PRIOR"]
+    if value is not None and (not _is_number(value) or not 0 <= value <= 1):
+        wrong("POPULARITY_PRIOR", "None or a quantile from 0 to 1")
+    value = values["POPULARITY_PRIOR_STRENGTH"]
+    if not _is_number(value) or value < 0:
+        wrong("POPULARITY_PRIOR_STRENGTH", "a number of users, 0 or more")
     if values["TUNED_CONFIG"] is not None and not isinstance(
         values["TUNED_CONFIG"], str | PathLike
     ):

@@ -826,8 +826,10 @@ def pending_count() -> int:
 def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -> dict:
     """Counts for one (model, encoder): objects, embedded, stale, pending, failed.
 
-    ``stale`` counts vectors written under another encoder identity; computing it loads the
-    encoder (``identity=False`` skips it and reports ``None``).
+    ``stale`` counts vectors written under another encoder identity; computing it asks the
+    encoder for its identity, which the packaged encoders read from their configuration and
+    model files without loading the model or importing torch (``identity=False`` skips it and
+    reports ``None``).
     """
     ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
     vectors = Embedding.objects.filter(content_type=ct, encoder=alias)

@@ -8,7 +8,8 @@ Subclass it in ``<app>/recommendables.py`` and register it::
     class MovieRecommendable(embrec.Recommendable):
         fields = ["title", "genres"]          # or override get_text()
         encoders = ["default"]                # aliases from EMBREC["ENCODERS"]
-        filter_fields = ["year"]              # filters the API accepts
+        filter_fields = ["year", "studio__country"]  # filters the API accepts
+        select_related = ["studio"]           # loaded with results (no N+1)
 
         def get_queryset(self):               # which objects are indexed and shown
             return Movie.objects.filter(published=True)
@@ -20,9 +21,34 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 from embrec.conf import embrec_settings
+
+
+def resolve_field_path(model: type[models.Model], path: str) -> models.Field:
+    """The field ``path`` names on ``model``: ``"year"``, or ``"category__slug"`` through
+    forward foreign keys and one-to-one fields. Raises ``FieldDoesNotExist`` naming the part of
+    the path that is wrong (a missing field, or a step that is not a forward relation)."""
+    current = model
+    parts = path.split("__")
+    field = None
+    for n, part in enumerate(parts):
+        field = current._meta.get_field(part)
+        if n == len(parts) - 1:
+            break
+        if not (field.is_relation and (field.many_to_one or field.one_to_one)) or (
+            field.auto_created and not field.concrete
+        ):
+            raise FieldDoesNotExist(
+                f"{current.__name__}.{part} is not a foreign key or one-to-one field, so "
+                f"{path!r} cannot follow it."
+            )
+        current = field.related_model
+    if field is None or not field.concrete or field.many_to_many:
+        raise FieldDoesNotExist(f"{path!r} does not end on a concrete field of {current.__name__}.")
+    return field
 
 
 class Recommendable:
@@ -35,7 +61,16 @@ class Recommendable:
       serves similar items and personal recommendations when a query names none.
     * ``search_encoder`` — the alias (one of ``encoders``) that embeds search text when a query
       names none; default: the first of ``encoders`` that works from text.
-    * ``filter_fields`` — fields the read path may filter on (exact, ``__gte``/``__lte`` …).
+    * ``similar_encoder`` — the alias (one of ``encoders``) that serves similar items when a
+      query names none; default: the first of ``encoders``. Lets a site list "people who liked
+      this also liked" from one encoder and rank personal recommendations with another.
+    * ``filter_fields`` — fields the read path may filter on (exact, ``__gte``/``__lte`` …):
+      a field name, or a path through foreign keys to a field of a related model
+      (``"category__slug"``), checked at registration; values are cleaned by the field the
+      path ends on.
+    * ``select_related`` / ``prefetch_related`` — relations loaded with results (by the Python
+      API and the REST endpoints), so that rendering them costs no query per result. Passed to
+      the ``QuerySet`` methods of the same names; see :meth:`get_results_queryset`.
     * ``serializer_class`` — dotted path or class of a DRF serializer for API results.
     * ``text_separator`` — what joins the field values (default ``". "``).
     """
@@ -43,7 +78,10 @@ class Recommendable:
     fields: Sequence[str] = ()
     encoders: Sequence[str] | None = None
     search_encoder: str | None = None
+    similar_encoder: str | None = None
     filter_fields: Sequence[str] = ()
+    select_related: Sequence[str] = ()
+    prefetch_related: Sequence[Any] = ()
     serializer_class: Any = None
     text_separator: str = ". "
 
@@ -75,6 +113,22 @@ class Recommendable:
         Override for per-user rules (tenants, drafts…); results never contain other objects.
         """
         return self.get_queryset()
+
+    def get_results_queryset(self, queryset: models.QuerySet) -> models.QuerySet:
+        """``queryset`` (already restricted to visible objects) as results are loaded from it.
+
+        Default: :attr:`select_related` and :attr:`prefetch_related` applied. Override to add
+        ``only()``/``annotate()``; keep the rows the same, visibility is decided before.
+        """
+        if self.select_related:
+            queryset = queryset.select_related(*self.select_related)
+        if self.prefetch_related:
+            queryset = queryset.prefetch_related(*self.prefetch_related)
+        return queryset
+
+    def get_filter_field(self, name: str) -> models.Field:
+        """The model field a ``filter_fields`` entry ends on (see :func:`resolve_field_path`)."""
+        return resolve_field_path(self.model, name)
 
     def should_index(self, obj: models.Model) -> bool:
         """Per-object veto evaluated by the worker. Default: index every object."""

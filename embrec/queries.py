@@ -36,7 +36,12 @@ from embrec.conf import embrec_settings
 from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, OutboxEntry
 from embrec.registry import registry
-from embrec.scoring import blend_scores, normalized_popularity
+from embrec.scoring import (
+    blend_scores,
+    normalized_popularity,
+    popularity_prior,
+    smoothed_popularity,
+)
 from embrec.storage import IndexSpec, parse_vector, vector_literal
 
 #: Lookups a filter may use, on fields listed in ``Recommendable.filter_fields``.
@@ -256,10 +261,13 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
     if not filters:
         return q
     allowed = list(rec.filter_fields)
+    # Longest first: "category__slug__in" is the path "category__slug" with the lookup "in".
+    by_length = sorted(allowed, key=len, reverse=True)
     for key, raw in filters.items():
-        name, _, lookup = str(key).partition("__")
+        name = next((n for n in by_length if str(key) == n or str(key).startswith(f"{n}__")), None)
+        lookup = str(key)[len(name) + 2 :] if name else ""
         lookup = lookup or "exact"
-        if name not in allowed:
+        if name is None:
             known = ", ".join(allowed) or "none"
             raise QueryError(
                 f"Unknown filter {key!r} for {rec.label} (filterable fields: {known}).",
@@ -273,7 +281,10 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
                 code="unknown_filter",
                 field=str(key),
             )
-        model_field = rec.model._meta.get_field(name)
+        model_field = rec.get_filter_field(name)
+        if lookup == "iexact" and not isinstance(_target(model_field), _TEXT_FIELDS):
+            # Case does not apply to numbers or dates; PostgreSQL has no UPPER() for them.
+            lookup = "exact"
         try:
             if lookup == "isnull":
                 value: Any = _to_bool(raw, str(key))
@@ -291,6 +302,16 @@ def parse_filters(rec: Recommendable, filters: Mapping[str, Any] | None) -> Q:
             ) from None
         q &= Q(**{f"{name}__{lookup}": value})
     return q
+
+
+_TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+def _target(model_field: models.Field) -> models.Field:
+    """The field whose column holds the value (a foreign key's target)."""
+    if getattr(model_field, "remote_field", None) is not None:
+        return model_field.target_field
+    return model_field
 
 
 def _convert(model_field: models.Field, value: Any) -> Any:
@@ -819,10 +840,18 @@ def _blend(
             scores = popularity_scores(content_type_id, [c.pk for c in candidates])
         pops = {c.pk: scores.get(c.pk, 0.0) for c in candidates}
         top = max(top, *pops.values())
+    # Items with little or no history are shrunk towards a prior (POPULARITY_PRIOR), so a new
+    # item is not ranked as if nobody would ever want it.
+    prior, strength = 0.0, 0.0
+    quantile = embrec_settings.POPULARITY_PRIOR
+    if popularity and quantile is not None:
+        users = ranking.scores if ranking is not None else popularity_table(content_type_id).users
+        prior = popularity_prior(list(users.values()), float(quantile))
+        strength = float(embrec_settings.POPULARITY_PRIOR_STRENGTH)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
     for c in candidates:
-        pop = float(normalized_popularity(pops.get(c.pk, 0.0), top))
+        pop = float(smoothed_popularity(pops.get(c.pk, 0.0), top, prior, strength))
         fresh = 0.0
         if recency and c.created_at is not None and half_life > 0:
             age_days = max((now - c.created_at).total_seconds(), 0.0) / 86400.0
@@ -970,7 +999,7 @@ def _in_bulk(rec: Recommendable, qs: models.QuerySet, pks: Sequence[str]) -> dic
             continue
     if not values:
         return {}
-    return {str(obj.pk): obj for obj in qs.filter(pk__in=values)}
+    return {str(obj.pk): obj for obj in rec.get_results_queryset(qs.filter(pk__in=values))}
 
 
 def _exclusions(rec, user_id, *, pks=(), seen: bool = False) -> Exclusions:
@@ -1065,6 +1094,8 @@ def similar(
     rec = registry.get(obj)
     limit = clean_limit(limit)
     mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
+    if encoder is None and rec.similar_encoder in rec.get_encoders():
+        encoder = rec.similar_encoder  # the registration's choice for similar items
     encoder = _encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
     vector, spec = get_vector(obj, encoder)

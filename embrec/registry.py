@@ -7,7 +7,7 @@ from collections.abc import Callable
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 
-from embrec.items import Recommendable
+from embrec.items import Recommendable, resolve_field_path
 
 
 class AlreadyRegistered(ImproperlyConfigured):
@@ -52,7 +52,7 @@ class Registry:
 
     def _validate(self, instance: Recommendable) -> None:
         model = instance.model
-        for attr in ("fields", "encoders", "filter_fields"):
+        for attr in ("fields", "encoders", "filter_fields", "select_related", "prefetch_related"):
             if isinstance(getattr(instance, attr), str):
                 raise ImproperlyConfigured(
                     f"{type(instance).__name__}.{attr} must be a list of names, not a string."
@@ -72,12 +72,31 @@ class Registry:
             )
         for name in instance.filter_fields:
             try:
-                model._meta.get_field(name)
-            except FieldDoesNotExist:
+                instance.get_filter_field(name)
+            except FieldDoesNotExist as exc:
                 raise ImproperlyConfigured(
                     f"{type(instance).__name__}.filter_fields names {name!r}, which is not a "
-                    f"field of {model.__name__}."
+                    f"field of {model.__name__} or a path through its foreign keys ({exc})."
                 ) from None
+        for path in instance.select_related:
+            try:
+                field = resolve_field_path(model, path)
+            except FieldDoesNotExist as exc:
+                field, reason = None, str(exc)
+            else:
+                reason = "it ends on a field that is not a relation"
+            if field is None or not (field.many_to_one or field.one_to_one):
+                raise ImproperlyConfigured(
+                    f"{type(instance).__name__}.select_related names {path!r}, which is not a "
+                    f"path of foreign keys of {model.__name__}: {reason}."
+                )
+        for lookup in instance.prefetch_related:
+            path = getattr(lookup, "prefetch_through", lookup)
+            if not isinstance(path, str) or not hasattr(model, path.split("__")[0]):
+                raise ImproperlyConfigured(
+                    f"{type(instance).__name__}.prefetch_related names {lookup!r}, which is not "
+                    f"a relation of {model.__name__}."
+                )
 
     def unregister(self, model: type[models.Model]) -> None:
         label = model._meta.label_lower

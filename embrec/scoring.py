@@ -37,3 +37,31 @@ def blend_scores(
         + popularity_share * popularity_norm
         + recency_share * freshness
     )
+
+
+def popularity_prior(counts: Any, quantile: float) -> float:
+    """The ``quantile`` (0-1) of the positive popularity ``counts``: the popularity assumed for an
+    item without history (0 when no item has any)."""
+    values = np.asarray(counts, dtype=np.float64)
+    values = values[values > 0]
+    if not values.size:
+        return 0.0
+    return float(np.quantile(values, float(quantile)))
+
+
+def smoothed_popularity(users: Any, top: float, prior: float = 0.0, strength: float = 0.0) -> Any:
+    """Normalised popularity shrunk towards a prior by support: ``s·own + (1 − s)·prior_norm``
+    with ``s = users / (users + strength)``, ``own`` and ``prior_norm`` the
+    :func:`normalized_popularity` of ``users`` and of ``prior`` (users).
+
+    A new item (0 users) gets the prior's score instead of 0, so a popularity blend does not bury
+    it before anyone could see it; an item with many users keeps (almost) its own popularity.
+    ``prior <= 0`` or ``strength <= 0`` is plain :func:`normalized_popularity`."""
+    own = normalized_popularity(users, top)
+    if prior <= 0 or strength <= 0 or top <= 0:
+        return own
+    users = np.asarray(users, dtype=np.float64)
+    share = users / (users + float(strength))
+    base = normalized_popularity(min(float(prior), float(top)), top)
+    result = share * own + (1.0 - share) * base
+    return float(result) if np.ndim(result) == 0 else result

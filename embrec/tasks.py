@@ -198,3 +198,22 @@ def train_item2vec(alias: str = "item2vec", reindex: bool = True) -> dict:
     from embrec.encoders.item2vec import train_and_reindex
 
     return train_and_reindex(alias, reindex=reindex)
+
+
+@shared_task(
+    name="embrec.finetune",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def finetune(alias: str = "finetuned", reindex: bool = True, params: dict | None = None) -> dict:
+    """Fine-tune the text encoder ``alias`` (:class:`~embrec.encoders.finetune.FinetunedEncoder`)
+    on co-consumed items from the interactions, on the worker's GPU when it has one, then queue
+    re-embedding of the items of every registration using it when the model changed. ``params``
+    override training parameters (``epochs``, ``train_batch_size``, ``max_pairs``,
+    ``learning_rate``…). Idempotent: the same interactions and parameters give the same revision
+    and queue nothing."""
+    from embrec.encoders.finetune import finetune_and_reindex
+
+    return finetune_and_reindex(alias, params, reindex=reindex)

@@ -208,7 +208,34 @@ EMBREC = {
                 "uncertainty": 0.3,
             },
         },
+        # MiniLM fine-tuned on co-rated movies (manage.py embrec_finetune finetuned; see
+        # docs/FINETUNING.md): text-only vectors for movies nobody rated yet.
+        "finetuned": {
+            "CLASS": "embrec.encoders.finetune.FinetunedEncoder",
+            "OPTIONS": {"learning_rate": 2e-4, "max_pairs": 2500, "max_pairs_per_item": 10},
+        },
+        # Item-kNN's co-rating cosine as vectors (truncated SVD, 128 dimensions; trained by
+        # embrec_train like mf).
+        "cooc": {
+            "CLASS": "embrec.encoders.cooccurrence.CooccurrenceEncoder",
+            "OPTIONS": {"dimensions": 128},
+        },
+        # Serves similar movies (MovieRecommendable.similar_encoder): a rated movie's own cooc
+        # vector (item-kNN's lists), MiniLM mapped into that space for a movie nobody rated yet.
+        # Matches item-kNN's next-item hit rate on the validation split of docs/ENCODERS.md.
+        "similar": {
+            "CLASS": "embrec.encoders.adaptive.AdaptiveHybridEncoder",
+            "OPTIONS": {
+                "behaviour": "cooc",
+                "content": "default",
+                "shrinkage": 0,
+                "min_support": 1,
+                "uncertainty": 0.3,
+            },
+        },
     },
+    # Web processes load MiniLM (search) when they start (project/wsgi.py), not on the first search.
+    "PRELOAD_ENCODERS": ["default"],
     # MovieLens ratings date from 1997-98: count popularity over all time.
     "POPULARITY_WINDOW_DAYS": None,
     # The best profile of docs/EVALUATION.md, confirmed for the adaptive encoder on the validation
@@ -218,6 +245,11 @@ EMBREC = {
     "USER_VECTOR_MAX_INTERACTIONS": 3,
     "USER_VECTOR_WEIGHTING": "uniform",
     "RECOMMEND_POPULARITY": 0.6,
+    # A movie nobody rated yet is blended with the popularity of the 75th-percentile movie
+    # instead of 0, so it can reach a top 10 when its content matches (validation:
+    # docs/ENCODERS.md); a movie with ratings keeps (almost) its own popularity.
+    "POPULARITY_PRIOR": 0.75,
+    "POPULARITY_PRIOR_STRENGTH": 0.1,
     # MovieLens star ratings are loaded as these kinds (see project/catalog/management/commands/demo.py).
     "INTERACTION_WEIGHTS": {
         "view": 1.0,

@@ -9,4 +9,5 @@ urlpatterns = [
     path("api/embrec/", include("embrec.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("project.catalog.urls")),
 ]

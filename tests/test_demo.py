@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db.models import Count
 
+import embrec
 from embrec.models import Embedding, Interaction, UserEmbedding
 from project.catalog.models import Movie
 from project.catalog.movielens import PREFIX, fetch_wheel, load_ml100k
@@ -140,14 +141,23 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
                 **als,
                 "OPTIONS": {**als.get("OPTIONS", {}), "model_dir": str(tmp_path / "models")},
             },
+            "cooc": {
+                **demo["ENCODERS"]["cooc"],
+                "OPTIONS": {
+                    **demo["ENCODERS"]["cooc"].get("OPTIONS", {}),
+                    "model_dir": str(tmp_path / "models"),
+                },
+            },
         },
     }
     source = tmp_path / "ml-slice.zip"
     make_slice(source)
     first = run_demo(source)
     assert "mf: trained revision" in first
-    assert f"Embeddings: {2 * N_MOVIES} computed" in first
+    assert "cooc: trained revision" in first
+    assert f"Embeddings: {3 * N_MOVIES} computed" in first
     assert Embedding.objects.filter(encoder="adaptive").count() == N_MOVIES
+    assert Embedding.objects.filter(encoder="similar").count() == N_MOVIES
     assert UserEmbedding.objects.filter(encoder="adaptive").exists()
 
     # Re-running retrains nothing, re-embeds nothing, rebuilds no user vector.
@@ -157,7 +167,7 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     assert "Embeddings: 0 computed" in second
     assert "User vectors: up to date" in second
     assert (tmp_path / "models" / "mf" / "meta.json").read_text() == revision
-    assert Embedding.objects.count() == 2 * N_MOVIES
+    assert Embedding.objects.count() == 3 * N_MOVIES
 
     # A demo user's default recommendations are personal, from the adaptive vectors.
     assert client.login(username="admin", password="admin")
@@ -177,8 +187,14 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     from embrec.registry import registry
 
     rec = registry.get(Movie)
-    assert rec.get_encoders() == ["adaptive", "default"]
+    assert rec.get_encoders() == ["adaptive", "default", "similar"]
     assert _text_encoder_for(rec, None) == "default"
+    # Similar movies come from the co-occurrence hybrid.
+    pk = Embedding.objects.filter(encoder="similar").values_list("object_pk", flat=True)[0]
+    movie = Movie.objects.get(pk=pk)
+    results = [r.object.pk for r in embrec.similar(movie, limit=3)]
+    assert results
+    assert results == [r.object.pk for r in embrec.similar(movie, encoder="similar", limit=3)]
 
 
 @pytest.mark.django_db(transaction=True)

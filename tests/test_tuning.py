@@ -134,3 +134,11 @@ def test_tuned_config_validation_and_command_errors(settings, tmp_path):
         call_command("embrec_tune", "testapp.article", output=str(path), grid='{"magic": [1]}')
     with pytest.raises(CommandError, match="No interactions"):
         call_command("embrec_tune", "testapp.article", output=str(path), stdout=StringIO())
+
+
+def test_tuned_config_setting_is_validated():
+    from embrec.conf import validate
+
+    assert not [p for p in validate({"TUNED_CONFIG": "/tmp/tuned.json"}) if "TUNED" in str(p)]
+    problems = [p for p in validate({"TUNED_CONFIG": 5}) if "TUNED_CONFIG" in str(p)]
+    assert len(problems) == 1

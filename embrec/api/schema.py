@@ -150,7 +150,7 @@ def filter_parameters() -> list[OpenApiParameter]:
     parameters: dict[str, OpenApiParameter] = {}
     for rec in sorted(registry.all(), key=lambda r: r.label):
         for name in rec.filter_fields:
-            field = rec.model._meta.get_field(name)
+            field = rec.get_filter_field(name)
             for lookup in FILTER_LOOKUPS:
                 key = name if lookup == "exact" else f"{name}__{lookup}"
                 if key in parameters:

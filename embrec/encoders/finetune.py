@@ -30,7 +30,7 @@ Options (all optional; plus the :class:`SentenceTransformerEncoder` options ``de
 
 * ``base_model`` — the model training starts from (default: the packaged all-MiniLM-L6-v2).
 * ``model_dir`` — where models are stored (default ``<BASE_DIR>/.embrec/models/<database name>``).
-* ``epochs`` (1), ``train_batch_size`` (64), ``learning_rate`` (2e-5), ``warmup_ratio`` (0.1),
+* ``epochs`` (1), ``train_batch_size`` (64), ``learning_rate`` (1e-4), ``warmup_ratio`` (0.1),
   ``weight_decay`` (0.01), ``scale`` (20: the loss's inverse temperature), ``max_steps`` (None:
   no limit besides ``epochs``), ``max_seq_length`` (64 tokens), ``seed`` (1) — training.
 * ``max_pairs`` (20,000), ``max_pairs_per_item`` (20), ``window`` (5), ``min_count`` (1: pairs
@@ -74,7 +74,7 @@ logger = logging.getLogger("embrec")
 DEFAULT_PARAMS: dict[str, Any] = {
     "epochs": 1,
     "train_batch_size": 64,
-    "learning_rate": 2e-5,
+    "learning_rate": 1e-4,
     "warmup_ratio": 0.1,
     "weight_decay": 0.01,
     "scale": 20.0,
@@ -259,7 +259,10 @@ def fit_pairs(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     model.to(device)
-    model.max_seq_length = p["max_seq_length"]
+    # Train on texts cut to max_seq_length tokens (cost grows with length); the model keeps its
+    # own limit for encoding. Some modules (static embeddings) have no limit to set.
+    original_length = getattr(model, "max_seq_length", None)
+    _set_max_length(model, min(p["max_seq_length"], original_length or p["max_seq_length"]))
     loss_fn = MultipleNegativesRankingLoss(
         model,
         scale=p["scale"],
@@ -317,6 +320,7 @@ def fit_pairs(
                     on_step(step, total, loss_value)
     finally:
         model.eval()
+        _set_max_length(model, original_length)
     return FitStats(
         pairs=len(pairs),
         steps=step,
@@ -326,6 +330,15 @@ def fit_pairs(
         last_loss=loss_value,
         pairs_seen=seen,
     )
+
+
+def _set_max_length(model, value: int | None) -> None:
+    if value is None:
+        return
+    try:
+        model.max_seq_length = value
+    except AttributeError:
+        pass
 
 
 def load_sentence_transformer(path: str, device: str | None = None):
@@ -393,16 +406,16 @@ class FinetunedEncoder(SentenceTransformerEncoder):
     option_names = frozenset(DEFAULT_PARAMS) | frozenset(_OTHER_OPTIONS)
 
     def __init__(self, alias: str, **options):
+        if "model" in options:
+            raise ImproperlyConfigured(
+                f"EMBREC['ENCODERS'][{alias!r}]: a fine-tuned encoder takes 'base_model', not "
+                "'model' (the model it encodes with is the latest fine-tune)."
+            )
         unknown = set(options) - set(DEFAULT_PARAMS) - _OTHER_OPTIONS
         if unknown:
             raise ImproperlyConfigured(
                 f"EMBREC['ENCODERS'][{alias!r}]['OPTIONS'] has unknown fine-tuning option(s): "
                 f"{', '.join(sorted(unknown))}."
-            )
-        if "model" in options:
-            raise ImproperlyConfigured(
-                f"EMBREC['ENCODERS'][{alias!r}]: a fine-tuned encoder takes 'base_model', not "
-                "'model' (the model it encodes with is the latest fine-tune)."
             )
         super().__init__(alias, **options)
         try:

@@ -30,6 +30,7 @@ Engine options (see :mod:`embrec.encoders.engine`):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -70,6 +71,47 @@ def _model_revision(path: str) -> str:
             digest.update(str(file.relative_to(folder)).encode())
             digest.update(str(file.stat().st_size).encode())
     return digest.hexdigest()[:12]
+
+
+_POOLING_MODES = (
+    "pooling_mode_cls_token",
+    "pooling_mode_mean_tokens",
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+
+
+def folder_dimensions(path: str) -> int | None:
+    """Output dimensions of a sentence-transformers model folder, read from its configuration
+    files (``modules.json`` and each module's ``config.json``) without importing torch.
+
+    ``None`` when the folder holds a module this reading does not know (the caller then loads the
+    model and asks it): Transformer, Pooling, Dense and Normalize modules are understood.
+    """
+    folder = Path(path)
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        dims = None
+        for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
+            kind = module.get("type", "").rsplit(".", 1)[-1]
+            config_file = folder / module.get("path", "") / "config.json"
+            if kind == "Normalize":
+                continue
+            if kind == "Transformer":
+                dims = int(json.loads(config_file.read_text())["hidden_size"])
+            elif kind == "Pooling":
+                config = json.loads(config_file.read_text())
+                modes = sum(bool(config.get(mode)) for mode in _POOLING_MODES)
+                dims = int(config["word_embedding_dimension"]) * max(modes, 1)
+            elif kind == "Dense":
+                dims = int(json.loads(config_file.read_text())["out_features"])
+            else:
+                return None
+        return dims
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class SentenceTransformerEncoder(BaseEncoder):
@@ -144,13 +186,17 @@ class SentenceTransformerEncoder(BaseEncoder):
         return self._model
 
     def get_identity(self) -> EncoderIdentity:
+        # Read from the model folder's configuration when possible: commands such as
+        # embrec_status and web processes then compare identities without importing torch.
         path = self.model_path
-        model = self.load_model()
-        get_dims = (
-            getattr(model, "get_embedding_dimension", None)
-            or model.get_sentence_embedding_dimension
-        )
-        dims = int(get_dims())
+        dims = folder_dimensions(path)
+        if dims is None:
+            model = self.load_model()
+            get_dims = (
+                getattr(model, "get_embedding_dimension", None)
+                or model.get_sentence_embedding_dimension
+            )
+            dims = int(get_dims())
         name = self.options.get("name") or Path(path).name
         if path == default_model_path():
             name = "all-MiniLM-L6-v2"

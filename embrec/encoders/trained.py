@@ -454,7 +454,7 @@ def train_and_reindex(alias: str, *, reindex: bool = True) -> dict:
     encoder = get_encoder(alias)
     if not isinstance(encoder, TrainedEncoder):
         raise ImproperlyConfigured(
-            f"Encoder {alias!r} is not trained on interactions (item2vec, ALS, adaptive hybrid)."
+            f"Encoder {alias!r} is not trained on interactions (item2vec, ALS, co-occurrence, adaptive hybrid)."
         )
     aliases = dependent_aliases(alias)
     users = [rec for rec in registry.all() if aliases & set(rec.get_encoders())]

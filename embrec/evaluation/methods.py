@@ -130,6 +130,8 @@ class EmbeddingMethod(Method):
         pool: int | None = None,
         popular_pool: int = 0,
         uniform: bool = False,
+        prior: float | None = None,
+        prior_strength: float = 5.0,
     ):
         if not 0.0 <= popularity < 1.0:
             raise ValueError("popularity must be in [0, 1)")
@@ -145,6 +147,9 @@ class EmbeddingMethod(Method):
         self.pool = pool
         self.popular_pool = popular_pool
         self.uniform = uniform
+        # POPULARITY_PRIOR / POPULARITY_PRIOR_STRENGTH of the read path.
+        self.prior = prior
+        self.prior_strength = prior_strength
         bits = [source.name]
         bits.append(f"last {last}" if last else "all training items")
         if half_life_days:
@@ -155,10 +160,12 @@ class EmbeddingMethod(Method):
             bits.append(f"pool {pool}" + (f" + {popular_pool} popular" if popular_pool else ""))
         if uniform:
             bits.append("equal weights")
+        if prior is not None and popularity:
+            bits.append(f"popularity prior q{prior:g} n{prior_strength:g}")
         self.description = ", ".join(bits)
 
     def fit(self, split: Split) -> None:
-        from embrec.scoring import normalized_popularity
+        from embrec.scoring import normalized_popularity, popularity_prior, smoothed_popularity
 
         matrix, mask = self.source.vectors(split)
         self.items = matrix
@@ -180,7 +187,12 @@ class EmbeddingMethod(Method):
         # Normalised by the most popular item of the catalog, vector or not (the read path's
         # maximum over the visible objects).
         top = float(self.counts.max()) if self.counts.size else 0.0
-        self.pop = np.asarray(normalized_popularity(self.counts, top), dtype=np.float64)
+        # The fallback for users without a profile is the read path's popular(): no prior.
+        self.plain_pop = np.asarray(normalized_popularity(self.counts, top), dtype=np.float64)
+        prior = 0.0 if self.prior is None else popularity_prior(self.counts, self.prior)
+        self.pop = np.asarray(
+            smoothed_popularity(self.counts, top, prior, self.prior_strength), dtype=np.float64
+        )
         # What the read path excludes (exclude_seen): every item the user interacted with.
         self.seen = train.matrix(binary=True).tocsr()
         # Popular candidates in the read path's order: most users first, ties by key. Like the
@@ -200,7 +212,7 @@ class EmbeddingMethod(Method):
         # A user without a usable profile gets popularity order (the read path's fallback).
         empty = ~np.any(self.profiles[users], axis=1)
         if empty.any():
-            scores[empty] = np.where(self.mask, self.pop, -1e9)
+            scores[empty] = np.where(self.mask, self.plain_pop, -1e9)
         return scores
 
     def _restrict_to_pool(

@@ -35,6 +35,7 @@ from embrec.evaluation.baselines import (
 )
 from embrec.evaluation.methods import (
     EmbeddingMethod,
+    FinetunedItemVectors,
     FixedItemVectors,
     HybridItemVectors,
     Item2VecItemVectors,
@@ -66,8 +67,8 @@ _OPTION_TYPES: dict[str, Callable[[str], object]] = {
 
 
 def deployed_options(k: int) -> dict:
-    """Profile and pool options equivalent to the read path under the current ``EMBREC``
-    settings, for ``recommend(user, limit=k, ...)``."""
+    """Profile, pool and popularity-prior options equivalent to the read path under the
+    current ``EMBREC`` settings, for ``recommend(user, limit=k, ...)``."""
     from embrec.conf import embrec_settings
 
     return {
@@ -76,6 +77,8 @@ def deployed_options(k: int) -> dict:
         "uniform": embrec_settings.USER_VECTOR_WEIGHTING == "uniform",
         "pool": k * max(int(embrec_settings.RERANK_POOL_FACTOR), 1),
         "popular_pool": int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
+        "prior": embrec_settings.POPULARITY_PRIOR,
+        "prior_strength": float(embrec_settings.POPULARITY_PRIOR_STRENGTH),
     }
 
 
@@ -104,18 +107,23 @@ def interactions_from_database(
     return InteractionLog.from_records(records.iterator(chunk_size=10000), catalog=catalog)
 
 
-def content_vectors(rec: Recommendable, alias: str, items: Sequence[str]) -> FixedItemVectors:
+def content_vectors(rec: Recommendable, alias: str, items: Sequence[str]) -> ItemVectors:
     """Vectors of ``items`` under the text encoder ``alias``.
 
     Stored vectors are used when they carry the encoder's current identity; the others are
     encoded now from :meth:`Recommendable.get_text`. Content vectors never depend on interactions,
-    so using stored ones leaks nothing.
+    so using stored ones leaks nothing. A fine-tuned text encoder learned from interactions: it
+    is fine-tuned again on the training split (:func:`finetuned_item_vectors`).
     """
     from embrec.encoders import get_encoder
+    from embrec.encoders.finetune import FinetunedEncoder
     from embrec.models import Embedding
     from embrec.storage import parse_vector
 
     encoder = get_encoder(alias)
+    if isinstance(encoder, FinetunedEncoder):
+        # Its stored vectors come from a fine-tune on all interactions, held-out ones included.
+        return finetuned_item_vectors(rec, alias)
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
     position = {key: n for n, key in enumerate(items)}
     matrix = np.zeros((len(items), encoder.dimensions), dtype=np.float32)
@@ -245,6 +253,8 @@ def build_methods(
                     pool=options.get("pool"),
                     popular_pool=options.get("popular_pool", 0),
                     uniform=bool(options.get("uniform", False)),
+                    prior=options.get("prior"),
+                    prior_strength=options.get("prior_strength", 5.0),
                 )
             )
         except ValueError as exc:
@@ -329,29 +339,40 @@ def trained_item_vectors(alias: str, content: Callable[[str], ItemVectors]) -> I
 
 
 def content_source(rec: Recommendable, items: Sequence[str]) -> Callable[[str], ItemVectors]:
-    """The ``content(alias)`` callable the commands pass to :func:`item_vectors_for_alias`:
-    stored or freshly encoded vectors of plain text encoders, and for a fine-tuned text encoder
-    (:class:`~embrec.encoders.finetune.FinetunedEncoder`, whose stored vectors come from a model
-    trained on *all* interactions) a :class:`~embrec.evaluation.methods.FinetunedItemVectors`
-    that fine-tunes the base model on each split's training interactions. One source per alias."""
-    from embrec.encoders import get_encoder
-    from embrec.encoders.finetune import FinetunedEncoder
-    from embrec.evaluation.methods import FinetunedItemVectors
-
+    """The ``content(alias)`` callable the commands pass to :func:`item_vectors_for_alias`: one
+    :func:`content_vectors` source per alias (a fine-tuned text encoder is fine-tuned again on
+    each split's training interactions, never read from its stored vectors)."""
     cache: dict[str, ItemVectors] = {}
-
-    def texts(keys: Sequence[str]) -> list[str | None]:
-        objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in keys])
-        by_key = {str(pk): obj for pk, obj in objects.items()}
-        return [rec.get_text(by_key[k]) if k in by_key else None for k in keys]
 
     def content(alias: str) -> ItemVectors:
         if alias not in cache:
-            encoder = get_encoder(alias)
-            if isinstance(encoder, FinetunedEncoder):
-                cache[alias] = FinetunedItemVectors(encoder, texts, name=alias)
-            else:
-                cache[alias] = content_vectors(rec, alias, items)
+            cache[alias] = content_vectors(rec, alias, items)
         return cache[alias]
 
     return content
+
+
+def item_texts(rec: Recommendable) -> Callable[[Sequence[str]], list[str | None]]:
+    """A function from item keys to :meth:`Recommendable.get_text` (``None`` for keys no longer
+    in ``rec.get_queryset()``)."""
+
+    def texts(items: Sequence[str]) -> list[str | None]:
+        found: dict[str, str] = {}
+        keys = list(items)
+        for lo in range(0, len(keys), 1000):
+            chunk = keys[lo : lo + 1000]
+            objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in chunk])
+            found.update({str(pk): rec.get_text(obj) for pk, obj in objects.items()})
+        return [found.get(str(key)) for key in keys]
+
+    return texts
+
+
+def finetuned_item_vectors(rec: Recommendable, alias: str, **params) -> ItemVectors:
+    """Leak-free vectors of the fine-tuned text encoder ``alias``: its base model fine-tuned on
+    the split's training interactions only, then every item of the catalog encoded from its
+    text (so held-out and cold-start items are scored as new items would be). ``params``
+    override the encoder's training parameters."""
+    from embrec.encoders import get_encoder
+
+    return FinetunedItemVectors(get_encoder(alias), item_texts(rec), params=params, name=alias)

@@ -3,6 +3,16 @@
 from django.db import models
 
 
+class Section(models.Model):
+    """A related model: articles filter on ``section__slug`` and load their section with results."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Article(models.Model):
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
@@ -11,6 +21,9 @@ class Article(models.Model):
     tenant = models.CharField(max_length=50, blank=True, default="")
     published = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    section = models.ForeignKey(
+        Section, null=True, blank=True, on_delete=models.SET_NULL, related_name="articles"
+    )
 
     def __str__(self) -> str:
         return self.title

@@ -6,7 +6,8 @@ from tests.testapp.models import Article, Note
 class ArticleRecommendable(embrec.Recommendable):
     fields = ["title", "body"]
     encoders = ["hashing"]
-    filter_fields = ["category", "price", "tenant"]
+    filter_fields = ["category", "price", "tenant", "section__slug"]
+    select_related = ["section"]
 
     def get_queryset(self):
         return Article.objects.filter(published=True)

@@ -1,11 +1,16 @@
-"""``manage.py embrec_evaluate [app_label.Model] [--k 10] [--holdout 10] [--methods ...]``.
+"""``manage.py embrec_evaluate [app_label.Model] [--protocol ...] [--methods ...] [--json PATH]``.
 
-Offline evaluation on the site's own interactions: a temporal leave-last-N-out split (each user's
-``--holdout`` most recent distinct items are held out), then Recall@K, NDCG@K, HitRate@K and
-catalog coverage for the baselines (random, popularity, item-kNN, implicit ALS) and embrec's
-encoders, all trained on the training part only. ``--json`` and ``--png`` write the results as
-JSON and as a chart. ``--intrinsic`` instead compares the text encoders (GloVe, MiniLM) on word
-similarity, analogies and document similarity. See :mod:`embrec.evaluation`.
+Offline evaluation on the site's own interactions that cannot flatter: each protocol
+(``leave-last`` per-user temporal, ``global-time`` cut-off, ``cold-items``) splits train,
+validation and test; every method (baselines: popularity, item-kNN, recent-items kNN, EASE,
+implicit ALS; embrec's encoders with the read path's profile and blend) tries at most ``--budget``
+configurations on validation, the best is refitted on train + validation and evaluated once on
+test (NDCG@K, Recall@K, HitRate@K, coverage), with paired bootstrap intervals against the best
+baseline. On the leave-last test split, similar items are measured too (next-item hit rate, hub
+share, popularity ratio, ``--coherence-field`` overlap, ``--famous`` lists). ``--json``,
+``--png`` and ``--markdown`` write the results. ``--intrinsic`` instead compares the text
+encoders (GloVe, MiniLM) on word similarity, analogies and document similarity. See
+:mod:`embrec.evaluation` and docs/EVALUATION.md.
 """
 
 from __future__ import annotations
