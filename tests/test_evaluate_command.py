@@ -293,3 +293,29 @@ def test_fine_tuned_encoders_are_retrained_per_split_never_read_from_storage(set
     assert content("tuned-text") is source
     assert source.texts(keys[:2]) == [rec.get_text(a) for a in Article.objects.order_by("pk")[:2]]
     assert not isinstance(content("hashing"), FinetunedItemVectors)
+
+
+def test_any_trained_encoder_is_retrained_on_the_split(settings, tmp_path):
+    make_site()
+    encoders = dict(settings.EMBREC["ENCODERS"])
+    encoders["cc"] = {
+        "CLASS": "embrec.encoders.cooccurrence.CooccurrenceEncoder",
+        "OPTIONS": {"dimensions": 8, "model_dir": str(tmp_path / "models")},
+    }
+    settings.EMBREC = {**settings.EMBREC, "ENCODERS": encoders}
+    call_command(
+        "embrec_evaluate",
+        holdout=2,
+        validation=1,
+        k=5,
+        methods=["cc:last=2"],
+        json=str(tmp_path / "r.json"),
+        stdout=StringIO(),
+        stderr=StringIO(),
+        verbosity=0,
+    )
+    payload = json.loads((tmp_path / "r.json").read_text())
+    (result,) = payload["protocols"]["leave-last"]["results"]
+    assert result["metrics"]["hit_rate@5"] > 0.3
+    assert "cc:last=2" in payload["protocols"]["leave-last"]["similar"]
+    assert not (tmp_path / "models").exists()

@@ -40,6 +40,7 @@ from embrec.evaluation.methods import (
     HybridItemVectors,
     Item2VecItemVectors,
     ItemVectors,
+    TrainedItemVectors,
 )
 from embrec.evaluation.split import InteractionLog
 from embrec.items import Recommendable
@@ -162,6 +163,7 @@ def item_vectors_for_alias(
     from embrec.encoders import get_encoder
     from embrec.encoders.hybrid import HybridEncoder
     from embrec.encoders.item2vec import Item2VecEncoder
+    from embrec.encoders.trained import TrainedEncoder
 
     encoder = get_encoder(alias)
     trained = trained_item_vectors(alias, content)
@@ -176,6 +178,9 @@ def item_vectors_for_alias(
             encoder.mode,
             name=alias,
         )
+    if isinstance(encoder, TrainedEncoder):
+        # Any other trained encoder (e.g. co-occurrence vectors): retrained on the split.
+        return TrainedItemVectors(encoder, name=alias)
     if not encoder.uses_text:
         raise MethodSpecError(
             f"Encoder {alias!r} learns from interactions and has no leak-free evaluation; "
