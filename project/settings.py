@@ -238,13 +238,11 @@ EMBREC = {
     "PRELOAD_ENCODERS": ["default"],
     # MovieLens ratings date from 1997-98: count popularity over all time.
     "POPULARITY_WINDOW_DAYS": None,
-    # The best profile of docs/EVALUATION.md, confirmed for the adaptive encoder on the validation
-    # split of docs/ENCODERS.md: a user's vector is the plain mean of their
-    # 3 most recent movies (every rating counts as having watched it; 1-2 star ratings still hide
-    # the movie), and 60 % of a recommendation's score is popularity.
-    "USER_VECTOR_MAX_INTERACTIONS": 3,
-    "USER_VECTOR_WEIGHTING": "uniform",
-    "RECOMMEND_POPULARITY": 0.6,
+    # The read path's profile, blend and pools as `manage.py embrec_tune catalog.movie --budget 400
+    # --output project/tuned.json` chose them on a validation split of the demo's ratings (the
+    # user's 5 latest movies, uniform weights, 40 % popularity, 100 popular candidates; test
+    # figures in tuned.report.json and docs/EVALUATION.md). Keys set in this dict would win.
+    "TUNED_CONFIG": BASE_DIR / "project" / "tuned.json",
     # A movie nobody rated yet is blended with the popularity of the 75th-percentile movie
     # instead of 0, so it can reach a top 10 when its content matches (validation:
     # docs/ENCODERS.md); a movie with ratings keeps (almost) its own popularity.

@@ -58,6 +58,7 @@ def test_evaluation_scorer_matches_recommend(settings, weighting, prior):
         "POPULARITY_WINDOW_DAYS": None,
         "RERANK_POOL_FACTOR": 2,
         "RERANK_POPULAR_CANDIDATES": 6,
+        "RECOMMEND_POPULARITY": 0.6,
         # With a prior, items nobody liked get the 75th percentile's popularity (both sides).
         "POPULARITY_PRIOR": prior,
         "POPULARITY_PRIOR_STRENGTH": 0.1,
@@ -73,13 +74,14 @@ def test_evaluation_scorer_matches_recommend(settings, weighting, prior):
         holdout=0,
     )
     (method,) = build_methods(
-        ["hashing:deployed=1,popularity=0.6"],
+        ["hashing:deployed=1"],
         lambda alias: content_vectors(rec, alias, log.items),
         k=K,
     )
     assert (method.last, method.pool, method.popular_pool) == (3, 2 * K, 6)
     assert method.uniform is (weighting == "uniform")
     assert method.prior == prior
+    assert method.popularity == 0.6  # the blend comes from RECOMMEND_POPULARITY too
     method.fit(split)
     scores = method.score(split.test_users)
     ranked = top_k(scores, K, seen_items(split, split.test_users))
@@ -87,7 +89,7 @@ def test_evaluation_scorer_matches_recommend(settings, weighting, prior):
     personal = exact = 0
     for row, key in enumerate(log.users):
         user = next(u for u in users if str(u.pk) == key)
-        results = embrec.recommend(user, model=Article, limit=K, popularity=0.6, explain=False)
+        results = embrec.recommend(user, model=Article, limit=K, explain=False)
         expected = [log.items[i] for i in ranked[row]]
         got = [r.pk for r in results]
         assert len(got) == K

@@ -68,14 +68,15 @@ _OPTION_TYPES: dict[str, Callable[[str], object]] = {
 
 
 def deployed_options(k: int) -> dict:
-    """Profile, pool and popularity-prior options equivalent to the read path under the
-    current ``EMBREC`` settings, for ``recommend(user, limit=k, ...)``."""
+    """Profile, popularity blend, pool and popularity-prior options equivalent to the read path
+    under the current ``EMBREC`` settings, for ``recommend(user, limit=k, ...)``."""
     from embrec.conf import embrec_settings
 
     return {
         "last": int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS),
         "half_life": embrec_settings.USER_VECTOR_HALF_LIFE_DAYS,
         "uniform": embrec_settings.USER_VECTOR_WEIGHTING == "uniform",
+        "popularity": float(embrec_settings.RECOMMEND_POPULARITY),
         "pool": k * max(int(embrec_settings.RERANK_POOL_FACTOR), 1),
         "popular_pool": int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
         "prior": embrec_settings.POPULARITY_PRIOR,
