@@ -9,8 +9,9 @@
       class MovieAdmin(EmbeddingAdminMixin, admin.ModelAdmin):
           ...
 
-* :class:`EmbeddingAdmin` lists the stored vectors with filters by model, encoder and state
-  (fresh, stale, pending, failed) and a "Re-embed selected" action.
+* :class:`EmbeddingAdmin` lists the stored vectors with the name of their object (loaded in bulk,
+  one query per model on the page), searches them by that object's text, filters by model,
+  encoder and state (fresh, stale, pending, failed) and offers a "Re-embed selected" action.
 * :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
   with a "Retry" action.
 
@@ -23,8 +24,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db import models
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Cast
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
@@ -132,9 +136,75 @@ class EmbeddingStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+def attach_host_objects(embeddings: list[Embedding]) -> None:
+    """Set ``host_object`` on each embedding: its object, or ``None`` when it is gone.
+
+    One ``in_bulk`` query per content type present, whatever the number of rows.
+    """
+    groups: dict[int, list[Embedding]] = defaultdict(list)
+    for emb in embeddings:
+        groups[emb.content_type_id].append(emb)
+    for ct_id, rows in groups.items():
+        model = ContentType.objects.get_for_id(ct_id).model_class()
+        found: dict[str, models.Model] = {}
+        if model is not None:
+            pk_field = model._meta.pk
+            pks = set()
+            for emb in rows:
+                try:
+                    pks.add(pk_field.to_python(emb.object_pk))
+                except Exception:  # a pk string the model no longer accepts: object unknown
+                    continue
+            found = {str(pk): obj for pk, obj in model._default_manager.in_bulk(pks).items()}
+        for emb in rows:
+            emb.host_object = found.get(emb.object_pk)
+
+
+class EmbeddingChangeList(ChangeList):
+    """Loads the host objects of the page's rows in bulk (no query per row)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        self.result_list = list(self.result_list)
+        attach_host_objects(self.result_list)
+
+
+TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+def host_search_queryset(
+    model_admin: admin.ModelAdmin, request: HttpRequest, model: type[models.Model], term: str
+) -> QuerySet | None:
+    """Objects of ``model`` matching ``term``, or ``None`` when the model is not searchable.
+
+    The host model's own ``ModelAdmin`` search (its ``search_fields``) when it has one; else a
+    case-insensitive match on the registration's ``fields`` that are text columns.
+    """
+    host_admin = model_admin.admin_site._registry.get(model)
+    if host_admin is not None and host_admin.get_search_fields(request):
+        qs, _ = host_admin.get_search_results(request, model._default_manager.all(), term)
+        return qs
+    condition = Q()
+    for name in registry.get(model).fields:
+        try:
+            field = model._meta.get_field(name)
+        except Exception:  # a method or property named in fields: not a column to search
+            continue
+        if isinstance(field, TEXT_FIELDS):
+            condition |= Q(**{f"{name}__icontains": term})
+    if not condition:
+        return None
+    return model._default_manager.filter(condition)
+
+
 @admin.register(Embedding)
 class EmbeddingAdmin(admin.ModelAdmin):
-    """Read-only list of stored vectors with a "Re-embed selected" action."""
+    """Read-only list of stored vectors with a "Re-embed selected" action.
+
+    Search matches the object pk exactly, or the host objects' text: for each registered model,
+    the host model admin's ``search_fields`` (or the registration's text ``fields``) select the
+    matching objects in a subquery, so one SQL query filters the vectors.
+    """
 
     list_display = [
         "object_link",
@@ -177,11 +247,33 @@ class EmbeddingAdmin(admin.ModelAdmin):
     def has_reembed_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("embrec.change_embedding")
 
+    def get_changelist(self, request: HttpRequest, **kwargs):
+        return EmbeddingChangeList
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        condition = Q(object_pk=term)
+        for rec in registry.all():
+            hosts = host_search_queryset(self, request, rec.model, term)
+            if hosts is None:
+                continue
+            ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+            pks = (
+                hosts.order_by()
+                .annotate(embrec_pk=Cast("pk", output_field=models.CharField()))
+                .values("embrec_pk")
+            )
+            condition |= Q(content_type=ct, object_pk__in=pks)
+        return queryset.filter(condition), False
+
     @admin.display(description="object")
     def object_link(self, obj: Embedding) -> str:
-        """``app.model #pk``, linked to the object's admin page when it has one."""
+        """The object's name (``app.model #pk`` when gone), linked to its admin page."""
         ct = obj.content_type
-        label = f"{ct.app_label}.{ct.model} #{obj.object_pk}"
+        host = getattr(obj, "host_object", None)
+        label = str(host) if host is not None else f"{ct.app_label}.{ct.model} #{obj.object_pk}"
         try:
             url = reverse(f"admin:{ct.app_label}_{ct.model}_change", args=[obj.object_pk])
         except NoReverseMatch:

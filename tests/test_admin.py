@@ -203,3 +203,57 @@ def test_outbox_admin_shows_errors_and_retries(admin_client, embedded_articles):
         )
     entry.refresh_from_db()
     assert (entry.state, entry.last_error) == ("pending", "")
+
+
+def _list_queries(admin_client, query: str = "") -> tuple[int, bytes]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        response = admin_client.get(f"/admin/embrec/embedding/{query}")
+    assert response.status_code == 200
+    return len(ctx.captured_queries), response.content
+
+
+def test_embedding_admin_shows_object_names_loaded_in_bulk(admin_client):
+    Article.objects.create(title="first story", category="c")
+    Article.objects.create(title="second story", category="c")
+    indexing.drain()
+    few, content = _list_queries(admin_client)
+    assert b"first story" in content and b"second story" in content
+    for i in range(6):
+        Article.objects.create(title=f"more story {i}", category="c")
+    indexing.drain()
+    many, content = _list_queries(admin_client)
+    assert b"more story 5" in content
+    assert many == few  # no query per row
+
+
+def test_embedding_admin_searches_by_the_objects_text(admin_client, embedded_articles, movies):
+    from django.db import transaction
+
+    from embrec.storage import VectorRow, write_vectors
+
+    ct = ContentType.objects.get_for_model(Movie)
+    with transaction.atomic():
+        write_vectors(
+            ct.id,
+            "default",
+            "m@1/2/norm",
+            [
+                VectorRow(str(m.pk), np.array([1.0, float(n)], dtype=np.float32), "h")
+                for n, m in enumerate(movies)
+            ],
+        )
+
+    def found(term: str) -> set[str]:
+        response = admin_client.get("/admin/embrec/embedding/", {"q": term})
+        assert response.status_code == 200
+        return {str(e.host_object) for e in response.context["cl"].result_list}
+
+    # Articles have no ModelAdmin: their registration's text fields are searched.
+    assert found("article 2") == {"article 2"}
+    # Movies: the movie admin's search_fields.
+    assert found("movie 3") == {str(movies[2])}
+    assert found("nothing like this") == set()
+    assert found(str(embedded_articles[0].pk)) >= {"article 0"}
