@@ -12,6 +12,9 @@
 * :class:`EmbeddingAdmin` lists the stored vectors with the name of their object (loaded in bulk,
   one query per model on the page), searches them by that object's text, filters by model,
   encoder and state (fresh, stale, pending, failed) and offers a "Re-embed selected" action.
+* The **dashboard** (``admin:embrec_dashboard``, linked from embrec's app index and the
+  embeddings list) shows per registered model and encoder the counts of ``embrec_status``
+  (objects, embedded, stale, pending, failed) and the last error.
 * :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
   with a "Retry" action.
 
@@ -26,14 +29,17 @@ from collections import defaultdict
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
-from django.http import HttpRequest
-from django.urls import NoReverseMatch, reverse
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
+from embrec import indexing
 from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
 from embrec.registry import registry
@@ -246,6 +252,45 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
     def has_reembed_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("embrec.change_embedding")
+
+    def get_urls(self):
+        return [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="embrec_dashboard",
+            ),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Per model and encoder: the counts of ``embrec_status`` and the last error.
+
+        Staff only (``admin_view``) with the view permission on embeddings.
+        """
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rows = []
+        for row, error in indexing.status_rows(registry.all()):
+            ct = ContentType.objects.get_for_model(
+                registry.get(row["model"]).model, for_concrete_model=False
+            )
+            last = (
+                OutboxEntry.objects.filter(
+                    content_type=ct, encoder__in=["", row["encoder"]], state=OutboxEntry.FAILED
+                )
+                .order_by("-id")
+                .values_list("last_error", flat=True)
+                .first()
+            )
+            rows.append({**row, "last_error": last or "", "config_error": error})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Embeddings dashboard",
+            "opts": self.model._meta,
+            "rows": rows,
+        }
+        return TemplateResponse(request, "admin/embrec/dashboard.html", context)
 
     def get_changelist(self, request: HttpRequest, **kwargs):
         return EmbeddingChangeList

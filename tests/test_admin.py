@@ -6,7 +6,7 @@ from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.test import override_settings
 
-from embrec import indexing
+from embrec import indexing, registry
 from embrec.models import Embedding, OutboxEntry
 from project.catalog.models import Movie
 from tests.settings import EMBREC as TEST_EMBREC
@@ -257,3 +257,56 @@ def test_embedding_admin_searches_by_the_objects_text(admin_client, embedded_art
     assert found("movie 3") == {str(movies[2])}
     assert found("nothing like this") == set()
     assert found(str(embedded_articles[0].pk)) >= {"article 0"}
+
+
+def _dashboard_row(response, model: str, encoder: str) -> dict:
+    return next(
+        r for r in response.context["rows"] if (r["model"], r["encoder"]) == (model, encoder)
+    )
+
+
+def test_dashboard_shows_status_counts_and_last_error(admin_client, embedded_articles):
+    ct = ContentType.objects.get_for_model(Article)
+    a0, a1, a2, _ = embedded_articles
+    index = admin_client.get("/admin/embrec/")
+    assert b'href="/admin/embrec/embedding/dashboard/"' in index.content
+    response = admin_client.get("/admin/embrec/embedding/dashboard/")
+    assert response.status_code == 200
+    row = _dashboard_row(response, "testapp.article", "hashing")
+    assert (row["objects"], row["embedded"], row["stale"], row["pending"], row["failed"]) == (
+        4,
+        4,
+        0,
+        0,
+        0,
+    )
+    with override_settings(EMBREC=NO_KICK):
+        a0.title = "changed"
+        a0.save()
+    OutboxEntry.objects.create(
+        content_type=ct, object_pk=str(a1.pk), state=OutboxEntry.FAILED, last_error="boom: bad"
+    )
+    Embedding.objects.filter(object_pk=str(a2.pk)).update(identity="old@1/64/norm")
+    response = admin_client.get("/admin/embrec/embedding/dashboard/")
+    row = _dashboard_row(response, "testapp.article", "hashing")
+    assert (row["stale"], row["pending"], row["failed"], row["last_error"]) == (
+        1,
+        1,
+        1,
+        "boom: bad",
+    )
+    assert b"boom: bad" in response.content
+    # The same counts as embrec_status.
+    assert {k: v for k, v in row.items() if k not in ("last_error", "config_error")} == (
+        indexing.status(registry.get("testapp.article"), "hashing")
+    )
+
+
+def test_dashboard_is_staff_only_with_view_permission(client, embedded_articles):
+    url = "/admin/embrec/embedding/dashboard/"
+    assert client.get(url).status_code == 302  # anonymous: to the login page
+    staff = staff_client(client)
+    assert staff.get(url).status_code == 403
+    staff_user = User.objects.get(username="staff")
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_embedding"))
+    assert staff.get(url).status_code == 200
