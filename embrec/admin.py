@@ -29,14 +29,15 @@ from collections import defaultdict
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied
 from django.db import models
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
 from embrec import indexing
@@ -71,13 +72,16 @@ class EmbeddingAdminMixin:
         return self.has_change_permission(request)
 
     @admin.action(description="Recompute embeddings")
-    def recompute_embeddings(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def recompute_embeddings(
+        self, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponseRedirect | None:
+        """Queue the selected objects, then redirect to a page that follows the work live."""
         if not self.has_recompute_embeddings_permission(request):  # direct POSTs too
             self.message_user(request, "You may not recompute embeddings.", messages.ERROR)
-            return
-        from embrec.indexing import mark_dirty
-
-        count = mark_dirty(queryset, force=True)
+            return None
+        ct = ContentType.objects.get_for_model(self.model, for_concrete_model=False)
+        after = OutboxEntry.objects.aggregate(last=Max("id"))["last"] or 0
+        count = indexing.mark_dirty(queryset, force=True)
         self.message_user(
             request,
             ngettext(
@@ -88,6 +92,13 @@ class EmbeddingAdminMixin:
             % {"count": count},
             messages.SUCCESS,
         )
+        if not count:
+            return None
+        upto = OutboxEntry.objects.filter(content_type=ct, id__gt=after).aggregate(last=Max("id"))[
+            "last"
+        ]
+        query = urlencode({"ct": ct.id, "after": after, "upto": upto, "total": count})
+        return HttpResponseRedirect(f"{reverse('admin:embrec_reindex_progress')}?{query}")
 
 
 #: Same mixin, named after what it does for the host model.
@@ -260,8 +271,88 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.dashboard_view),
                 name="embrec_dashboard",
             ),
+            path(
+                "reindex-progress/",
+                self.admin_site.admin_view(self.reindex_progress_view),
+                name="embrec_reindex_progress",
+            ),
+            path(
+                "reindex-progress.json",
+                self.admin_site.admin_view(self.reindex_progress_json),
+                name="embrec_reindex_progress_json",
+            ),
             *super().get_urls(),
         ]
+
+    def _reindex_job(self, request: HttpRequest) -> dict:
+        """The job a "Recompute embeddings" action queued, from the query string.
+
+        A job is the outbox rows of one content type with ids in ``(after, upto]`` (written by
+        the action), ``total`` of them. Bad numbers: 400; users who may neither view the
+        objects nor the embeddings: 403.
+        """
+        try:
+            ct_id, after, upto, total = (
+                int(request.GET[name]) for name in ("ct", "after", "upto", "total")
+            )
+        except (KeyError, ValueError) as exc:
+            raise BadRequest("ct, after, upto and total must be integers.") from exc
+        if min(ct_id, after, upto, total) < 0 or upto < after:
+            raise BadRequest("ct, after, upto and total must be integers, upto >= after.")
+        try:
+            ct = ContentType.objects.get_for_id(ct_id)
+        except ContentType.DoesNotExist as exc:
+            raise BadRequest("Unknown content type.") from exc
+        model = ct.model_class()
+        if model is None or not registry.is_registered(model):
+            raise BadRequest("Not a registered model.")
+        opts = model._meta
+        if not (
+            self.has_view_permission(request)
+            or request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+            or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+        ):
+            raise PermissionDenied
+        return {"ct": ct, "model": model, "after": after, "upto": upto, "total": total}
+
+    def reindex_progress(self, job: dict) -> dict:
+        """``done``/``total`` of a job: rows drained by workers are deleted from the outbox."""
+        rows = OutboxEntry.objects.filter(
+            content_type=job["ct"], id__gt=job["after"], id__lte=job["upto"]
+        )
+        pending = rows.filter(state=OutboxEntry.PENDING).count()
+        failed = rows.filter(state=OutboxEntry.FAILED).count()
+        total = job["total"]
+        done = max(0, min(total, total - pending - failed))
+        return {
+            "model": job["model"]._meta.label_lower,
+            "total": total,
+            "done": done,
+            "pending": pending,
+            "failed": failed,
+            "percent": 100 if total == 0 else round(100 * done / total),
+            "finished": pending == 0,
+        }
+
+    def reindex_progress_json(self, request: HttpRequest) -> HttpResponse:
+        try:
+            job = self._reindex_job(request)
+        except BadRequest as exc:
+            return JsonResponse({"error": str(exc)}, status=400)
+        return JsonResponse(self.reindex_progress(job))
+
+    def reindex_progress_view(self, request: HttpRequest) -> HttpResponse:
+        job = self._reindex_job(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Recomputing embeddings of {job['model']._meta.verbose_name_plural}",
+            "opts": self.model._meta,
+            "progress": self.reindex_progress(job),
+            "json_url": (
+                f"{reverse('admin:embrec_reindex_progress_json')}?{request.GET.urlencode()}"
+            ),
+        }
+        return TemplateResponse(request, "admin/embrec/reindex_progress.html", context)
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         """Per model and encoder: the counts of ``embrec_status`` and the last error.

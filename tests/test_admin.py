@@ -310,3 +310,58 @@ def test_dashboard_is_staff_only_with_view_permission(client, embedded_articles)
     staff_user = User.objects.get(username="staff")
     staff_user.user_permissions.add(Permission.objects.get(codename="view_embedding"))
     assert staff.get(url).status_code == 200
+
+
+def test_recompute_redirects_to_live_progress_that_follows_the_drain(admin_client, movies):
+    with override_settings(EMBREC=NO_KICK):
+        response = admin_client.post(
+            "/admin/catalog/movie/",
+            {"action": "recompute_embeddings", "_selected_action": [m.pk for m in movies]},
+        )
+    assert response.status_code == 302
+    page_url = response["Location"]
+    assert page_url.startswith("/admin/embrec/embedding/reindex-progress/?")
+    page = admin_client.get(page_url)
+    assert page.status_code == 200
+    assert b"0 / 3 (0 %)" in page.content
+    json_url = page.context["json_url"]
+    assert json_url.startswith("/admin/embrec/embedding/reindex-progress.json?")
+
+    def progress() -> dict:
+        r = admin_client.get(json_url)
+        assert r.status_code == 200
+        return r.json()
+
+    assert progress() == {
+        "model": "catalog.movie",
+        "total": 3,
+        "done": 0,
+        "pending": 3,
+        "failed": 0,
+        "percent": 0,
+        "finished": False,
+    }
+    indexing.drain(batch_size=1, max_batches=1)
+    first = progress()
+    assert (first["done"], first["pending"], first["finished"]) == (1, 2, False)
+    indexing.drain()
+    last = progress()
+    assert (last["done"], last["percent"], last["finished"]) == (3, 100, True)
+
+
+def test_reindex_progress_json_rejects_bad_input_and_non_staff(client, admin_client, movies):
+    ct = ContentType.objects.get_for_model(Movie)
+    url = "/admin/embrec/embedding/reindex-progress.json"
+    good = {"ct": ct.id, "after": 0, "upto": 0, "total": 0}
+    assert admin_client.get(url, good).status_code == 200
+    assert admin_client.get(url, {**good, "total": "x"}).status_code == 400
+    assert admin_client.get(url, {"ct": ct.id}).status_code == 400
+    ct_user = ContentType.objects.get_for_model(User)
+    assert admin_client.get(url, {**good, "ct": ct_user.id}).status_code == 400
+    admin_client.logout()
+    assert client.get(url, good).status_code == 302  # not staff: to the login page
+    staff = staff_client(client)
+    assert staff.get(url, good).status_code == 403
+    staff_user = User.objects.get(username="staff")
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_movie"))
+    assert staff.get(url, good).status_code == 200
