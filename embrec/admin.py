@@ -28,22 +28,23 @@ from collections import defaultdict
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import BadRequest, PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import models
 from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
-from embrec import indexing
+from embrec import indexing, queries
 from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
-from embrec.registry import registry
+from embrec.registry import NotRegistered, registry
 
 
 class EmbeddingAdminMixin:
@@ -66,6 +67,18 @@ class EmbeddingAdminMixin:
                 (func, "recompute_embeddings", func.short_description),
             )
         return actions
+
+    #: Adds a "Similar items" link to the change form (keep it when overriding the template:
+    #: extend ``admin/embrec/host_change_form.html``).
+    change_form_template = "admin/embrec/host_change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        if registry.is_registered(self.model):
+            extra_context["embrec_similar_url"] = reverse(
+                "admin:embrec_preview_similar", args=[self.model._meta.label_lower, object_id]
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_recompute_embeddings_permission(self, request: HttpRequest) -> bool:
         """Who may recompute embeddings. Default: users who may change the objects."""
@@ -281,8 +294,89 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.reindex_progress_json),
                 name="embrec_reindex_progress_json",
             ),
+            path(
+                "preview/similar/<str:label>/<str:object_pk>/",
+                self.admin_site.admin_view(self.preview_similar_view),
+                name="embrec_preview_similar",
+            ),
+            path(
+                "preview/user/",
+                self.admin_site.admin_view(self.preview_user_view),
+                name="embrec_preview_user",
+            ),
             *super().get_urls(),
         ]
+
+    def _may_see_objects(self, request: HttpRequest, model: type[models.Model]) -> bool:
+        opts = model._meta
+        return (
+            self.has_view_permission(request)
+            or request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+            or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+        )
+
+    def preview_similar_view(self, request: HttpRequest, label: str, object_pk: str):
+        """The similar items of one registered object, as the read path returns them."""
+        try:
+            rec = registry.get(label)
+        except NotRegistered as exc:
+            raise Http404("Not a registered model.") from exc
+        if not self._may_see_objects(request, rec.model):
+            raise PermissionDenied
+        try:
+            obj = rec.model._default_manager.get(pk=rec.pk_from_string(object_pk))
+        except (rec.model.DoesNotExist, ValidationError, ValueError) as exc:
+            raise Http404("No such object.") from exc
+        error = ""
+        results = []
+        try:
+            results = queries.similar(obj, request=request, limit=20)
+        except (queries.NotEmbedded, queries.QueryError) as exc:
+            error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Similar to {obj}",
+            "opts": self.model._meta,
+            "results": results,
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/embrec/preview_similar.html", context)
+
+    def preview_user_view(self, request: HttpRequest) -> HttpResponse:
+        """Recommendations for any user; needs ``embrec.view_user_recommendations``."""
+        if not request.user.has_perm("embrec.view_user_recommendations"):
+            raise PermissionDenied
+        recs = registry.all()
+        label = request.GET.get("model") or (recs[0].label if recs else "")
+        raw_user = request.GET.get("user", "").strip()
+        results, error, target = [], "", None
+        if raw_user:
+            try:
+                rec = registry.get(label)
+            except NotRegistered as exc:
+                raise BadRequest("Not a registered model.") from exc
+            user_model = get_user_model()
+            try:
+                target = user_model._default_manager.get(pk=raw_user)
+            except (user_model.DoesNotExist, ValidationError, ValueError):
+                error = f"No user with id {raw_user!r}."
+            if target is not None:
+                try:
+                    results = queries.recommend(target, model=rec.model, limit=20)
+                except queries.QueryError as exc:
+                    error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Recommendations for a user",
+            "opts": self.model._meta,
+            "labels": [r.label for r in recs],
+            "label": label,
+            "user_value": raw_user,
+            "target": target,
+            "results": results,
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/embrec/preview_user.html", context)
 
     def _reindex_job(self, request: HttpRequest) -> dict:
         """The job a "Recompute embeddings" action queued, from the query string.

@@ -365,3 +365,59 @@ def test_reindex_progress_json_rejects_bad_input_and_non_staff(client, admin_cli
     staff_user = User.objects.get(username="staff")
     staff_user.user_permissions.add(Permission.objects.get(codename="view_movie"))
     assert staff.get(url, good).status_code == 200
+
+
+def test_registered_objects_change_form_links_to_similar_items(admin_client, movies):
+    response = admin_client.get(f"/admin/catalog/movie/{movies[0].pk}/change/")
+    assert response.status_code == 200
+    url = f"/admin/embrec/embedding/preview/similar/catalog.movie/{movies[0].pk}/"
+    assert f'href="{url}"'.encode() in response.content
+
+
+def test_similar_preview_lists_the_nearest_objects(client, admin_client):
+    near = Article.objects.create(title="red apples and green apples", category="c")
+    also = Article.objects.create(title="red apples and green pears", category="c")
+    Article.objects.create(title="quantum chromodynamics lecture", category="c")
+    indexing.drain()
+    url = f"/admin/embrec/embedding/preview/similar/testapp.article/{near.pk}/"
+    response = admin_client.get(url)
+    assert response.status_code == 200
+    names = [str(r.object) for r in response.context["results"]]
+    assert names[0] == str(also) and str(near) not in names
+    assert admin_client.get(url.replace(str(near.pk), "999999")).status_code == 404
+    assert (
+        admin_client.get("/admin/embrec/embedding/preview/similar/auth.user/1/").status_code == 404
+    )
+    admin_client.logout()
+    staff = staff_client(client)
+    assert staff.get(url).status_code == 403
+
+
+def test_user_recommendations_preview_needs_the_permission(client, admin_client):
+    from embrec import record_interaction
+
+    articles = [
+        Article.objects.create(title=f"garden tomato {i}", category="c") for i in range(3)
+    ] + [Article.objects.create(title=f"space rocket {i}", category="c") for i in range(3)]
+    indexing.drain()
+    reader = User.objects.create_user("reader", "r@example.com", "pw")
+    record_interaction(reader, articles[0], "like")
+    record_interaction(reader, articles[1], "like")
+    indexing.drain()
+    url = "/admin/embrec/embedding/preview/user/"
+    query = {"user": reader.pk, "model": "testapp.article"}
+    response = admin_client.get(url, query)
+    assert response.status_code == 200
+    names = [str(r.object) for r in response.context["results"]]
+    assert names[0] == "garden tomato 2"
+    assert "garden tomato 0" not in names  # already seen
+    assert admin_client.get(url, {"user": "nobody", "model": "testapp.article"}).status_code == 200
+    assert admin_client.get(url, {"user": reader.pk, "model": "x.y"}).status_code == 400
+    admin_client.logout()
+    staff = staff_client(client, "view_embedding", "view_article")
+    assert staff.get(url, query).status_code == 403
+    staff_user = User.objects.get(username="staff")
+    staff_user.user_permissions.add(Permission.objects.get(codename="view_user_recommendations"))
+    response = staff.get(url, query)
+    assert response.status_code == 200
+    assert b"garden tomato 2" in response.content
