@@ -268,8 +268,9 @@ def _dashboard_row(response, model: str, encoder: str) -> dict:
 def test_dashboard_shows_status_counts_and_last_error(admin_client, embedded_articles):
     ct = ContentType.objects.get_for_model(Article)
     a0, a1, a2, _ = embedded_articles
-    index = admin_client.get("/admin/embrec/")
-    assert b'href="/admin/embrec/embedding/dashboard/"' in index.content
+    for linking_page in ("/admin/embrec/", "/admin/embrec/embedding/"):
+        linked = admin_client.get(linking_page).content
+        assert b'href="/admin/embrec/embedding/dashboard/"' in linked
     response = admin_client.get("/admin/embrec/embedding/dashboard/")
     assert response.status_code == 200
     row = _dashboard_row(response, "testapp.article", "hashing")
@@ -356,6 +357,8 @@ def test_reindex_progress_json_rejects_bad_input_and_non_staff(client, admin_cli
     assert admin_client.get(url, good).status_code == 200
     assert admin_client.get(url, {**good, "total": "x"}).status_code == 400
     assert admin_client.get(url, {"ct": ct.id}).status_code == 400
+    page = "/admin/embrec/embedding/reindex-progress/"
+    assert admin_client.get(page, {**good, "upto": -1}).status_code == 400
     ct_user = ContentType.objects.get_for_model(User)
     assert admin_client.get(url, {**good, "ct": ct_user.id}).status_code == 400
     admin_client.logout()
