@@ -9,8 +9,12 @@
       class MovieAdmin(EmbeddingAdminMixin, admin.ModelAdmin):
           ...
 
-* :class:`EmbeddingAdmin` lists the stored vectors with filters by model, encoder and state
-  (fresh, stale, pending, failed) and a "Re-embed selected" action.
+* :class:`EmbeddingAdmin` lists the stored vectors with the name of their object (loaded in bulk,
+  one query per model on the page), searches them by that object's text, filters by model,
+  encoder and state (fresh, stale, pending, failed) and offers a "Re-embed selected" action.
+* The **dashboard** (``admin:embrec_dashboard``, linked from embrec's app index and the
+  embeddings list) shows per registered model and encoder the counts of ``embrec_status``
+  (objects, embedded, stale, pending, failed) and the last error.
 * :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
   with a "Retry" action.
 
@@ -23,16 +27,24 @@ from __future__ import annotations
 from collections import defaultdict
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Exists, OuterRef, QuerySet
-from django.http import HttpRequest
-from django.urls import NoReverseMatch, reverse
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.db import models
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet
+from django.db.models.functions import Cast
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
+from embrec import indexing, queries
 from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
-from embrec.registry import registry
+from embrec.registry import NotRegistered, registry
 
 
 class EmbeddingAdminMixin:
@@ -56,18 +68,33 @@ class EmbeddingAdminMixin:
             )
         return actions
 
+    #: Adds a "Similar items" link to the change form (keep it when overriding the template:
+    #: extend ``admin/embrec/host_change_form.html``).
+    change_form_template = "admin/embrec/host_change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        if registry.is_registered(self.model):
+            extra_context["embrec_similar_url"] = reverse(
+                "admin:embrec_preview_similar", args=[self.model._meta.label_lower, object_id]
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def has_recompute_embeddings_permission(self, request: HttpRequest) -> bool:
         """Who may recompute embeddings. Default: users who may change the objects."""
         return self.has_change_permission(request)
 
     @admin.action(description="Recompute embeddings")
-    def recompute_embeddings(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def recompute_embeddings(
+        self, request: HttpRequest, queryset: QuerySet
+    ) -> HttpResponseRedirect | None:
+        """Queue the selected objects, then redirect to a page that follows the work live."""
         if not self.has_recompute_embeddings_permission(request):  # direct POSTs too
             self.message_user(request, "You may not recompute embeddings.", messages.ERROR)
-            return
-        from embrec.indexing import mark_dirty
-
-        count = mark_dirty(queryset, force=True)
+            return None
+        ct = ContentType.objects.get_for_model(self.model, for_concrete_model=False)
+        after = OutboxEntry.objects.aggregate(last=Max("id"))["last"] or 0
+        count = indexing.mark_dirty(queryset, force=True)
         self.message_user(
             request,
             ngettext(
@@ -78,6 +105,13 @@ class EmbeddingAdminMixin:
             % {"count": count},
             messages.SUCCESS,
         )
+        if not count:
+            return None
+        upto = OutboxEntry.objects.filter(content_type=ct, id__gt=after).aggregate(last=Max("id"))[
+            "last"
+        ]
+        query = urlencode({"ct": ct.id, "after": after, "upto": upto, "total": count})
+        return HttpResponseRedirect(f"{reverse('admin:embrec_reindex_progress')}?{query}")
 
 
 #: Same mixin, named after what it does for the host model.
@@ -132,9 +166,75 @@ class EmbeddingStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+def attach_host_objects(embeddings: list[Embedding]) -> None:
+    """Set ``host_object`` on each embedding: its object, or ``None`` when it is gone.
+
+    One ``in_bulk`` query per content type present, whatever the number of rows.
+    """
+    groups: dict[int, list[Embedding]] = defaultdict(list)
+    for emb in embeddings:
+        groups[emb.content_type_id].append(emb)
+    for ct_id, rows in groups.items():
+        model = ContentType.objects.get_for_id(ct_id).model_class()
+        found: dict[str, models.Model] = {}
+        if model is not None:
+            pk_field = model._meta.pk
+            pks = set()
+            for emb in rows:
+                try:
+                    pks.add(pk_field.to_python(emb.object_pk))
+                except Exception:  # a pk string the model no longer accepts: object unknown
+                    continue
+            found = {str(pk): obj for pk, obj in model._default_manager.in_bulk(pks).items()}
+        for emb in rows:
+            emb.host_object = found.get(emb.object_pk)
+
+
+class EmbeddingChangeList(ChangeList):
+    """Loads the host objects of the page's rows in bulk (no query per row)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        self.result_list = list(self.result_list)
+        attach_host_objects(self.result_list)
+
+
+TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+def host_search_queryset(
+    model_admin: admin.ModelAdmin, request: HttpRequest, model: type[models.Model], term: str
+) -> QuerySet | None:
+    """Objects of ``model`` matching ``term``, or ``None`` when the model is not searchable.
+
+    The host model's own ``ModelAdmin`` search (its ``search_fields``) when it has one; else a
+    case-insensitive match on the registration's ``fields`` that are text columns.
+    """
+    host_admin = model_admin.admin_site._registry.get(model)
+    if host_admin is not None and host_admin.get_search_fields(request):
+        qs, _ = host_admin.get_search_results(request, model._default_manager.all(), term)
+        return qs
+    condition = Q()
+    for name in registry.get(model).fields:
+        try:
+            field = model._meta.get_field(name)
+        except Exception:  # a method or property named in fields: not a column to search
+            continue
+        if isinstance(field, TEXT_FIELDS):
+            condition |= Q(**{f"{name}__icontains": term})
+    if not condition:
+        return None
+    return model._default_manager.filter(condition)
+
+
 @admin.register(Embedding)
 class EmbeddingAdmin(admin.ModelAdmin):
-    """Read-only list of stored vectors with a "Re-embed selected" action."""
+    """Read-only list of stored vectors with a "Re-embed selected" action.
+
+    Search matches the object pk exactly, or the host objects' text: for each registered model,
+    the host model admin's ``search_fields`` (or the registration's text ``fields``) select the
+    matching objects in a subquery, so one SQL query filters the vectors.
+    """
 
     list_display = [
         "object_link",
@@ -177,11 +277,233 @@ class EmbeddingAdmin(admin.ModelAdmin):
     def has_reembed_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("embrec.change_embedding")
 
+    def get_urls(self):
+        return [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="embrec_dashboard",
+            ),
+            path(
+                "reindex-progress/",
+                self.admin_site.admin_view(self.reindex_progress_view),
+                name="embrec_reindex_progress",
+            ),
+            path(
+                "reindex-progress.json",
+                self.admin_site.admin_view(self.reindex_progress_json),
+                name="embrec_reindex_progress_json",
+            ),
+            path(
+                "preview/similar/<str:label>/<str:object_pk>/",
+                self.admin_site.admin_view(self.preview_similar_view),
+                name="embrec_preview_similar",
+            ),
+            path(
+                "preview/user/",
+                self.admin_site.admin_view(self.preview_user_view),
+                name="embrec_preview_user",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _may_see_objects(self, request: HttpRequest, model: type[models.Model]) -> bool:
+        opts = model._meta
+        return (
+            self.has_view_permission(request)
+            or request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+            or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+        )
+
+    def preview_similar_view(self, request: HttpRequest, label: str, object_pk: str):
+        """The similar items of one registered object, as the read path returns them."""
+        try:
+            rec = registry.get(label)
+        except NotRegistered as exc:
+            raise Http404("Not a registered model.") from exc
+        if not self._may_see_objects(request, rec.model):
+            raise PermissionDenied
+        try:
+            obj = rec.model._default_manager.get(pk=rec.pk_from_string(object_pk))
+        except (rec.model.DoesNotExist, ValidationError, ValueError) as exc:
+            raise Http404("No such object.") from exc
+        error = ""
+        results = []
+        try:
+            results = queries.similar(obj, request=request, limit=20)
+        except (queries.NotEmbedded, queries.QueryError) as exc:
+            error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Similar to {obj}",
+            "opts": self.model._meta,
+            "results": results,
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/embrec/preview_similar.html", context)
+
+    def preview_user_view(self, request: HttpRequest) -> HttpResponse:
+        """Recommendations for any user; needs ``embrec.view_user_recommendations``."""
+        if not request.user.has_perm("embrec.view_user_recommendations"):
+            raise PermissionDenied
+        recs = registry.all()
+        label = request.GET.get("model") or (recs[0].label if recs else "")
+        raw_user = request.GET.get("user", "").strip()
+        results, error, target = [], "", None
+        if raw_user:
+            try:
+                rec = registry.get(label)
+            except NotRegistered as exc:
+                raise BadRequest("Not a registered model.") from exc
+            user_model = get_user_model()
+            try:
+                target = user_model._default_manager.get(pk=raw_user)
+            except (user_model.DoesNotExist, ValidationError, ValueError):
+                error = f"No user with id {raw_user!r}."
+            if target is not None:
+                try:
+                    results = queries.recommend(target, model=rec.model, limit=20)
+                except queries.QueryError as exc:
+                    error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Recommendations for a user",
+            "opts": self.model._meta,
+            "labels": [r.label for r in recs],
+            "label": label,
+            "user_value": raw_user,
+            "target": target,
+            "results": results,
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/embrec/preview_user.html", context)
+
+    def _reindex_job(self, request: HttpRequest) -> dict:
+        """The job a "Recompute embeddings" action queued, from the query string.
+
+        A job is the outbox rows of one content type with ids in ``(after, upto]`` (written by
+        the action), ``total`` of them. Bad numbers: 400; users who may neither view the
+        objects nor the embeddings: 403.
+        """
+        try:
+            ct_id, after, upto, total = (
+                int(request.GET[name]) for name in ("ct", "after", "upto", "total")
+            )
+        except (KeyError, ValueError) as exc:
+            raise BadRequest("ct, after, upto and total must be integers.") from exc
+        if min(ct_id, after, upto, total) < 0 or upto < after:
+            raise BadRequest("ct, after, upto and total must be integers, upto >= after.")
+        try:
+            ct = ContentType.objects.get_for_id(ct_id)
+        except ContentType.DoesNotExist as exc:
+            raise BadRequest("Unknown content type.") from exc
+        model = ct.model_class()
+        if model is None or not registry.is_registered(model):
+            raise BadRequest("Not a registered model.")
+        opts = model._meta
+        if not (
+            self.has_view_permission(request)
+            or request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+            or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+        ):
+            raise PermissionDenied
+        return {"ct": ct, "model": model, "after": after, "upto": upto, "total": total}
+
+    def reindex_progress(self, job: dict) -> dict:
+        """``done``/``total`` of a job: rows drained by workers are deleted from the outbox."""
+        rows = OutboxEntry.objects.filter(
+            content_type=job["ct"], id__gt=job["after"], id__lte=job["upto"]
+        )
+        pending = rows.filter(state=OutboxEntry.PENDING).count()
+        failed = rows.filter(state=OutboxEntry.FAILED).count()
+        total = job["total"]
+        done = max(0, min(total, total - pending - failed))
+        return {
+            "model": job["model"]._meta.label_lower,
+            "total": total,
+            "done": done,
+            "pending": pending,
+            "failed": failed,
+            "percent": 100 if total == 0 else round(100 * done / total),
+            "finished": pending == 0,
+        }
+
+    def reindex_progress_json(self, request: HttpRequest) -> HttpResponse:
+        try:
+            job = self._reindex_job(request)
+        except BadRequest as exc:
+            return JsonResponse({"error": str(exc)}, status=400)
+        return JsonResponse(self.reindex_progress(job))
+
+    def reindex_progress_view(self, request: HttpRequest) -> HttpResponse:
+        job = self._reindex_job(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Recomputing embeddings of {job['model']._meta.verbose_name_plural}",
+            "opts": self.model._meta,
+            "progress": self.reindex_progress(job),
+            "json_url": (
+                f"{reverse('admin:embrec_reindex_progress_json')}?{request.GET.urlencode()}"
+            ),
+        }
+        return TemplateResponse(request, "admin/embrec/reindex_progress.html", context)
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Per model and encoder: the counts of ``embrec_status`` and the last error.
+
+        Staff only (``admin_view``) with the view permission on embeddings.
+        """
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rows = []
+        for row, error in indexing.status_rows(registry.all()):
+            ct = ContentType.objects.get_for_model(
+                registry.get(row["model"]).model, for_concrete_model=False
+            )
+            last = (
+                OutboxEntry.objects.filter(
+                    content_type=ct, encoder__in=["", row["encoder"]], state=OutboxEntry.FAILED
+                )
+                .order_by("-id")
+                .values_list("last_error", flat=True)
+                .first()
+            )
+            rows.append({**row, "last_error": last or "", "config_error": error})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Embeddings dashboard",
+            "opts": self.model._meta,
+            "rows": rows,
+        }
+        return TemplateResponse(request, "admin/embrec/dashboard.html", context)
+
+    def get_changelist(self, request: HttpRequest, **kwargs):
+        return EmbeddingChangeList
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        condition = Q(object_pk=term)
+        for rec in registry.all():
+            hosts = host_search_queryset(self, request, rec.model, term)
+            if hosts is None:
+                continue
+            ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+            pks = (
+                hosts.order_by()
+                .annotate(embrec_pk=Cast("pk", output_field=models.CharField()))
+                .values("embrec_pk")
+            )
+            condition |= Q(content_type=ct, object_pk__in=pks)
+        return queryset.filter(condition), False
+
     @admin.display(description="object")
     def object_link(self, obj: Embedding) -> str:
-        """``app.model #pk``, linked to the object's admin page when it has one."""
+        """The object's name (``app.model #pk`` when gone), linked to its admin page."""
         ct = obj.content_type
-        label = f"{ct.app_label}.{ct.model} #{obj.object_pk}"
+        host = getattr(obj, "host_object", None)
+        label = str(host) if host is not None else f"{ct.app_label}.{ct.model} #{obj.object_pk}"
         try:
             url = reverse(f"admin:{ct.app_label}_{ct.model}_change", args=[obj.object_pk])
         except NoReverseMatch:

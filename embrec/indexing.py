@@ -847,3 +847,20 @@ def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -
         "pending": outbox.filter(state=OutboxEntry.PENDING).values("object_pk").distinct().count(),
         "failed": outbox.filter(state=OutboxEntry.FAILED).values("object_pk").distinct().count(),
     }
+
+
+def status_rows(recommendables: Iterable[Recommendable]) -> list[tuple[dict, str]]:
+    """:func:`status` for every encoder of each registration, as ``(row, error)`` pairs.
+
+    An encoder whose identity cannot be read (``ImproperlyConfigured``) gets ``stale=None`` and
+    the error message; ``error`` is ``""`` otherwise. Shared by ``embrec_status`` and the admin
+    dashboard.
+    """
+    rows = []
+    for rec in recommendables:
+        for alias in rec.get_encoders():
+            try:
+                rows.append((status(rec, alias), ""))
+            except ImproperlyConfigured as exc:
+                rows.append((status(rec, alias, identity=False), str(exc)))
+    return rows

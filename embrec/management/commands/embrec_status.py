@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand
 
 from embrec import indexing
@@ -28,14 +27,10 @@ class Command(BaseCommand):
     def handle(self, *args: str, **options) -> None:
         labels = options["labels"]
         rows = []
-        for rec in resolve_labels(labels):
-            for alias in rec.get_encoders():
-                try:
-                    row = indexing.status(rec, alias)
-                except ImproperlyConfigured as exc:
-                    self.stderr.write(f"{rec.label} [{alias}]: {exc}")
-                    row = indexing.status(rec, alias, identity=False)
-                rows.append(row)
+        for row, error in indexing.status_rows(resolve_labels(labels)):
+            if error:
+                self.stderr.write(f"{row['model']} [{row['encoder']}]: {error}")
+            rows.append(row)
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
             return
