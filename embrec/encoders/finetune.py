@@ -67,6 +67,7 @@ from embrec.encoders.sentence_transformer import (
     _model_revision,
     default_model_path,
 )
+from embrec.encoders.trained import alias_model_dir
 
 logger = logging.getLogger("embrec")
 
@@ -440,17 +441,7 @@ class FinetunedEncoder(SentenceTransformerEncoder):
     @property
     def model_dir(self) -> Path:
         """Folder holding this alias's fine-tuned models (``<model_dir>/<alias>``)."""
-        base = self.options.get("model_dir")
-        if not base:
-            from django.conf import settings
-            from django.db import connections
-
-            root = getattr(settings, "BASE_DIR", None) or os.getcwd()
-            # One folder per database, as item2vec does: a model trained on the test database's
-            # interactions must not replace the one the main database's vectors came from.
-            database = connections["default"].settings_dict["NAME"]
-            base = Path(root) / ".embrec" / "models" / str(database)
-        return Path(base) / self.alias
+        return alias_model_dir(self.options, self.alias)
 
     @property
     def pointer_path(self) -> Path:

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 
 from embrec.encoders.base import BaseEncoder, EncoderIdentity
 
@@ -41,6 +43,20 @@ COMMON_OPTIONS = frozenset({"model_dir", "kinds", "min_weight"})
 
 #: One user's history: item tokens in time order, or ``(token, weight)`` pairs.
 History = Sequence[str | tuple[str, float]]
+
+
+def alias_model_dir(options: Mapping[str, Any], alias: str) -> Path:
+    """Where an encoder trained on interactions keeps its models: ``OPTIONS["model_dir"]``, else
+    ``<BASE_DIR>/.embrec/models/<database name>``, then ``/<alias>``.
+
+    One folder per database: a model trained on one database's interactions (say the test
+    database) must not replace the one another database's vectors came from."""
+    base = options.get("model_dir")
+    if not base:
+        root = getattr(settings, "BASE_DIR", None) or os.getcwd()
+        database = connections["default"].settings_dict["NAME"]
+        base = Path(root) / ".embrec" / "models" / str(database)
+    return Path(base) / alias
 
 
 @dataclass
@@ -139,17 +155,7 @@ class TrainedEncoder(BaseEncoder):
     @property
     def model_dir(self) -> Path:
         """Folder holding this alias's model (``<model_dir>/<alias>``)."""
-        base = self.options.get("model_dir")
-        if not base:
-            from django.conf import settings
-            from django.db import connections
-
-            root = getattr(settings, "BASE_DIR", None) or os.getcwd()
-            # One folder per database: a model trained on one database's interactions (say the
-            # test database) must not replace the one another database's vectors came from.
-            database = connections["default"].settings_dict["NAME"]
-            base = Path(root) / ".embrec" / "models" / str(database)
-        return Path(base) / self.alias
+        return alias_model_dir(self.options, self.alias)
 
     @property
     def meta_path(self) -> Path:
