@@ -7,6 +7,8 @@ user already has in training are excluded by the evaluator, not by the methods.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import sparse
 
@@ -295,8 +297,6 @@ BASELINE_CLASSES: dict[str, type[Method]] = {
 def expand_grid(grid: dict[str, list], budget: int = SEARCH_BUDGET, seed: int = 0) -> list[dict]:
     """All combinations of ``grid`` (in order), or ``budget`` of them sampled without
     replacement (seeded) when there are more."""
-    import itertools
-
     keys = list(grid)
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
     if len(combos) <= budget:

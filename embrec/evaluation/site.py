@@ -11,15 +11,17 @@ an encoder alias from ``EMBREC["ENCODERS"]`` with optional profile options after
 Options: ``last`` (int), ``half_life`` (days), ``popularity`` (0–1), ``pool`` (int: the nearest
 unseen items re-ranked), ``popular_pool`` (int: most popular unseen items re-ranked with them),
 ``uniform`` (1: positive interactions weigh 1, negative ones 0 in profiles), ``name`` (label in
-reports), and ``deployed`` (1: take ``last``, ``half_life``, ``uniform``, ``pool`` and
-``popular_pool`` from the site's ``EMBREC`` settings, i.e. score exactly as
-``recommend(user, limit=k, popularity=p)`` does; explicit options still win)::
+reports), and ``deployed`` (1: take ``last``, ``half_life``, ``uniform``, ``popularity``,
+``pool``, ``popular_pool`` and the popularity prior from the site's ``EMBREC`` settings, i.e.
+score exactly as ``recommend(user, limit=k)`` does; explicit options still win)::
 
+    hybrid:deployed=1
     hybrid:deployed=1,popularity=0.6
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -288,8 +290,6 @@ def item_field_sets(rec: Recommendable, items: Sequence[str], field: str) -> lis
     """The values of ``field`` of each item as a set, for coherence measures: a string is split
     on whitespace, ``|`` and ``,``; a list, tuple or set is taken as it is; a related manager
     gives its objects' primary keys. Raises ``ValueError`` for a field the model lacks."""
-    import re
-
     objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in items])
     out: list[set] = []
     for key in items:
