@@ -14,7 +14,11 @@
   encoder and state (fresh, stale, pending, failed) and offers a "Re-embed selected" action.
 * The **dashboard** (``admin:embrec_dashboard``, linked from embrec's app index and the
   embeddings list) shows per registered model and encoder the counts of ``embrec_status``
-  (objects, embedded, stale, pending, failed) and the last error.
+  (objects, embedded, stale, pending, failed) and the last error, with a link to each one's
+  **embedding map** (``admin:embrec_embedding_map``): a 2-D PCA projection of the vectors computed
+  by the ``embrec.embedding_map`` task and cached (:mod:`embrec.embedding_map`), drawn as SVG
+  points coloured by a field or a k-means cluster; hovering names an object, a click opens it.
+  It needs the view permission on the model.
 * :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
   with a "Retry" action.
 
@@ -30,6 +34,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
+from django.core.cache import cache
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import models
 from django.db.models import Exists, Max, OuterRef, Q, QuerySet
@@ -41,7 +46,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
-from embrec import indexing, queries
+from embrec import embedding_map, indexing, queries, tasks
 from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
 from embrec.registry import NotRegistered, registry
@@ -300,6 +305,16 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 name="embrec_preview_similar",
             ),
             path(
+                "map/<str:label>/",
+                self.admin_site.admin_view(self.embedding_map_view),
+                name="embrec_embedding_map",
+            ),
+            path(
+                "map/<str:label>.json",
+                self.admin_site.admin_view(self.embedding_map_json),
+                name="embrec_embedding_map_json",
+            ),
+            path(
                 "preview/user/",
                 self.admin_site.admin_view(self.preview_user_view),
                 name="embrec_preview_user",
@@ -314,6 +329,75 @@ class EmbeddingAdmin(admin.ModelAdmin):
             or request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
             or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
         )
+
+    def _map_target(self, request: HttpRequest, label: str):
+        """The registration and encoder of an embedding map request.
+
+        Unknown model: 404; a user without the view (or change) permission on the model: 403;
+        an encoder the registration does not use: 400.
+        """
+        try:
+            rec = registry.get(label)
+        except NotRegistered as exc:
+            raise Http404("Not a registered model.") from exc
+        opts = rec.model._meta
+        if not (
+            request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+            or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+        ):
+            raise PermissionDenied
+        encoders = rec.get_encoders()
+        encoder = request.GET.get("encoder") or (encoders[0] if encoders else "")
+        if encoder not in encoders:
+            raise BadRequest(f"{label} uses the encoders {', '.join(encoders)}, not {encoder!r}.")
+        return rec, encoder, encoders
+
+    def embedding_map_json(self, request: HttpRequest, label: str) -> HttpResponse:
+        """The map of the current vectors (200), or ``{"ready": false}`` (202) after queueing
+        the ``embrec.embedding_map`` task (once per vectors' state and 5 minutes)."""
+        try:
+            rec, encoder, _ = self._map_target(request, label)
+        except BadRequest as exc:
+            return JsonResponse({"error": str(exc)}, status=400)
+        key, result = embedding_map.cached(rec, encoder)
+        if result is None:
+            if cache.add(f"{key}:queued", True, 300):
+                try:
+                    tasks.publish(tasks.embedding_map, args=[rec.label, encoder])
+                except Exception as exc:  # broker down: say so, let the next poll try again
+                    cache.delete(f"{key}:queued")
+                    return JsonResponse(
+                        {"ready": False, "error": f"Could not queue the map: {exc}"}, status=503
+                    )
+                key, result = embedding_map.cached(rec, encoder)  # eager mode: already there
+        if result is None:
+            return JsonResponse({"ready": False}, status=202)
+        try:
+            change_url = reverse(
+                f"admin:{rec.model._meta.app_label}_{rec.model._meta.model_name}_change",
+                args=["__pk__"],
+            )
+        except NoReverseMatch:
+            change_url = ""
+        return JsonResponse({"ready": True, "change_url": change_url, **result})
+
+    def embedding_map_view(self, request: HttpRequest, label: str) -> HttpResponse:
+        """A 2-D map (PCA) of the model's vectors: hover names an object, click opens it."""
+        rec, encoder, encoders = self._map_target(request, label)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Embedding map of {rec.model._meta.verbose_name_plural} ({encoder})",
+            "opts": self.model._meta,
+            "label": rec.label,
+            "encoder": encoder,
+            "encoders": encoders,
+            "json_url": (
+                reverse("admin:embrec_embedding_map_json", args=[rec.label])
+                + "?"
+                + urlencode({"encoder": encoder})
+            ),
+        }
+        return TemplateResponse(request, "admin/embrec/embedding_map.html", context)
 
     def preview_similar_view(self, request: HttpRequest, label: str, object_pk: str):
         """The similar items of one registered object, as the read path returns them."""

@@ -68,6 +68,8 @@ class Recommendable:
       a field name, or a path through foreign keys to a field of a related model
       (``"category__slug"``), checked at registration; values are cleaned by the field the
       path ends on.
+    * ``map_fields`` — fields (or paths through foreign keys) the admin's embedding map may colour
+      points by, the first value of each; default: ``fields`` then ``filter_fields``.
     * ``select_related`` / ``prefetch_related`` — relations loaded with results (by the Python
       API and the REST endpoints), so that rendering them costs no query per result. Passed to
       the ``QuerySet`` methods of the same names; see :meth:`get_results_queryset`.
@@ -80,6 +82,7 @@ class Recommendable:
     search_encoder: str | None = None
     similar_encoder: str | None = None
     filter_fields: Sequence[str] = ()
+    map_fields: Sequence[str] = ()
     select_related: Sequence[str] = ()
     prefetch_related: Sequence[Any] = ()
     serializer_class: Any = None

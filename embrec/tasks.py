@@ -19,9 +19,11 @@ from celery.app.routes import prepare as prepare_routes
 from celery.signals import celeryd_init
 from django.db import DatabaseError, InterfaceError, OperationalError
 
+from embrec import embedding_map as maps
 from embrec import indexing
 from embrec.conf import embrec_settings
 from embrec.models import OutboxEntry
+from embrec.registry import NotRegistered, registry
 
 logger = logging.getLogger("embrec")
 
@@ -217,3 +219,21 @@ def finetune(alias: str = "finetuned", reindex: bool = True, params: dict | None
     from embrec.encoders.finetune import finetune_and_reindex
 
     return finetune_and_reindex(alias, params, reindex=reindex)
+
+
+@shared_task(
+    name="embrec.embedding_map",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def embedding_map(label: str, encoder: str, max_points: int = 5000, seed: int = 0) -> dict:
+    """Compute the 2-D map of ``label``'s vectors under ``encoder`` and store it in Django's
+    cache (:func:`embrec.embedding_map.build`). Returns its size; unknown models compute nothing."""
+    try:
+        rec = registry.get(label)
+    except NotRegistered:
+        return {"points": 0}
+    result = maps.build(rec, encoder, max_points=int(max_points), seed=int(seed))
+    return {"points": result["sampled"], "total": result["total"]}

@@ -16,6 +16,7 @@ from project.catalog.models import Movie
 @embrec.register(Movie)
 class MovieRecommendable(embrec.Recommendable):
     filter_fields = ["year"]
+    map_fields = ["genres"]
     serializer_class = "project.catalog.serializers.MovieSerializer"
     search_encoder = "default"
 
