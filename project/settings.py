@@ -159,6 +159,14 @@ CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1
 # filesystem transports take turns between queues.
 ENCODE_QUEUE = "embrec.encode"
 USER_VECTOR_QUEUE = "embrec.users"
+# The admin's embedding map is computed by a worker and read by the web process: the cache must
+# be shared between processes (a directory here; Redis or Memcached in production).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(BASE_DIR / ".embrec" / "cache"),
+    }
+}
 CELERY_TASK_ROUTES = {
     "embrec.drain": {"queue": ENCODE_QUEUE},
     "embrec.refresh_user_vectors": {"queue": USER_VECTOR_QUEUE},

@@ -45,6 +45,8 @@ _overrides = json.loads(os.environ.get("EMBREC_TEST_OVERRIDES", "{}") or "{}")
 EMBREC["ENCODERS"].update(_overrides.pop("ENCODERS", {}))
 EMBREC.update(_overrides)
 
+# Tests compute maps in-process (eager Celery): a per-process cache, cleared by the tests.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 TEST_BASE_DIR = BASE_DIR

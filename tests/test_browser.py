@@ -10,9 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 from playwright.sync_api import expect, sync_playwright
 
+from embrec import indexing
 from tests.moviepages import ANIMATION, SCI_FI_SEQUELS, make_movies, make_users, use_demo_weights
+from tests.testapp.models import Article
 
 CHROMIUM = os.environ.get("EMBREC_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -112,3 +115,32 @@ def test_a_like_changes_the_for_you_list(live_server, catalog, tmp_path):
         page.goto(live_server.url + "/")
         assert card_titles(page, "for-you")[0] in SCI_FI_SEQUELS
         expect(page.get_by_text("Because you liked Star Wars").first).to_be_visible()
+
+
+def test_admin_embedding_map_draws_points_and_names_them_on_hover(live_server):
+    for i in range(6):
+        Article.objects.create(title=f"Fruit article {i}", body="apple banana cherry", category="a")
+        Article.objects.create(title=f"Space article {i}", body="rocket planet orbit", category="b")
+    indexing.drain()
+    User.objects.create_superuser("boss", "boss@example.com", "pw")
+    names = {str(a.pk): str(a) for a in Article.objects.all()}
+    with browser_page(live_server) as page:
+        page.goto(live_server.url + "/admin/login/?next=/admin/embrec/embedding/dashboard/")
+        page.get_by_label("Username").fill("boss")
+        page.get_by_label("Password").fill("pw")
+        page.get_by_role("button", name="Log in").click()
+        page.locator('tr[data-model="testapp.article"] td.map a').click()
+        circles = page.locator("#embrec-map circle")
+        expect(circles).to_have_count(12)
+        expect(page.locator("#embrec-map-status")).to_contain_text("12 of 12 vectors")
+        first = circles.first
+        pk = first.get_attribute("data-pk")
+        first.hover()
+        tooltip = page.locator("#embrec-map-tooltip")
+        expect(tooltip).to_be_visible()
+        expect(tooltip).to_have_text(names[pk])
+        # Colour by a field: the legend lists its values.
+        page.locator("#embrec-map-color").select_option("category")
+        expect(page.locator("#embrec-map-legend")).to_contain_text("a (6)")
+        first.click()
+        expect(page).to_have_url(f"{live_server.url}/admin/testapp/article/{pk}/change/")
