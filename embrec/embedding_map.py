@@ -42,7 +42,7 @@ _SPLIT = re.compile(r"[,|;/\s]+")
 
 
 def project(vectors: np.ndarray) -> np.ndarray:
-    """The ``(n, 2)`` coordinates of ``vectors`` on their first two principal components.
+    """The ``(n, 2)`` coordinates of ``vectors`` on their first two principal components (PCA).
 
     Deterministic: each component's sign is chosen so that its largest loading is positive.
     Coordinates are scaled into ``[0, 1]`` with one factor for both axes (distances keep their
@@ -55,11 +55,15 @@ def project(vectors: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=0)
     if n < 2 or not np.any(x):
         return np.full((n, 2), 0.5)
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    # The SVD of the (dimensions × dimensions) scatter matrix gives the same components as that
+    # of the data, in a time that does not grow with the number of points.
+    _, s, vt = np.linalg.svd(x.T @ x)
     coords = np.zeros((n, 2))
     for c in range(min(2, len(s))):
+        if s[c] <= s[0] * 1e-12:
+            break
         sign = 1.0 if vt[c, np.argmax(np.abs(vt[c]))] >= 0 else -1.0
-        coords[:, c] = u[:, c] * s[c] * sign
+        coords[:, c] = x @ vt[c] * sign
     low = coords.min(axis=0)
     span = float((coords.max(axis=0) - low).max())
     if span <= 0:

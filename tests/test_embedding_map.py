@@ -51,6 +51,26 @@ def test_projection_shape_range_and_determinism():
     assert np.allclose(embedding_map.project(np.ones((3, 4))), 0.5)
 
 
+def test_projection_is_the_first_two_principal_components():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 10)) * np.arange(1, 11)  # distinct variances
+    coords = embedding_map.project(x)
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    for c in range(2):
+        # Up to the sign and one common scale, the coordinates are U·S of the data's SVD.
+        assert abs(np.corrcoef(coords[:, c], u[:, c] * s[c])[0, 1]) > 0.9999
+    spans = coords.max(axis=0) - coords.min(axis=0)
+    assert np.isclose(spans[0], 1.0) and np.isclose(
+        spans[1] / spans[0], s[1] * np.ptp(u[:, 1]) / (s[0] * np.ptp(u[:, 0]))
+    )
+
+
+def test_map_of_a_model_without_vectors_is_empty():
+    result = article_map()
+    assert result["total"] == result["sampled"] == 0 and result["points"] == []
+
+
 def test_kmeans_finds_two_blobs():
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(0, 0.1, (20, 5)), rng.normal(5, 0.1, (20, 5))])
