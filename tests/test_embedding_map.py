@@ -3,10 +3,16 @@
 import numpy as np
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
+from django.db import transaction
+from django.test import override_settings
 
 from embrec import embedding_map, indexing, tasks
 from embrec.registry import registry
+from embrec.storage import VectorRow, write_vectors
+from project.catalog.models import Movie
+from tests.settings import EMBREC
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db
@@ -200,3 +206,25 @@ def test_map_bad_input(client, two_groups):
     response = client.get(JSON_URL + "?encoder=glove")
     assert response.status_code == 400 and "hashing" in response.json()["error"]
     assert client.get(URL + "?encoder=glove").status_code == 400
+
+
+def test_demo_movies_are_coloured_by_their_first_genre(client):
+    with override_settings(EMBREC={**EMBREC, "AUTO_KICK": False}):
+        movies = [
+            Movie.objects.create(movielens_id=1, title="Toy Story", genres="Animation Comedy"),
+            Movie.objects.create(movielens_id=2, title="Heat", genres="Action Crime"),
+            Movie.objects.create(movielens_id=3, title="Up", genres="Animation"),
+        ]
+    ct = ContentType.objects.get_for_model(Movie)
+    rows = [
+        VectorRow(str(m.pk), np.array([i, 1.0 - i, 0.5], dtype=np.float32), "h")
+        for i, m in enumerate(movies)
+    ]
+    with transaction.atomic():
+        write_vectors(ct.id, "default", "m@1/3/norm", rows)
+    login(client, superuser=True)
+    data = client.get("/admin/embrec/embedding/map/catalog.movie.json?encoder=default").json()
+    assert data["fields"] == ["genres"]
+    genres = {p["name"]: p["values"]["genres"] for p in data["points"]}
+    assert genres == {"Toy Story": "Animation", "Heat": "Action", "Up": "Animation"}
+    assert data["change_url"] == "/admin/catalog/movie/__pk__/change/"
