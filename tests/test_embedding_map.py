@@ -1,7 +1,10 @@
 """The admin's embedding map: PCA projection, k-means, the cached task result, the pages."""
 
+import socket
+
 import numpy as np
 import pytest
+import redis
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
@@ -14,6 +17,7 @@ from embrec.storage import VectorRow, write_vectors
 from project.catalog.models import Movie
 from tests.settings import EMBREC
 from tests.testapp.models import Article
+from tests.worker import REDIS_URL, flush_broker, redis_available, use_broker
 
 pytestmark = pytest.mark.django_db
 
@@ -228,3 +232,28 @@ def test_demo_movies_are_coloured_by_their_first_genre(client):
     genres = {p["name"]: p["values"]["genres"] for p in data["points"]}
     assert genres == {"Toy Story": "Animation", "Heat": "Action", "Up": "Animation"}
     assert data["change_url"] == "/admin/catalog/movie/__pk__/change/"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_json_endpoint_queues_the_task_once_and_reports_a_broker_outage(client, two_groups):
+    login(client, superuser=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens there
+    with use_broker(dead):
+        response = client.get(JSON_URL)
+    assert response.status_code == 503
+    assert response.json()["ready"] is False and "Could not queue" in response.json()["error"]
+    if not redis_available():
+        pytest.fail(f"Redis is needed at {REDIS_URL} (set EMBREC_TEST_REDIS_URL).")
+    flush_broker()
+    try:
+        with use_broker():
+            # The failed attempt left no "queued" mark: this poll queues the task, the next
+            # ones wait for it.
+            assert client.get(JSON_URL).status_code == 202
+            assert client.get(JSON_URL).status_code == 202
+        queued = redis.Redis.from_url(REDIS_URL).lrange("embrec", 0, -1)
+        assert len(queued) == 1 and b"embrec.embedding_map" in queued[0]
+    finally:
+        flush_broker()
