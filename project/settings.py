@@ -164,7 +164,7 @@ USER_VECTOR_QUEUE = "embrec.users"
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-        "LOCATION": str(BASE_DIR / ".embrec" / "cache"),
+        "LOCATION": str(BASE_DIR / ".embrec" / "django-cache"),
     }
 }
 CELERY_TASK_ROUTES = {
