@@ -56,6 +56,9 @@ class Product(models.Model):
     price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
     brand = models.ForeignKey(Brand, null=True, blank=True, on_delete=models.SET_NULL)
     active = models.BooleanField(default=True)
+
+    def __str__(self):
+        return self.name
 """
 
 # The README's test, completed (its objects, the endpoint), in the project's tests.
@@ -80,6 +83,26 @@ def test_similar_endpoint(embrec_sync, client):
     assert filtered.status_code == 200, filtered.content
     assert [r["pk"] for r in filtered.json()["results"]] == [str(hose.pk)]
     assert client.get("/api/schema/").status_code == 200
+"""
+
+
+CREATE_PRODUCTS = """
+from shop.models import Product
+Product.objects.create(name="Brass desk lamp", description="A lamp for the desk")
+Product.objects.create(name="Brass floor lamp", description="A lamp for the living room")
+Product.objects.create(name="Garden hose", description="Twenty metres of green hose")
+"""
+
+SERVE = """
+from django.test import Client
+from django.test.utils import setup_test_environment
+import shopsite.wsgi
+from shop.models import Product
+setup_test_environment()
+lamp = Product.objects.get(name="Brass desk lamp")
+response = Client().get(f"/api/embrec/items/shop.product/{lamp.pk}/similar/?limit=1")
+assert response.status_code == 200, response.content
+print("similar:", response.json()["results"][0]["object"]["label"])
 """
 
 
@@ -152,6 +175,15 @@ def test_the_readme_tutorial_builds_a_working_project(tmp_path, database_name):
     )
     (tmp_path / "shopsite" / "urls.py").write_text("from django.contrib import admin\n" + urls)
 
+    # Step 6: the preload lines at the end of wsgi.py (the snippet's "…" is startproject's file).
+    wsgi_lines = block(TUTORIAL, "# yourproject/wsgi.py").splitlines()
+    wsgi = tmp_path / "shopsite" / "wsgi.py"
+    assert "application = get_wsgi_application()" in wsgi.read_text()
+    extra = [line for line in wsgi_lines[1:] if line.strip() not in {"…", ""}]
+    assert extra[-1].startswith("embrec.preload_encoders()"), extra
+    extra = [line for line in extra if not line.startswith("application =")]
+    wsgi.write_text(wsgi.read_text() + "\n" + "\n".join(extra) + "\n")
+
     check = run([*manage, "check"], tmp_path, env)
     assert "System check identified no issues" in check.stdout, check.stdout + check.stderr
     run([*manage, "makemigrations", "shop"], tmp_path, env)
@@ -163,9 +195,17 @@ def test_the_readme_tutorial_builds_a_working_project(tmp_path, database_name):
     ]
     assert commands[0] == ["python", "manage.py", "migrate"]
     run([python, *commands[0][1:]], tmp_path, env)
+    run([*manage, "shell", "-c", CREATE_PRODUCTS], tmp_path, env)
+    # Embed what exists, in this process (the README's MiniLM encoder), as step 7 prints it.
+    assert commands[1][:4] == ["python", "manage.py", "embrec_reindex", "shop.Product"]
+    assert "--sync" in blocks(TUTORIAL, "bash")[-1]
+    run([python, *commands[1][1:], "--sync"], tmp_path, env, timeout=240)
     assert commands[-1] == ["python", "manage.py", "embrec_status"]
     status = run([python, *commands[-1][1:]], tmp_path, env)
     assert "shop.product" in status.stdout.lower(), status.stdout
+    # A web process: wsgi.py preloads the model; the endpoint answers with the neighbour.
+    served = run([*manage, "shell", "-c", SERVE], tmp_path, env, timeout=240)
+    assert "similar: Brass floor lamp" in served.stdout, served.stdout + served.stderr
 
     # "Testing your project": the conftest line and the README's first test, as printed.
     (tmp_path / "conftest.py").write_text(block(TESTING, "# conftest.py"))
