@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+import project.settings
 from embrec.models import Embedding
 from tests.worker import ROOT, stop_worker, wait_for
 
@@ -102,3 +103,13 @@ def test_the_demos_encoding_worker_logs_each_line_once(tmp_path):
     # The warm-up's INFO line from embrec's logger: printed, once.
     loaded = [line for line in lines if "embrec: encoder 'default' runs on" in line]
     assert len(loaded) == 1, text
+
+
+def test_the_readme_shows_the_demos_logging_settings():
+    section = (ROOT / "README.md").read_text().split("## Running workers\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(LOGGING = .*?)```", section, re.S)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert namespace["LOGGING"] == project.settings.LOGGING
+    assert project.settings.LOGGING["loggers"]["embrec"]["propagate"] is False
