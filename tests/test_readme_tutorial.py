@@ -1,8 +1,9 @@
 """A fresh project built from the README's "Add embrec to your project" and "Testing your
 project" snippets alone: ``startproject``, one app with one model, the README's settings, Celery
-app, registration and URLs; then ``check``, ``migrate``, ``embrec_status`` and a pytest run
-inside that project (``embrec.testing``) that embeds products and asks the endpoint for similar
-ones. A step missing from the README fails here."""
+app, registration, URLs and wsgi preload; then ``check``, ``migrate``, ``embrec_reindex --sync``
+(MiniLM), ``embrec_status``, the similar endpoint from a web process, the README's worker
+embedding a save, and a pytest run inside that project (``embrec.testing``). A step missing from
+the README fails here."""
 
 import os
 import re
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from tests.worker import ROOT
+from tests.worker import REDIS_URL, ROOT, flush_broker, redis_available, stop_worker, wait_for
 
 README = (ROOT / "README.md").read_text()
 TUTORIAL = README.split("## Add embrec to your project\n", 1)[1].split("\n## ", 1)[0]
@@ -106,21 +107,36 @@ print("similar:", response.json()["results"][0]["object"]["label"])
 """
 
 
+SAVE_ONE = """
+from shop.models import Product
+Product.objects.create(name="Brass table lamp", description="A lamp for the table")
+"""
+
+
+def server_connection(dbname: str) -> psycopg.Connection:
+    s = connection.settings_dict
+    return psycopg.connect(
+        dbname=dbname,
+        user=s["USER"],
+        password=s["PASSWORD"],
+        host=s["HOST"],
+        port=s["PORT"],
+        autocommit=True,
+    )
+
+
+def embedded(dbname: str) -> int:
+    with server_connection(dbname) as conn:
+        return conn.execute("SELECT count(*) FROM embrec_embedding").fetchone()[0]
+
+
 @pytest.fixture
 def database_name():
     """A fresh database name on the test run's server (the project's own and its test_ copy are
     dropped afterwards)."""
     name = f"embrec_tutorial_{uuid.uuid4().hex[:8]}"
     yield name
-    s = connection.settings_dict
-    with psycopg.connect(
-        dbname="postgres",
-        user=s["USER"],
-        password=s["PASSWORD"],
-        host=s["HOST"],
-        port=s["PORT"],
-        autocommit=True,
-    ) as conn:
+    with server_connection("postgres") as conn:
         for db in (name, f"test_{name}"):
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
@@ -160,6 +176,9 @@ def test_the_readme_tutorial_builds_a_working_project(tmp_path, database_name):
     text = settings.read_text()
     (default_apps,) = re.findall(r"INSTALLED_APPS = \[\n(.*?)\]", text, re.S)
     snippet = placeholder(block(TUTORIAL, "INSTALLED_APPS = ["), default_apps + '    "shop",\n')
+    # The README's broker, on the Redis database of this test run.
+    assert 'CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"' in snippet
+    snippet = snippet.replace("redis://127.0.0.1:6379/0", REDIS_URL)
     settings.write_text(text + "\n" + snippet)
     # Step 3: the Celery app.
     celery_py = block(TUTORIAL, "# yourproject/celery.py").replace("yourproject", "shopsite")
@@ -206,6 +225,37 @@ def test_the_readme_tutorial_builds_a_working_project(tmp_path, database_name):
     # A web process: wsgi.py preloads the model; the endpoint answers with the neighbour.
     served = run([*manage, "shell", "-c", SERVE], tmp_path, env, timeout=240)
     assert "similar: Brass floor lamp" in served.stdout, served.stdout + served.stderr
+
+    # The worker, as step 7 starts it: a save reaches it through the outbox and the broker.
+    (worker_line,) = [
+        line for line in blocks(TUTORIAL, "bash")[-1].splitlines() if line.startswith("celery ")
+    ]
+    assert redis_available(), REDIS_URL
+    flush_broker()
+    worker_args = worker_line.replace("yourproject", "shopsite").split()[1:]
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [python, "-m", "celery", *worker_args],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        run([*manage, "shell", "-c", SAVE_ONE], tmp_path, env)
+        wait_for(
+            lambda: worker.poll() is not None or embedded(database_name) == 4,
+            timeout=180,
+            message="the worker embeds the saved product",
+        )
+        assert worker.poll() is None, log.read_text()
+    finally:
+        stop_worker(worker)
+    text = log.read_text()
+    assert "celery@" in text and "embrec" in text, text  # its banner and queue
+    assert "No hostname was supplied" not in text, text
 
     # "Testing your project": the conftest line and the README's first test, as printed.
     (tmp_path / "conftest.py").write_text(block(TESTING, "# conftest.py"))
