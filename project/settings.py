@@ -133,8 +133,10 @@ INSTALLED_APPS += ["drf_spectacular_sidecar"]
 
 # --- Celery -------------------------------------------------------------------------------
 _BROKER_DIR = BASE_DIR / ".embrec" / "broker"
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
-if CELERY_BROKER_URL == "filesystem://":
+# The filesystem transport ignores the host; naming one keeps Kombu from warning "No hostname was
+# supplied" on every connection.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost/"
+if CELERY_BROKER_URL.startswith("filesystem://"):
     for _sub in ("out", "processed", "control"):
         (_BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -266,9 +268,14 @@ EMBREC = {
     },
 }
 
+# embrec's messages (INFO and up) go to one handler, its own, and not on to the root logger: in a
+# Celery worker the root logger has Celery's handler, which would print each line a second time.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"embrec": {"handlers": ["console"], "level": "INFO"}},
+    "formatters": {
+        "embrec": {"format": "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"},
+    },
+    "handlers": {"embrec": {"class": "logging.StreamHandler", "formatter": "embrec"}},
+    "loggers": {"embrec": {"handlers": ["embrec"], "level": "INFO", "propagate": False}},
 }
