@@ -257,6 +257,7 @@ class Command(BaseCommand):
         User = get_user_model()
         if not User.objects.filter(username=DEMO_USERNAME).exists():
             User.objects.create_superuser(DEMO_USERNAME, "admin@example.com", DEMO_PASSWORD)
+        self.log("Site: http://127.0.0.1:8000/ (search, movies, browse as a MovieLens user)")
         self.log(
             f"Admin: http://127.0.0.1:8000/admin/ (user {DEMO_USERNAME!r}, password {DEMO_PASSWORD!r})"
         )
