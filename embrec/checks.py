@@ -125,7 +125,7 @@ def check_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
                 "ENCODERS",
                 "EMBREC['ENCODERS'] must be a non-empty dict of alias -> "
                 "{'CLASS': ..., 'OPTIONS': {...}}.",
-                "See the EMBREC settings reference in the README.",
+                "See the EMBREC settings reference in docs/SETTINGS.md.",
             )
         ]
     for alias, config in encoders.items():

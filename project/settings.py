@@ -11,7 +11,7 @@ Environment variables:
 * ``DJANGO_ALLOWED_HOSTS`` — comma-separated; default ``127.0.0.1,localhost,[::1]``.
 * ``DJANGO_HTTPS=1`` — behind HTTPS: secure cookies, redirect to HTTPS, HSTS.
 
-The demo is safe by default; README's *Production checklist* says what to change for a real site.
+The demo is safe by default; docs/PRODUCTION.md's *Production checklist* says what to change for a real site.
 """
 
 import os

@@ -1,5 +1,5 @@
 """The demo project's settings are safe by default: no DEBUG, a private per-install SECRET_KEY,
-and ``check --deploy`` warns only about what the README lists as demo-only."""
+and ``check --deploy`` warns only about what docs/PRODUCTION.md lists as demo-only."""
 
 import os
 import re
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Deploy-check warnings the README's production checklist documents as demo-only.
+#: Deploy-check warnings docs/PRODUCTION.md's production checklist documents as demo-only.
 DEMO_ONLY = {"security.W004", "security.W008", "security.W012", "security.W016"}
 PRINT = "from django.conf import settings; print(settings.DEBUG); print(settings.SECRET_KEY)"
 
@@ -98,8 +98,8 @@ def test_check_deploy_lists_only_documented_demo_warnings():
     assert "security.W018" not in found  # DEBUG
     assert "security.W009" not in found  # a weak SECRET_KEY
     assert found <= DEMO_ONLY, found - DEMO_ONLY
-    readme = (ROOT / "README.md").read_text()
-    checklist = readme.split("## Production checklist", 1)[1].split("\n## ", 1)[0]
+    production = (ROOT / "docs" / "PRODUCTION.md").read_text()
+    checklist = production.split("## Production checklist", 1)[1].split("\n## ", 1)[0]
     for warning in DEMO_ONLY:
         assert warning in checklist, f"{warning} is not documented in the production checklist"
 

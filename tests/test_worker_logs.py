@@ -105,8 +105,8 @@ def test_the_demos_encoding_worker_logs_each_line_once(tmp_path):
     assert len(loaded) == 1, text
 
 
-def test_the_readme_shows_the_demos_logging_settings():
-    section = (ROOT / "README.md").read_text().split("## Running workers\n", 1)[1]
+def test_the_docs_show_the_demos_logging_settings():
+    section = (ROOT / "docs" / "WORKERS.md").read_text().split("## Running workers\n", 1)[1]
     section = section.split("\n## ", 1)[0]
     (snippet,) = re.findall(r"```python\n(LOGGING = .*?)```", section, re.S)
     namespace: dict = {}
