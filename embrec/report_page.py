@@ -2,7 +2,8 @@
 
 ``manage.py embrec_tune`` writes the tuned configuration to ``EMBREC["TUNED_CONFIG"]`` and its
 evaluation report beside it (the configuration's ``"report"`` names it; by default
-``<name>.report.json``). :func:`load_report` reads both and turns each protocol into table rows
+``<name>.report.json``); ``EMBREC["EVALUATION_REPORT"]``, when set, names another report (e.g.
+``manage.py embrec_evaluate --json PATH``'s). :func:`load_report` reads them and turns each protocol into table rows
 and an inline SVG bar chart of test NDCG@K per method (drawn here, no JavaScript). Problems are
 returned as a message, never raised: a missing report is normal before the first tuning run.
 """
@@ -24,8 +25,9 @@ from embrec.conf import embrec_settings
 
 HOW_TO = (
     "Set EMBREC['TUNED_CONFIG'] to the path of a JSON file (e.g. BASE_DIR / '.embrec' / "
-    "'tuned.json') and run: manage.py embrec_tune --model <app_label.model_name>. It writes the "
-    "tuned configuration there and its evaluation report beside it."
+    "'tuned.json') and run: manage.py embrec_tune [app_label.Model]. It writes the tuned "
+    "configuration there and its evaluation report beside it. Or set EMBREC['EVALUATION_REPORT'] "
+    "to the file of manage.py embrec_evaluate --json PATH."
 )
 
 
@@ -51,16 +53,19 @@ def load_report() -> dict[str, Any]:
     Raises :class:`ReportError` with a message for the page.
     """
     configured = embrec_settings.TUNED_CONFIG
-    if not configured:
-        raise ReportError("EMBREC['TUNED_CONFIG'] is not set.", missing=True)
-    config_path = Path(configured)
-    try:
-        config = tuning.load(config_path)
-    except ImproperlyConfigured as exc:
-        config, config_error = {}, str(exc)
-    else:
-        config_error = ""
-    path = report_path(config_path, config)
+    explicit = embrec_settings.EVALUATION_REPORT
+    if not configured and not explicit:
+        raise ReportError(
+            "Neither EMBREC['TUNED_CONFIG'] nor EMBREC['EVALUATION_REPORT'] is set.", missing=True
+        )
+    config, config_error = {}, ""
+    config_path = Path(configured) if configured else None
+    if config_path is not None:
+        try:
+            config = tuning.load(config_path)
+        except ImproperlyConfigured as exc:
+            config_error = str(exc)
+    path = Path(explicit) if explicit else report_path(config_path, config)
     try:
         text = path.read_text()
     except FileNotFoundError as exc:
@@ -88,7 +93,7 @@ def load_report() -> dict[str, Any]:
         "k": data["k"],
         "selection": data.get("selection", ""),
         "protocols": protocols,
-        "config_path": str(config_path),
+        "config_path": str(config_path or ""),
         "config_error": config_error,
         "tuned": config.get("settings") or {},
         "chosen": config.get("chosen") or {},

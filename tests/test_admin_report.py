@@ -94,8 +94,24 @@ def test_missing_report_says_how_to_produce_one(admin_client, tuned_at):
         embrec_settings.reload()
         response = admin_client.get(URL)
     assert response.status_code == 200
-    assert b"EMBREC[&#x27;TUNED_CONFIG&#x27;] is not set." in response.content
+    assert b"Neither EMBREC[&#x27;TUNED_CONFIG&#x27;] nor" in response.content
     assert b"manage.py embrec_tune" in response.content
+
+
+def test_evaluation_report_setting_shows_a_full_evaluation_run(admin_client):
+    full = TEST_BASE_DIR / "docs" / "evaluation" / "ml100k.json"
+    with override_settings(EMBREC={**TEST_EMBREC, "EVALUATION_REPORT": str(full)}):
+        embrec_settings.reload()
+        response = admin_client.get(URL)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert str(full) in html
+    report = json.loads(full.read_text())
+    for name, proto in report["protocols"].items():
+        section = html.split(f'data-protocol="{name}"', 1)[1]
+        svg = re.search(r"<svg .*?</svg>", section, re.S).group(0)
+        assert svg.count("<rect ") == len(proto["results"])
+    assert "embrec-report-tuned" not in html  # no tuned configuration set here
 
 
 @pytest.mark.parametrize(
