@@ -19,6 +19,10 @@
   by the ``embrec.embedding_map`` task and cached (:mod:`embrec.embedding_map`), drawn as SVG
   points coloured by a field or a k-means cluster; hovering names an object, a click opens it.
   It needs the view permission on the model.
+* The **evaluation report** (``admin:embrec_evaluation_report``, linked from the dashboard)
+  shows the report ``embrec_tune`` wrote beside ``EMBREC["TUNED_CONFIG"]`` (or the file of
+  ``EMBREC["EVALUATION_REPORT"]``): per protocol a table and an inline SVG bar chart of test
+  NDCG@K per method, and the tuned settings (:mod:`embrec.report_page`).
 * :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
   with a "Retry" action.
 

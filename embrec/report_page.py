@@ -206,7 +206,7 @@ def bar_chart(rows: list[dict[str, Any]], title: str) -> SafeString:
     return format_html(
         '<svg class="embrec-report-chart" xmlns="http://www.w3.org/2000/svg" width="{}" '
         'height="{}" viewBox="0 0 {} {}" role="img" aria-label="{}" font-size="12" '
-        'font-family="sans-serif"><text x="{}" y="14" font-weight="bold">{}</text>{}</svg>',
+        'font-family="sans-serif" fill="currentColor"><text x="{}" y="14" font-weight="bold">{}</text>{}</svg>',
         width,
         height,
         width,
