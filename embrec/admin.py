@@ -19,6 +19,10 @@
   by the ``embrec.embedding_map`` task and cached (:mod:`embrec.embedding_map`), drawn as SVG
   points coloured by a field or a k-means cluster; hovering names an object, a click opens it.
   It needs the view permission on the model.
+* The **evaluation report** (``admin:embrec_evaluation_report``, linked from the dashboard)
+  shows the report ``embrec_tune`` wrote beside ``EMBREC["TUNED_CONFIG"]`` (or the file of
+  ``EMBREC["EVALUATION_REPORT"]``): per protocol a table and an inline SVG bar chart of test
+  NDCG@K per method, and the tuned settings (:mod:`embrec.report_page`).
 * :class:`OutboxEntryAdmin` shows the work waiting in the outbox and the errors of failed objects,
   with a "Retry" action.
 
@@ -46,7 +50,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
-from embrec import embedding_map, indexing, queries, tasks
+from embrec import embedding_map, indexing, queries, report_page, tasks
 from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
 from embrec.registry import NotRegistered, registry
@@ -288,6 +292,11 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 "dashboard/",
                 self.admin_site.admin_view(self.dashboard_view),
                 name="embrec_dashboard",
+            ),
+            path(
+                "evaluation-report/",
+                self.admin_site.admin_view(self.evaluation_report_view),
+                name="embrec_evaluation_report",
             ),
             path(
                 "reindex-progress/",
@@ -560,6 +569,24 @@ class EmbeddingAdmin(admin.ModelAdmin):
             "rows": rows,
         }
         return TemplateResponse(request, "admin/embrec/dashboard.html", context)
+
+    def evaluation_report_view(self, request: HttpRequest) -> HttpResponse:
+        """The latest ``embrec_tune`` report: per protocol a table and an SVG bar chart of test
+        NDCG@K, and the tuned settings. Staff with the view permission on embeddings."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Evaluation report",
+            "opts": self.model._meta,
+            "how_to": report_page.HOW_TO,
+        }
+        try:
+            context["report"] = report_page.load_report()
+        except report_page.ReportError as exc:
+            context["error"] = str(exc)
+            context["missing"] = exc.missing
+        return TemplateResponse(request, "admin/embrec/evaluation_report.html", context)
 
     def get_changelist(self, request: HttpRequest, **kwargs):
         return EmbeddingChangeList

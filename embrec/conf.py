@@ -136,6 +136,10 @@ DEFAULTS: dict[str, Any] = {
     # pools) apply wherever this dict does not set them explicitly; the file is re-read when it
     # changes. E.g. BASE_DIR / ".embrec" / "tuned.json".
     "TUNED_CONFIG": None,
+    # JSON report shown on the admin's "Evaluation report" page: one written by
+    # ``manage.py embrec_evaluate --json PATH`` or ``embrec_tune``. None: the report embrec_tune
+    # wrote beside TUNED_CONFIG.
+    "EVALUATION_REPORT": None,
 }
 
 _IMPORT_STRINGS = {"API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES"}
@@ -385,6 +389,13 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
         values["TUNED_CONFIG"], str | PathLike
     ):
         wrong("TUNED_CONFIG", "None or the path of a JSON file (written by embrec_tune)")
+    if values["EVALUATION_REPORT"] is not None and not isinstance(
+        values["EVALUATION_REPORT"], str | PathLike
+    ):
+        wrong(
+            "EVALUATION_REPORT",
+            "None or the path of a JSON report (written by embrec_evaluate --json or embrec_tune)",
+        )
     weights = values["INTERACTION_WEIGHTS"]
     if (
         not isinstance(weights, dict)

@@ -6,14 +6,19 @@ starts.
 """
 
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from embrec import indexing
+from embrec.models import OutboxEntry
+from project.catalog.models import Movie
 from tests.moviepages import ANIMATION, SCI_FI_SEQUELS, make_movies, make_users, use_demo_weights
 from tests.testapp.models import Article
 
@@ -50,6 +55,24 @@ def browser_page(live_server):
             yield page
         finally:
             browser.close()
+
+
+def off_the_event_loop(func, *args, **kwargs):
+    """Run ``func`` (ORM work) in a thread: Playwright's sync API keeps an event loop in this one,
+    where Django refuses database calls."""
+
+    def call():
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result()
+
+
+def pending_count() -> int:
+    return OutboxEntry.objects.filter(state=OutboxEntry.PENDING).count()
 
 
 def card_titles(page, testid: str) -> list[str]:
@@ -144,3 +167,35 @@ def test_admin_embedding_map_draws_points_and_names_them_on_hover(live_server):
         expect(page.locator("#embrec-map-legend")).to_contain_text("a (6)")
         first.click()
         expect(page).to_have_url(f"{live_server.url}/admin/testapp/article/{pk}/change/")
+
+
+def test_admin_reindex_action_shows_live_progress_to_100_percent(live_server, settings):
+    # Saves and actions only queue work (no kick): the test drains while the page polls.
+    settings.EMBREC = {**settings.EMBREC, "AUTO_KICK": False}
+    movies = [
+        Movie.objects.create(movielens_id=i, title=f"Movie {i}", year=1990 + i) for i in (1, 2, 3)
+    ]
+    indexing.drain()  # embedded once (loads the model before the browser starts)
+    assert not OutboxEntry.objects.exists()
+    User.objects.create_superuser("boss", "boss@example.com", "pw")
+    with browser_page(live_server) as page:
+        page.goto(live_server.url + "/admin/login/?next=/admin/catalog/movie/")
+        page.get_by_label("Username").fill("boss")
+        page.get_by_label("Password").fill("pw")
+        page.get_by_role("button", name="Log in").click()
+        for movie in movies:
+            page.locator(f'input[name="_selected_action"][value="{movie.pk}"]').check()
+        page.locator('select[name="action"]').select_option("recompute_embeddings")
+        page.locator('button[name="index"]').click()
+        expect(page).to_have_url(re.compile(r"/admin/embrec/embedding/reindex-progress/\?"))
+        text = page.locator("#embrec-progress-text")
+        expect(text).to_have_text("0 / 3 (0 %)")
+        assert off_the_event_loop(pending_count) == 3
+
+        # The page polls the JSON endpoint and follows the workers' drain.
+        assert off_the_event_loop(indexing.drain, batch_size=1, max_batches=1).encoded == 1
+        expect(text).to_have_text("1 / 3 (33 %)")
+        assert off_the_event_loop(indexing.drain).encoded == 2
+        expect(text).to_have_text("3 / 3 (100 %)")
+        expect(page.locator("#embrec-progress")).to_have_attribute("value", "3")
+        expect(page.locator("#embrec-progress-detail")).to_have_text("pending: 0, failed: 0")
