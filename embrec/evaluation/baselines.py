@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 from scipy import sparse
 
-from embrec.evaluation.split import Split
+from embrec.evaluation.split import Split, _key_rank
 
 
 class Method:
@@ -187,7 +187,6 @@ class RecentItemKNNMethod(ItemKNNMethod):
 def recent_items_matrix(train, recent: int) -> sparse.csr_matrix:
     """Binary users × items matrix of each user's ``recent`` most recently *first* consumed
     distinct items (ties by item key, as in the splits)."""
-    from embrec.evaluation.split import _key_rank
 
     n_items = max(train.n_items, 1)
     pair = train.user_index.astype(np.int64) * n_items + train.item_index

@@ -31,8 +31,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from embrec.encoders.adaptive import blend, fit_map
+from embrec.encoders.als import fold_in
+from embrec.encoders.finetune import finetune_texts, mine_pairs, validate_params
+from embrec.encoders.hybrid import combine_matrices
 from embrec.evaluation.baselines import Method
 from embrec.evaluation.split import InteractionLog, Split, _key_rank
+from embrec.scoring import (
+    blend_scores,
+    normalized_popularity,
+    popularity_prior,
+    smoothed_popularity,
+)
 
 
 class ItemVectors:
@@ -108,7 +118,6 @@ class HybridItemVectors(ItemVectors):
         self.name = name
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        from embrec.encoders.hybrid import combine_matrices
 
         computed = [part.vectors(split) for part in self.parts]
         return combine_matrices(
@@ -165,7 +174,6 @@ class EmbeddingMethod(Method):
         self.description = ", ".join(bits)
 
     def fit(self, split: Split) -> None:
-        from embrec.scoring import normalized_popularity, popularity_prior, smoothed_popularity
 
         matrix, mask = self.source.vectors(split)
         self.items = matrix
@@ -202,7 +210,6 @@ class EmbeddingMethod(Method):
         self.popular_order = popular[np.lexsort((rank[popular], -self.counts[popular]))]
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        from embrec.scoring import blend_scores
 
         cosine = self.profiles[users] @ self.items.T
         scores = np.asarray(blend_scores(cosine, self.popularity, self.pop[None, :]))
@@ -403,7 +410,6 @@ class ALSItemVectors(TrainedItemVectors):
     :class:`EmbeddingMethod` calls instead of averaging item vectors)."""
 
     def fold_in_profiles(self, train: InteractionLog) -> np.ndarray:
-        from embrec.encoders.als import fold_in
 
         fitted = self.fitted
         factors = fitted.arrays["factors"]
@@ -468,7 +474,6 @@ class AdaptiveItemVectors(ItemVectors):
         self.name = name
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        from embrec.encoders.adaptive import blend, fit_map
 
         own, has_own = self.behaviour.vectors(split)
         content, has_content = self.content.vectors(split)
@@ -524,7 +529,6 @@ class FinetunedItemVectors(ItemVectors):
         self._cached: tuple | None = None
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        from embrec.encoders.finetune import finetune_texts, mine_pairs, validate_params
 
         train = split.train
         if self._cached is not None and self._cached[0] is train:

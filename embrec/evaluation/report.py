@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from embrec.evaluation.runner import MethodResult
+from embrec.evaluation.search import describe
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -97,7 +98,6 @@ def results_chart(
 def protocol_table(data: dict[str, Any], k: int) -> str:
     """One protocol's results: validation and test NDCG@K, test Recall/HitRate/Coverage, the
     paired interval against the best baseline and the chosen configuration."""
-    from embrec.evaluation.search import describe
 
     metric = f"ndcg@{k}"
     intervals = data.get("intervals") or {}
@@ -159,7 +159,6 @@ def markdown_report(payload: dict[str, Any]) -> str:
     """Markdown tables of an ``embrec_evaluate`` JSON payload: per protocol, validation and test
     NDCG@K, test Recall/HitRate/Coverage, the ratio to the best baseline with its 95 % interval
     and the chosen configuration; then the similar-items measures (for docs and reviews)."""
-    from embrec.evaluation.search import describe
 
     k = payload["k"]
     metric = f"ndcg@{k}"

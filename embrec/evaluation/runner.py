@@ -8,9 +8,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embrec.evaluation.baselines import Method
+from embrec.evaluation.baselines import Method, similar_scores
+from embrec.evaluation.metrics import (
+    coherence,
+    hub_share,
+    next_item_hit_rate,
+    paired_bootstrap,
+    popularity_ratio,
+    summarize,
+    top_k,
+)
 from embrec.evaluation.metrics import per_user as per_user_metrics
-from embrec.evaluation.metrics import summarize, top_k
 from embrec.evaluation.split import Split
 
 #: Seed of the random draws that break score ties in evaluations.
@@ -194,7 +202,6 @@ def compare_with_best(
 ) -> dict:
     """Paired bootstrap intervals of each non-baseline's per-user ``metric`` minus that of the
     best baseline on test (among ``against`` when given, else all baselines)."""
-    from embrec.evaluation.metrics import paired_bootstrap
 
     pool = [
         r
@@ -220,7 +227,6 @@ def compare_with_best(
 def similar_lists(method: Method, sources: np.ndarray, k: int, batch: int = 256) -> dict:
     """Top-``k`` similar items of each source (itself excluded) for a fitted method; ``{}`` when
     the method has no similar items."""
-    from embrec.evaluation.baselines import similar_scores
 
     lists: dict[int, list[int]] = {}
     for lo in range(0, len(sources), batch):
@@ -254,12 +260,6 @@ def similar_items_report(
     popularity ratio with training popularity; coherence over ``fields`` (sets per item).
     ``famous``: the lists of that many most popular items, as ``labels``.
     """
-    from embrec.evaluation.metrics import (
-        coherence,
-        hub_share,
-        next_item_hit_rate,
-        popularity_ratio,
-    )
 
     train = split.train
     popularity = np.asarray(train.matrix(binary=True).sum(axis=0), dtype=np.float64).ravel()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+from embrec.conf import embrec_settings
 from embrec.evaluation.baselines import BASELINE_CLASSES, GRIDS, SEARCH_BUDGET, expand_grid
 from embrec.evaluation.methods import (
     EmbeddingMethod,
@@ -130,7 +131,6 @@ def families(
 ) -> list[Family]:
     """Families for method specifications (see the module docstring); raises
     :class:`~embrec.evaluation.site.MethodSpecError`."""
-    from embrec.conf import embrec_settings
 
     out: list[Family] = []
     for spec in specs:
@@ -167,7 +167,6 @@ def families(
 def default_specs(rec) -> list[str]:
     """The baselines of :data:`DEFAULT_BASELINES`, then each encoder of ``rec`` tuned, and the
     first (serving) encoder exactly as deployed."""
-    from embrec.conf import embrec_settings
 
     specs = list(DEFAULT_BASELINES)
     encoders = list(rec.get_encoders())

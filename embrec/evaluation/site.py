@@ -28,6 +28,14 @@ import numpy as np
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 
+from embrec.conf import embrec_settings
+from embrec.encoders import get_encoder
+from embrec.encoders.adaptive import AdaptiveHybridEncoder
+from embrec.encoders.als import ALSEncoder
+from embrec.encoders.finetune import FinetunedEncoder
+from embrec.encoders.hybrid import HybridEncoder
+from embrec.encoders.item2vec import Item2VecEncoder
+from embrec.encoders.trained import TrainedEncoder
 from embrec.evaluation.baselines import (
     ALSMethod,
     ItemKNNMethod,
@@ -36,6 +44,8 @@ from embrec.evaluation.baselines import (
     RandomMethod,
 )
 from embrec.evaluation.methods import (
+    AdaptiveItemVectors,
+    ALSItemVectors,
     EmbeddingMethod,
     FinetunedItemVectors,
     FixedItemVectors,
@@ -46,6 +56,8 @@ from embrec.evaluation.methods import (
 )
 from embrec.evaluation.split import InteractionLog
 from embrec.items import Recommendable
+from embrec.models import Embedding, Interaction
+from embrec.storage import parse_vector
 
 BASELINES: dict[str, Callable[[], Method]] = {
     "random": RandomMethod,
@@ -72,7 +84,6 @@ _OPTION_TYPES: dict[str, Callable[[str], object]] = {
 def deployed_options(k: int) -> dict:
     """Profile, popularity blend, pool and popularity-prior options equivalent to the read path
     under the current ``EMBREC`` settings, for ``recommend(user, limit=k, ...)``."""
-    from embrec.conf import embrec_settings
 
     return {
         "last": int(embrec_settings.USER_VECTOR_MAX_INTERACTIONS),
@@ -100,7 +111,6 @@ def interactions_from_database(
     The catalog is ``rec.get_queryset()`` (what may be recommended); interactions on objects
     outside it are ignored. Timestamps are ``created_at``.
     """
-    from embrec.models import Interaction
 
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
     catalog = [str(pk) for pk in rec.get_queryset().order_by("pk").values_list("pk", flat=True)]
@@ -119,10 +129,6 @@ def content_vectors(rec: Recommendable, alias: str, items: Sequence[str]) -> Ite
     so using stored ones leaks nothing. A fine-tuned text encoder learned from interactions: it
     is fine-tuned again on the training split (:func:`finetuned_item_vectors`).
     """
-    from embrec.encoders import get_encoder
-    from embrec.encoders.finetune import FinetunedEncoder
-    from embrec.models import Embedding
-    from embrec.storage import parse_vector
 
     encoder = get_encoder(alias)
     if isinstance(encoder, FinetunedEncoder):
@@ -163,10 +169,6 @@ def item_vectors_for_alias(
     ``content(alias)`` supplies vectors of text encoders. item2vec encoders are retrained on the
     training split; hybrids combine their parts the same way.
     """
-    from embrec.encoders import get_encoder
-    from embrec.encoders.hybrid import HybridEncoder
-    from embrec.encoders.item2vec import Item2VecEncoder
-    from embrec.encoders.trained import TrainedEncoder
 
     encoder = get_encoder(alias)
     trained = trained_item_vectors(alias, content)
@@ -222,7 +224,6 @@ def build_methods(
     k: int = 10,
 ) -> list[Method]:
     """Methods for specifications (see the module docstring); raises :class:`MethodSpecError`."""
-    from embrec.conf import embrec_settings
 
     methods: list[Method] = []
     for spec in specs:
@@ -318,10 +319,6 @@ def trained_item_vectors(alias: str, content: Callable[[str], ItemVectors]) -> I
     """Leak-free :class:`ItemVectors` of the ALS encoder (users folded in) and of adaptive
     hybrids (their behavioural part retrained on the split, the content map fitted on training
     items only); ``None`` for other encoders."""
-    from embrec.encoders import get_encoder
-    from embrec.encoders.adaptive import AdaptiveHybridEncoder
-    from embrec.encoders.als import ALSEncoder
-    from embrec.evaluation.methods import AdaptiveItemVectors, ALSItemVectors
 
     encoder = get_encoder(alias)
     if isinstance(encoder, ALSEncoder):
@@ -379,6 +376,5 @@ def finetuned_item_vectors(rec: Recommendable, alias: str, **params) -> ItemVect
     the split's training interactions only, then every item of the catalog encoded from its
     text (so held-out and cold-start items are scored as new items would be). ``params``
     override the encoder's training parameters."""
-    from embrec.encoders import get_encoder
 
     return FinetunedItemVectors(get_encoder(alias), item_texts(rec), params=params, name=alias)

@@ -22,6 +22,33 @@ from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
+from embrec.evaluation import intrinsic
+from embrec.evaluation.baselines import SEARCH_BUDGET
+from embrec.evaluation.report import (
+    bar_chart,
+    format_table,
+    markdown_report,
+    protocol_table,
+    results_chart,
+    similar_table,
+    write_json,
+)
+from embrec.evaluation.runner import (
+    compare_with_best,
+    evaluate_method,
+    similar_items_report,
+    tune_and_test,
+)
+from embrec.evaluation.search import default_specs, families
+from embrec.evaluation.site import (
+    MethodSpecError,
+    content_source,
+    interactions_from_database,
+    item_field_sets,
+    item_labels,
+)
+from embrec.evaluation.split import cold_items_protocol, global_time_protocol, leave_last_protocol
+from embrec.models import Interaction
 from embrec.registry import NotRegistered, registry
 
 PROTOCOLS = ("leave-last", "global-time", "cold-items")
@@ -146,7 +173,6 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------------------------------
 
     def handle(self, *args, **options) -> None:
-        from embrec.evaluation.baselines import SEARCH_BUDGET
 
         if options["budget"] is None:
             options["budget"] = SEARCH_BUDGET
@@ -168,14 +194,10 @@ class Command(BaseCommand):
             f"Python {platform.python_version()})",
         }
         if options["json"]:
-            from embrec.evaluation.report import write_json
-
             write_json(options["json"], payload)
             self.stdout.write(f"JSON written to {options['json']}")
         if options.get("markdown") and "protocols" in payload:
             from pathlib import Path
-
-            from embrec.evaluation.report import markdown_report
 
             path = Path(options["markdown"])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +225,6 @@ class Command(BaseCommand):
         if len(recs) > 1:
             from django.contrib.contenttypes.models import ContentType
 
-            from embrec.models import Interaction
-
             used = set(Interaction.objects.values_list("content_type_id", flat=True).distinct())
             recs = [
                 r
@@ -217,15 +237,6 @@ class Command(BaseCommand):
         return recs[0]
 
     def run_recommendations(self, options) -> dict:
-        from embrec.evaluation.report import protocol_table, results_chart, similar_table
-        from embrec.evaluation.search import default_specs, families
-        from embrec.evaluation.site import (
-            MethodSpecError,
-            content_source,
-            interactions_from_database,
-            item_field_sets,
-            item_labels,
-        )
 
         rec = self.resolve(options["label"])
         log = interactions_from_database(rec, kinds=options["kinds"])
@@ -298,11 +309,6 @@ class Command(BaseCommand):
         }
 
     def build_protocols(self, log, options, label):
-        from embrec.evaluation.split import (
-            cold_items_protocol,
-            global_time_protocol,
-            leave_last_protocol,
-        )
 
         min_weight = -math.inf if options["include_negative"] else 0.0
         chosen = options["protocol"] or ["leave-last"]
@@ -349,7 +355,6 @@ class Command(BaseCommand):
         return out
 
     def tune(self, family, protocol, k, bar):
-        from embrec.evaluation.runner import tune_and_test
 
         original = family.make
 
@@ -364,11 +369,6 @@ class Command(BaseCommand):
             family.make = original
 
     def protocol_payload(self, protocol, results, k, options, fields, labels) -> dict:
-        from embrec.evaluation.runner import (
-            compare_with_best,
-            evaluate_method,
-            similar_items_report,
-        )
 
         metric = f"ndcg@{k}"
         data = {
@@ -416,16 +416,16 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {source}: " + "; ".join(items[:5]))
 
     def run_intrinsic(self, options) -> dict:
-        from embrec.evaluation.intrinsic import default_encoders, evaluate_encoder
-        from embrec.evaluation.report import bar_chart, format_table
 
         verbosity = options["verbosity"]
-        encoders = default_encoders()
+        encoders = intrinsic.default_encoders()
         results = []
         with self.progress_bar(4 * len(encoders), "intrinsic", verbosity) as bar:
             for name, (words, documents) in encoders.items():
                 results.append(
-                    evaluate_encoder(name, words, documents, progress=lambda _: bar.update(1))
+                    intrinsic.evaluate_encoder(
+                        name, words, documents, progress=lambda _: bar.update(1)
+                    )
                 )
         columns = list(results[0].scores)
         rows = [{"encoder": r.encoder, **r.scores} for r in results]

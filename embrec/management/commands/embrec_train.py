@@ -11,6 +11,9 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from embrec.encoders import get_encoder
+from embrec.encoders.trained import TrainedEncoder, train_and_reindex, trained_aliases
+
 
 class Command(BaseCommand):
     help = "Train the encoders learned from interactions (item2vec, ALS) and queue re-embedding."
@@ -22,8 +25,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: str, **options) -> None:
-        from embrec.encoders import get_encoder
-        from embrec.encoders.trained import TrainedEncoder, train_and_reindex, trained_aliases
 
         names = list(options["aliases"] or args) or trained_aliases()
         if not names:

@@ -20,6 +20,12 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
+from embrec import tuning
+from embrec.conf import embrec_settings
+from embrec.encoders import get_encoder
+from embrec.evaluation.report import protocol_table, write_json
+from embrec.evaluation.search import DEFAULT_BASELINES, embrec_family, families
+from embrec.evaluation.site import MethodSpecError, content_source, interactions_from_database
 from embrec.management.commands.embrec_evaluate import Command as EvaluateCommand
 
 #: What ``embrec_tune`` searches by default (sampled down to ``--budget``).
@@ -74,15 +80,6 @@ class Command(EvaluateCommand):
         )
 
     def handle(self, *args, **options) -> None:
-        from embrec import tuning
-        from embrec.conf import embrec_settings
-        from embrec.evaluation.report import protocol_table, write_json
-        from embrec.evaluation.search import DEFAULT_BASELINES, embrec_family, families
-        from embrec.evaluation.site import (
-            MethodSpecError,
-            content_source,
-            interactions_from_database,
-        )
 
         for name in ("k", "holdout", "min_train", "budget", "bootstrap"):
             if options[name] < 1:
@@ -165,8 +162,6 @@ class Command(EvaluateCommand):
             "report": None,
         }
         if "weights" in chosen:
-            from embrec.encoders import get_encoder
-
             parts = [name for name, _ in get_encoder(alias).parts]
             config["encoder_parts"] = {
                 alias: [

@@ -38,7 +38,10 @@ from django.db import transaction
 
 from embrec import indexing
 from embrec.conf import embrec_settings
-from embrec.models import Interaction
+from embrec.encoders import get_encoder
+from embrec.encoders.trained import dependent_aliases, train_and_reindex, trained_aliases
+from embrec.interactions import rebuild_user_vectors
+from embrec.models import Embedding, Interaction, UserEmbedding
 from embrec.registry import registry
 from project.catalog.models import Movie
 from project.catalog.movielens import MovieLensUnavailable, load_ml100k
@@ -178,12 +181,6 @@ class Command(BaseCommand):
     def train_item2vec(self, retrain: bool) -> None:
         """Train each configured encoder learned from interactions (ALS, item2vec) when the
         ratings changed or it has no model."""
-        from embrec.encoders import get_encoder
-        from embrec.encoders.trained import (
-            dependent_aliases,
-            train_and_reindex,
-            trained_aliases,
-        )
 
         for alias in trained_aliases():
             encoder = get_encoder(alias)
@@ -224,8 +221,6 @@ class Command(BaseCommand):
 
     def _stale_encoders(self, rec) -> list[str]:
         """Aliases with fewer current vectors (the encoder's present identity) than movies."""
-        from embrec.encoders import get_encoder
-        from embrec.models import Embedding
 
         ct = ContentType.objects.get_for_model(Movie)
         expected = rec.get_queryset().count()
@@ -241,8 +236,6 @@ class Command(BaseCommand):
 
     def refresh_user_vectors(self, rebuild: bool) -> None:
         """Rebuild every user's vectors when ratings or movie vectors changed (or none exist)."""
-        from embrec.interactions import rebuild_user_vectors
-        from embrec.models import UserEmbedding
 
         ct = ContentType.objects.get_for_model(Movie)
         stored = UserEmbedding.objects.filter(content_type=ct)
