@@ -67,7 +67,7 @@ from embrec.encoders.sentence_transformer import (
     _model_revision,
     default_model_path,
 )
-from embrec.encoders.trained import alias_model_dir
+from embrec.encoders.trained import alias_model_dir, training_interactions
 
 logger = logging.getLogger("embrec")
 
@@ -630,15 +630,7 @@ class FinetunedEncoder(SentenceTransformerEncoder):
     ) -> tuple[list[list[tuple[int, str]]], int]:
         """Each user's ``(content type id, pk)`` items in time order from the ``Interaction``
         table (positive interactions of the configured kinds); also the number read."""
-        from embrec.models import Interaction
-
-        qs = Interaction.objects.filter(weight__gt=float(self.options.get("min_weight", 0.0)))
-        if content_type_ids is not None:
-            qs = qs.filter(content_type_id__in=list(content_type_ids))
-        kinds = self.options.get("kinds")
-        if kinds:
-            qs = qs.filter(kind__in=list(kinds))
-        rows = qs.order_by("user_id", "created_at", "content_type_id", "object_pk", "id")
+        rows = training_interactions(self.options, content_type_ids)
         sequences: list[list[tuple[int, str]]] = []
         current_user = object()
         count = 0

@@ -45,6 +45,24 @@ COMMON_OPTIONS = frozenset({"model_dir", "kinds", "min_weight"})
 History = Sequence[str | tuple[str, float]]
 
 
+def training_interactions(
+    options: Mapping[str, Any], content_type_ids: Iterable[int] | None = None
+):
+    """The ``Interaction`` rows an encoder learns from, in each user's time order: weight above
+    ``OPTIONS["min_weight"]`` (0), of ``OPTIONS["kinds"]`` when given, of the given content types
+    (ties at one time ordered by content type and pk)."""
+    # Imported here: encoder modules load with the settings, before Django's apps are ready.
+    from embrec.models import Interaction
+
+    qs = Interaction.objects.filter(weight__gt=float(options.get("min_weight", 0.0)))
+    if content_type_ids is not None:
+        qs = qs.filter(content_type_id__in=list(content_type_ids))
+    kinds = options.get("kinds")
+    if kinds:
+        qs = qs.filter(kind__in=list(kinds))
+    return qs.order_by("user_id", "created_at", "content_type_id", "object_pk", "id")
+
+
 def alias_model_dir(options: Mapping[str, Any], alias: str) -> Path:
     """Where an encoder trained on interactions keeps its models: ``OPTIONS["model_dir"]``, else
     ``<BASE_DIR>/.embrec/models/<database name>``, then ``/<alias>``.
@@ -286,15 +304,7 @@ class TrainedEncoder(BaseEncoder):
         """Each user's ``(item token, weight)`` pairs in time order, from the ``Interaction``
         table (interactions of one user at the same time are ordered by content type and pk).
         Returns ``(histories, number of interactions read)``."""
-        from embrec.models import Interaction
-
-        qs = Interaction.objects.filter(weight__gt=float(self.options.get("min_weight", 0.0)))
-        if content_type_ids is not None:
-            qs = qs.filter(content_type_id__in=list(content_type_ids))
-        kinds = self.options.get("kinds")
-        if kinds:
-            qs = qs.filter(kind__in=list(kinds))
-        rows = qs.order_by("user_id", "created_at", "content_type_id", "object_pk", "id")
+        rows = training_interactions(self.options, content_type_ids)
         histories: list[list[tuple[str, float]]] = []
         current_user = object()
         count = 0
