@@ -11,7 +11,8 @@ E005    the default database is not PostgreSQL
 E006    ``DEFAULT_ENCODERS`` is empty or names an unknown alias
 E007    a count (``BATCH_SIZE``, ``MAX_LIMIT``…) is not a positive integer; ``QUEUE`` is empty
 E008    a registration's ``get_queryset()`` fails or returns another model
-E009    an encoder's ``OPTIONS`` is not a dict, has names the encoder does not read, or is
+E009    an encoder's ``OPTIONS`` is not a dict, has names the encoder does not read, a bad index
+        option (``index``, ``rerank``), or is
         rejected by its constructor
 E010    pgvector is missing (``check --database default``)
 E011    any other key has a value of the wrong type, outside its range, or not one of its choices
@@ -35,8 +36,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from embrec.conf import DEFAULTS, SettingProblem, validate
-from embrec.encoders.base import BaseEncoder
+from embrec.encoders.base import INDEX_OPTION_NAMES, BaseEncoder
 from embrec.registry import registry
+from embrec.storage import index_options
 
 
 @register()
@@ -183,7 +185,11 @@ def check_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
                 )
             )
             continue
-        unknown = sorted(set(options) - cls.option_names) if cls.option_names is not None else []
+        unknown = (
+            sorted(set(options) - cls.option_names - INDEX_OPTION_NAMES)
+            if cls.option_names is not None
+            else []
+        )
         if unknown:
             problems.append(
                 SettingProblem(
@@ -192,6 +198,18 @@ def check_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
                     f"{where}['OPTIONS'] has unknown option(s) for {cls.__name__}: "
                     f"{', '.join(map(str, unknown))}.",
                     f"{cls.__name__} reads: {', '.join(sorted(cls.option_names))}.",
+                )
+            )
+            continue
+        try:
+            index_options(options)
+        except ImproperlyConfigured as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] has a bad index option: {exc}",
+                    "See 'Index options' in docs/READ_PATH.md.",
                 )
             )
             continue

@@ -318,7 +318,7 @@ class DrainResult:
 
 def _index_spec(ct_id: int, alias: str) -> IndexSpec:
     encoder = get_encoder(alias)
-    return IndexSpec(ct_id, alias, encoder.dimensions, bool(encoder.options.get("halfvec")))
+    return IndexSpec.for_encoder(ct_id, alias, encoder.dimensions, encoder.options)
 
 
 def drain(
@@ -526,7 +526,7 @@ def build_missing_indexes() -> list[str]:
             if row is None:
                 continue
             options = (embrec_settings.ENCODERS.get(alias) or {}).get("OPTIONS") or {}
-            specs.add(IndexSpec(ct.id, alias, int(row[0]), bool(options.get("halfvec"))))
+            specs.add(IndexSpec.for_encoder(ct.id, alias, int(row[0]), options))
     return build_deferred_indexes(specs)
 
 

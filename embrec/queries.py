@@ -42,7 +42,7 @@ from embrec.scoring import (
     popularity_prior,
     smoothed_popularity,
 )
-from embrec.storage import IndexSpec, parse_vector, vector_literal
+from embrec.storage import IndexSpec, ann_sql, parse_vector, scan_size, vector_literal
 
 #: Lookups a filter may use, on fields listed in ``Recommendable.filter_fields``.
 FILTER_LOOKUPS = ("exact", "iexact", "in", "gt", "gte", "lt", "lte", "isnull")
@@ -476,14 +476,10 @@ def nearest_sql(
     if restriction is not None:
         where.append(restriction[0])
         params.extend(restriction[1])
-    columns = "e.object_pk, {dist} AS distance, e.created_at".format(dist=spec.distance_sql("e"))
+    columns = "e.object_pk, {distance} AS distance, e.created_at"
     if with_vectors:
         columns += ", e.vector"
-    sql = (
-        f"SELECT {columns} FROM embrec_embedding e WHERE {' AND '.join(where)} "
-        f"ORDER BY distance LIMIT %s"
-    )
-    return sql, [vector_literal(vector), *params, int(limit)]
+    return ann_sql(spec, columns, " AND ".join(where), params, vector, limit, alias="e")
 
 
 def nearest(
@@ -513,7 +509,7 @@ def nearest(
             from embrec.storage import _register_vector
 
             _register_vector(conn)
-        _scan_settings(cursor, limit, ef_search)
+        _scan_settings(cursor, scan_size(spec, limit), ef_search)
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     candidates = [
@@ -546,7 +542,7 @@ def explain(
     sql, params = nearest_sql(spec, vector, limit, exclusions=exclusions, visible=visible)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        _scan_settings(cursor, limit, ef_search)
+        _scan_settings(cursor, scan_size(spec, limit), ef_search)
         cursor.execute(prefix + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
@@ -556,8 +552,7 @@ def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
     from embrec.encoders import get_encoder
 
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
-    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
-    return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
+    return IndexSpec.for_encoder(ct.id, encoder, dimensions, get_encoder(encoder).options)
 
 
 def _encoder_for(rec: Recommendable, encoder: str | None) -> str:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: ``OPTIONS`` every encoder accepts: what the HNSW index of its vectors stores (``"index"``:
+#: ``"vector"``, ``"halfvec"`` or ``"bit"``; ``"rerank"``; the older ``"halfvec": True``), read by
+#: :func:`embrec.storage.index_options`, never by the encoder itself.
+INDEX_OPTION_NAMES = frozenset({"index", "halfvec", "rerank"})
+
 
 @dataclass(frozen=True)
 class EncoderIdentity:

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from embrec.encoders.base import BaseEncoder, EncoderIdentity
+from embrec.encoders.base import INDEX_OPTION_NAMES, BaseEncoder, EncoderIdentity
 
 UNTRAINED = "untrained"
 
@@ -152,7 +152,13 @@ class TrainedEncoder(BaseEncoder):
 
     def __init__(self, alias: str, **options):
         super().__init__(alias, **options)
-        unknown = set(options) - set(self.defaults) - COMMON_OPTIONS - set(self.extra_options)
+        unknown = (
+            set(options)
+            - set(self.defaults)
+            - COMMON_OPTIONS
+            - set(self.extra_options)
+            - INDEX_OPTION_NAMES
+        )
         if unknown:
             raise ImproperlyConfigured(
                 f"EMBREC['ENCODERS'][{alias!r}]['OPTIONS'] has unknown {self.identity_name} "
@@ -405,7 +411,8 @@ def atomic_write(path: Path, write) -> None:
 
 def dependent_aliases(alias: str) -> set[str]:
     """``alias`` and every configured encoder that (directly or not) builds on it: hybrids that
-    list it in ``parts``, adaptive hybrids that name it as ``behaviour`` or ``content``."""
+    list it in ``parts``, adaptive hybrids that name it as ``behaviour`` or ``content``, reduced
+    encoders that name it as ``base``."""
     from embrec.conf import embrec_settings
 
     found = {alias}
@@ -418,7 +425,7 @@ def dependent_aliases(alias: str) -> set[str]:
             options = config.get("OPTIONS") or {}
             parts = options.get("parts") or []
             names = {p if isinstance(p, str) else p.get("encoder") for p in parts}
-            names |= {options.get("behaviour"), options.get("content")}
+            names |= {options.get("behaviour"), options.get("content"), options.get("base")}
             if names & found:
                 found.add(name)
                 changed = True
