@@ -45,6 +45,7 @@ import time
 import numpy as np
 
 from benchmarks.common import ROOT, latency_summary, percentile, save
+from benchmarks.texts import item_texts
 
 DIMS = 384
 CACHE = ROOT / ".embrec" / "cache"
@@ -54,32 +55,52 @@ DEFAULT_OPTIONS = "vector,halfvec,bit,bit-centred,pca128,pca192-halfvec,truncate
 # -- vectors ------------------------------------------------------------------------------------
 
 
-def minilm_vectors(n: int, seed: int) -> np.ndarray:
-    """all-MiniLM-L6-v2 vectors of ``n`` synthetic catalog texts (cached on disk)."""
+def minilm_vectors(n: int, seed: int, *, partial: bool = False) -> np.ndarray:
+    """all-MiniLM-L6-v2 vectors of ``n`` synthetic catalog texts (cached on disk).
+
+    Encoded in chunks of 1,024 texts, each saved as it is done, so an interrupted run resumes.
+    With ``partial`` only the chunks already cached are returned (possibly fewer than ``n``).
+    """
     path = CACHE / f"minilm-texts-{n}-seed{seed}.npy"
     if path.exists():
         return np.load(path)
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from benchmarks.texts import item_texts
-    from embrec.encoders.engine import EncodingEngine
-    from embrec.encoders.sentence_transformer import default_model_path
-
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    model = SentenceTransformer(default_model_path(), device="cpu")
-    engine = EncodingEngine(model, device="cpu", dtype="float32")
-    started = time.perf_counter()
-    parts = []
-    for part in engine.encode_stream(item_texts(n, seed=seed)):
-        parts.append(np.asarray(part, dtype=np.float32))
-        done = sum(len(p) for p in parts)
-        print(f"  {done}/{n} texts, {done / (time.perf_counter() - started):.0f}/s", flush=True)
-    out = np.concatenate(parts)
-    print(f"encoded {n} texts in {time.perf_counter() - started:.0f} s")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
+    folder = CACHE / f"minilm-texts-seed{seed}"
+    texts = item_texts(n, seed=seed)
+    chunks = []
+    for lo in range(0, n, 1024):
+        chunk_path = folder / f"{lo:08d}-{min(n, lo + 1024):08d}.npy"
+        if chunk_path.exists():
+            chunks.append(np.load(chunk_path))
+            continue
+        if partial:
+            break
+        folder.mkdir(parents=True, exist_ok=True)
+        chunks.append(_encode(texts[lo : lo + 1024]))
+        np.save(chunk_path, chunks[-1])
+        print(f"  {lo + len(chunks[-1])}/{n} texts encoded", flush=True)
+    out = np.concatenate(chunks) if chunks else np.zeros((0, DIMS), np.float32)
+    if len(out) == n:
+        np.save(path, out)
     return out
+
+
+_engine = None
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    global _engine
+    if _engine is None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from embrec.encoders.engine import EncodingEngine
+        from embrec.encoders.sentence_transformer import default_model_path
+
+        # One thread: on a shared, oversubscribed CPU a second one mostly spins.
+        torch.set_num_threads(1)
+        model = SentenceTransformer(default_model_path(), device="cpu")
+        _engine = EncodingEngine(model, device="cpu", dtype="float32", chunk_size=1024)
+    return np.asarray(_engine.encode(texts), dtype=np.float32)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -263,7 +284,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--options", default=DEFAULT_OPTIONS)
     parser.add_argument("--source", choices=["minilm", "mixture"], default=None)
-    parser.add_argument("--base", type=int, default=100_000, help="real vectors of a mixture")
+    parser.add_argument(
+        "--base", type=int, default=0, help="real vectors of a mixture (default: all cached)"
+    )
     parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--pca-dims", type=int, default=128)
     parser.add_argument("--ef-search", type=int, default=100)
@@ -272,21 +295,27 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep table and built indexes")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
-    source = args.source or ("minilm" if args.n <= 200_000 else "mixture")
     k = args.k
 
     # Vectors: items, held-out queries, the exact answers.
     queries = normalise(minilm_vectors(args.queries, seed=101))
+    real = minilm_vectors(args.n, seed=5, partial=True)
+    source = args.source or ("minilm" if len(real) == args.n else "mixture")
     if source == "minilm":
-        items = normalise(minilm_vectors(args.n, seed=5))
+        if len(real) < args.n:
+            real = minilm_vectors(args.n, seed=5)
+        items = normalise(real)
         structure = {"minilm_10th_neighbour_cosine": round(kth_neighbour_cosine(items, queries), 4)}
     else:
-        base = normalise(minilm_vectors(args.base, seed=5))
+        base = normalise(real[: args.base] if args.base else real)
+        if len(base) < 1000:
+            raise SystemExit(f"only {len(base)} MiniLM vectors cached; encode more first")
         items = mixture_vectors(base, args.n, args.noise)
         structure = {
+            "real_minilm_vectors": len(base),
             "minilm_base_10th_neighbour_cosine": round(kth_neighbour_cosine(base, queries), 4),
             "synthetic_part_10th_neighbour_cosine": round(
-                kth_neighbour_cosine(items[args.base : 2 * args.base], queries), 4
+                kth_neighbour_cosine(items[len(base) : 2 * len(base)], queries), 4
             ),
             "all_items_10th_neighbour_cosine": round(
                 kth_neighbour_cosine(items, queries[: min(100, len(queries))]), 4

@@ -1,5 +1,7 @@
 """Smaller vectors, same answers: bit and halfvec indexes, PCA and truncation encoders."""
 
+from io import StringIO
+
 import numpy as np
 import pytest
 from django.contrib.contenttypes.models import ContentType
@@ -298,8 +300,6 @@ def test_fit_reduction_command_refits_and_queues_reembedding(settings, tmp_path)
     rec = registry.get(Article)
     rec.encoders = ["hashing", "small"]
     try:
-        from io import StringIO
-
         out = StringIO()
         call_command("embrec_fit_reduction", "small", stdout=out)
         assert "small: revision" in out.getvalue()
@@ -339,3 +339,23 @@ def test_reduced_encoder_needs_fewer_dimensions_than_its_base(settings, tmp_path
     reduced_settings(settings, tmp_path, dimensions=DIMS)
     with pytest.raises(ImproperlyConfigured, match="must be fewer than"):
         assert get_encoder("small").identity
+
+
+def test_switching_an_encoder_to_a_bit_index_builds_it_without_reencoding(settings):
+    make_catalog(per_category=10)
+    spec = queries.index_spec(registry.get(Article), "hashing", DIMS)
+    assert spec.kind == "vector" and _index_exists(spec.name)
+    settings.EMBREC = {
+        **TEST_EMBREC,
+        "ENCODERS": {**TEST_EMBREC["ENCODERS"], "hashing": hashing_with(index="bit")},
+    }
+    reset_encoders()
+    try:
+        bit = queries.index_spec(registry.get(Article), "hashing", DIMS)
+        assert bit.binary and not _index_exists(bit.name)
+        before = dict(Embedding.objects.values_list("object_pk", "updated_at"))
+        call_command("embrec_reindex", "testapp.Article", "--sync", stdout=StringIO())
+        assert _index_exists(bit.name)
+        assert dict(Embedding.objects.values_list("object_pk", "updated_at")) == before
+    finally:
+        reset_encoders()
