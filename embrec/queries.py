@@ -30,6 +30,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
+from embrec.exceptions import NotEmbedded, QueryError
 from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, OutboxEntry
 from embrec.popularity import (
@@ -60,28 +61,6 @@ SOURCE_RECENT = "recent"
 
 #: How many interacted items an explanation lists.
 EXPLANATION_SIZE = 3
-
-
-class QueryError(ValueError):
-    """Bad query input (limit, filters, text, re-ranking options); the API answers 400.
-
-    ``code`` is a short machine-readable reason, ``field`` the parameter at fault.
-    """
-
-    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.field = field
-
-
-class NotEmbedded(LookupError):
-    """The object has no vector yet. ``state`` is ``"pending"`` (queued for a worker),
-    ``"failed"`` (the worker gave up; see the outbox) or ``"missing"`` (never queued or not
-    indexable)."""
-
-    def __init__(self, message: str, *, state: str = "missing"):
-        super().__init__(message)
-        self.state = state
 
 
 @dataclass

@@ -10,9 +10,10 @@ from django.utils import timezone
 
 import embrec
 from embrec import popularity, queries
+from embrec.exceptions import NotEmbedded, QueryError
 from embrec.interactions import record_interaction
 from embrec.models import Embedding
-from embrec.queries import Exclusions, QueryError
+from embrec.queries import Exclusions
 from tests.readpath import (
     article_spec,
     brute_force,
@@ -140,7 +141,7 @@ def test_filters_restrict_similar_and_search(exact_search):
 
 def test_not_embedded_says_why():
     article = Article.objects.create(title="fresh", body="not embedded yet")
-    with pytest.raises(queries.NotEmbedded) as exc:
+    with pytest.raises(NotEmbedded) as exc:
         embrec.similar(article)
     assert exc.value.state == "pending"  # the save wrote an outbox row
 
