@@ -34,16 +34,15 @@ from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, OutboxEntry
 from embrec.popularity import (
     PopularityRanking,
+    popularity_prior_users,
     popularity_ranking,
     popularity_scores,
-    popularity_table,
     visible_pks,
 )
 from embrec.registry import registry
 from embrec.scoring import (
     blend_scores,
     normalized_popularity,
-    popularity_prior,
     smoothed_popularity,
 )
 from embrec.storage import IndexSpec, parse_vector, vector_literal
@@ -662,7 +661,7 @@ def _blend(
     pops: dict[str, float] = {}
     top = 0.0
     if popularity:
-        if ranking is not None:  # its scores cover every object already
+        if ranking is not None:  # its scores cover every candidate
             scores, top = ranking.scores, ranking.maximum
         else:
             scores = popularity_scores(content_type_id, [c.pk for c in candidates])
@@ -673,8 +672,7 @@ def _blend(
     prior, strength = 0.0, 0.0
     quantile = embrec_settings.POPULARITY_PRIOR
     if popularity and quantile is not None:
-        users = ranking.scores if ranking is not None else popularity_table(content_type_id).users
-        prior = popularity_prior(list(users.values()), float(quantile))
+        prior = popularity_prior_users(content_type_id, float(quantile))
         strength = float(embrec_settings.POPULARITY_PRIOR_STRENGTH)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()
