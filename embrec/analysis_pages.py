@@ -105,6 +105,9 @@ def clusters_context(request: HttpRequest, label: str) -> dict[str, Any]:
         params["clusters"] = _int(request, "k", clusters.CLUSTERS, 1, 100)
     else:
         params["min_cluster_size"] = _int(request, "min_cluster_size", 10, 2, 100000)
+        params["selection"] = request.GET.get("selection") or "eom"
+        if params["selection"] not in clusters.SELECTIONS:
+            raise BadRequest(f"selection must be one of {', '.join(clusters.SELECTIONS)}.")
     available = clusters.hdbscan_available()
     if method == "hdbscan" and not available:
         state = {"result": None, "error": "HDBSCAN needs scikit-learn, which is not installed."}
@@ -126,6 +129,8 @@ def clusters_context(request: HttpRequest, label: str) -> dict[str, Any]:
         "methods": [m for m in clusters.METHODS if m == "kmeans" or available],
         "k": params.get("clusters", clusters.CLUSTERS),
         "min_cluster_size": params.get("min_cluster_size", 10),
+        "selection": params.get("selection", "eom"),
+        "selections": clusters.SELECTIONS,
         **state,
     }
 

@@ -39,6 +39,8 @@ from embrec import analysis
 from embrec.analysis import AnalysisError, Target
 
 METHODS = ("kmeans", "hdbscan")
+#: HDBSCAN's ways of selecting clusters from its hierarchy.
+SELECTIONS = ("eom", "leaf")
 #: Default number of k-means clusters.
 CLUSTERS = 8
 #: Default bound on the vectors the clustering is fitted on.
@@ -166,15 +168,34 @@ def spherical_kmeans(
     return best[1], best[2]
 
 
-def hdbscan_labels(x: np.ndarray, min_cluster_size: int) -> np.ndarray:
-    """scikit-learn's HDBSCAN labels of the unit rows of ``x`` (``-1``: noise)."""
+def hdbscan_labels(
+    x: np.ndarray, min_cluster_size: int, min_samples: int | None = None, selection: str = "eom"
+) -> np.ndarray:
+    """scikit-learn's HDBSCAN labels of the unit rows of ``x`` (``-1``: noise).
+
+    ``min_samples`` (default: ``min_cluster_size``) sets how conservative the density estimate
+    is; ``selection`` is ``"eom"`` (the most persistent clusters: fewer, larger) or ``"leaf"``
+    (the finest clusters of the hierarchy).
+    """
     from sklearn.cluster import HDBSCAN
 
-    model = HDBSCAN(min_cluster_size=max(2, int(min_cluster_size)), copy=True)
+    model = HDBSCAN(
+        min_cluster_size=max(2, int(min_cluster_size)),
+        min_samples=int(min_samples) if min_samples else None,
+        cluster_selection_method=selection,
+        copy=True,
+    )
     return model.fit_predict(analysis.normalize(x).astype(np.float64))
 
 
-def _clean(method: str, clusters: int, sample: int, min_cluster_size: int | None) -> None:
+def _clean(
+    method: str,
+    clusters: int,
+    sample: int,
+    min_cluster_size: int | None,
+    min_samples: int | None,
+    selection: str,
+) -> None:
     if method not in METHODS:
         raise AnalysisError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
     if method == "hdbscan" and not hdbscan_available():
@@ -187,6 +208,10 @@ def _clean(method: str, clusters: int, sample: int, min_cluster_size: int | None
         raise AnalysisError(f"sample must be at least 2 (got {sample}).")
     if min_cluster_size is not None and int(min_cluster_size) < 2:
         raise AnalysisError(f"min_cluster_size must be at least 2 (got {min_cluster_size}).")
+    if min_samples is not None and int(min_samples) < 1:
+        raise AnalysisError(f"min_samples must be at least 1 (got {min_samples}).")
+    if selection not in SELECTIONS:
+        raise AnalysisError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}.")
 
 
 def _sample_ids(tgt: Target, sample: int, seed: int) -> tuple[np.ndarray, int]:
@@ -204,6 +229,8 @@ def find(
     method: str = "kmeans",
     clusters: int = CLUSTERS,
     min_cluster_size: int | None = None,
+    min_samples: int | None = None,
+    selection: str = "eom",
     sample: int = SAMPLE,
     seed: int = 0,
     typical: int = 5,
@@ -215,10 +242,11 @@ def find(
 
     ``model`` is a model class, an ``"app_label.model"`` label or a registration; ``clusters`` is
     k for k-means; ``min_cluster_size`` HDBSCAN's smallest cluster (default: 1 % of the sample,
-    at least 5). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
+    at least 5), ``min_samples`` and ``selection`` its other parameters (see
+    :func:`hdbscan_labels`). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
     :class:`~embrec.analysis.AnalysisError` for bad input or when there are no vectors.
     """
-    _clean(method, clusters, sample, min_cluster_size)
+    _clean(method, clusters, sample, min_cluster_size, min_samples, selection)
     tgt = analysis.target(model, encoder)
     ids, total = _sample_ids(tgt, int(sample), seed)
     batches = list(analysis.iter_vectors(tgt, batch_size, ids=ids))
@@ -232,7 +260,7 @@ def find(
         params = {"clusters": int(clusters)}
     else:
         size = int(min_cluster_size or max(5, len(x) // 100))
-        labels = hdbscan_labels(x, size)
+        labels = hdbscan_labels(x, size, min_samples, selection)
         found = sorted(set(labels.tolist()) - {-1})
         relabel = {old: new for new, old in enumerate(found)}
         labels = np.array([relabel.get(int(v), -1) for v in labels])
@@ -245,7 +273,7 @@ def find(
             radius = np.array([sims[labels == j, j].min() for j in range(len(found))])
         else:
             centroids, radius = np.zeros((0, x.shape[1]), dtype=np.float32), np.zeros(0)
-        params = {"min_cluster_size": size}
+        params = {"min_cluster_size": size, "min_samples": min_samples, "selection": selection}
     sampled = len(x)
     del x
     result = _assign(tgt, centroids, fitted, radius, typical, terms, outliers, batch_size)

@@ -62,7 +62,9 @@ def test_limit_keeps_the_best_pairs(catalogue):
     exact = sorted(planted.exact_pairs(0.4).items(), key=lambda kv: -kv[1])
     report = duplicates.find(Article, threshold=0.4, neighbours=40, limit=5, batch_size=7)
     assert report.truncated
-    assert [p.similarity for p in report.pairs] == pytest.approx([s for _, s in exact[:5]], abs=1e-4)
+    assert [p.similarity for p in report.pairs] == pytest.approx(
+        [s for _, s in exact[:5]], abs=1e-4
+    )
 
 
 def test_planted_outlier_is_the_most_isolated_item(catalogue):

@@ -32,6 +32,18 @@ class Command(BaseCommand):
             help="HDBSCAN's smallest cluster (default: 1%% of the sample, at least 5).",
         )
         parser.add_argument(
+            "--min-samples",
+            type=int,
+            default=None,
+            help="HDBSCAN's density parameter (default: --min-cluster-size).",
+        )
+        parser.add_argument(
+            "--selection",
+            choices=clusters.SELECTIONS,
+            default="eom",
+            help="HDBSCAN: eom (fewer, larger clusters) or leaf (the finest ones).",
+        )
+        parser.add_argument(
             "--sample",
             type=int,
             default=clusters.SAMPLE,
@@ -54,6 +66,8 @@ class Command(BaseCommand):
                 method=options["method"],
                 clusters=options["clusters"],
                 min_cluster_size=options["min_cluster_size"],
+                min_samples=options["min_samples"],
+                selection=options["selection"],
                 sample=options["sample"],
                 seed=options["seed"],
                 typical=options["typical"],
