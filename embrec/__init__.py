@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from embrec.items import Recommendable
-from embrec.registry import (
+from embrec.exceptions import (
     AlreadyRegistered,
+    EmbrecError,
+    InteractionError,
+    NotEmbedded,
     NotRegistered,
-    register,
-    registry,
-    unregister,
+    QueryError,
 )
+from embrec.items import Recommendable
+from embrec.registry import register, registry, unregister
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -35,7 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyRegistered",
+    "EmbrecError",
+    "InteractionError",
+    "NotEmbedded",
     "NotRegistered",
+    "QueryError",
     "Recommendable",
     "mark_dirty",
     "popular",

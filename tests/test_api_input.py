@@ -4,7 +4,8 @@ import pytest
 from rest_framework.test import APIClient
 
 import embrec
-from embrec.queries import QueryError, _visible_sql, parse_filters
+from embrec.exceptions import QueryError
+from embrec.queries import _visible_sql, parse_filters
 from project.catalog.models import Movie
 from tests.readpath import make_catalog, make_user
 from tests.testapp.models import Article

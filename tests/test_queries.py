@@ -9,10 +9,11 @@ from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 import embrec
-from embrec import queries
+from embrec import popularity, queries
+from embrec.exceptions import NotEmbedded, QueryError
 from embrec.interactions import record_interaction
 from embrec.models import Embedding
-from embrec.queries import Exclusions, QueryError
+from embrec.queries import Exclusions
 from tests.readpath import (
     article_spec,
     brute_force,
@@ -140,7 +141,7 @@ def test_filters_restrict_similar_and_search(exact_search):
 
 def test_not_embedded_says_why():
     article = Article.objects.create(title="fresh", body="not embedded yet")
-    with pytest.raises(queries.NotEmbedded) as exc:
+    with pytest.raises(NotEmbedded) as exc:
         embrec.similar(article)
     assert exc.value.state == "pending"  # the save wrote an outbox row
 
@@ -336,14 +337,14 @@ def test_popularity_counts_distinct_users_and_normalises_by_the_visible_maximum(
     record_interaction(make_user("o"), other, "view")
     record_interaction(make_user("neg"), other, "dislike")  # negative: not popularity
     ct = ContentType.objects.get_for_model(Article)
-    assert queries.popularity_scores(ct.id, [str(a.pk) for a in articles]) == {
+    assert popularity.popularity_scores(ct.id, [str(a.pk) for a in articles]) == {
         str(heavy.pk): 1.0,
         str(shared.pk): 3.0,
         str(other.pk): 1.0,
     }
     visible = Article.objects.all()
-    assert queries.max_popularity(ct.id, visible) == 3.0
-    assert queries.max_popularity(ct.id, visible.exclude(pk=shared.pk)) == 1.0
+    assert popularity.max_popularity(ct.id, visible) == 3.0
+    assert popularity.max_popularity(ct.id, visible.exclude(pk=shared.pk)) == 1.0
     results = queries.popular(Article, limit=3)
     assert [r.pk for r in results[:1]] == [str(shared.pk)]
     assert results[0].score == pytest.approx(1.0)
@@ -395,22 +396,22 @@ def test_cached_popularity_follows_new_interactions_and_matches_the_aggregate(mo
     for n, article in enumerate(articles[:4]):
         for u in range(n + 1):
             record_interaction(make_user(f"p{n}-{u}"), article, "view")
-    first = queries.popularity_table(ct.id)
+    first = popularity.popularity_table(ct.id)
     assert first.ranked[0] == (str(articles[3].pk), 4.0)
-    assert queries.popularity_table(ct.id) is first  # served from the process cache
+    assert popularity.popularity_table(ct.id) is first  # served from the process cache
 
     # A new interaction is visible at once: the newest interaction id is part of the key.
     for u in range(5):
         record_interaction(make_user(f"late{u}"), articles[8], "like")
-    assert queries.popularity_table(ct.id).ranked[0] == (str(articles[8].pk), 5.0)
+    assert popularity.popularity_table(ct.id).ranked[0] == (str(articles[8].pk), 5.0)
 
     # Walking the cached ranking with a visibility restriction gives what one aggregate query
     # over the visible objects gives (the fallback used when few popular objects are visible).
     visible = Article.objects.exclude(pk=articles[8].pk)
-    walked = queries.popularity_ranking(ct.id, visible, Exclusions(), 3)
-    monkeypatch.setattr(queries, "_VISIBILITY_PROBE", 1)
-    monkeypatch.setattr(queries, "_VISIBILITY_PROBES", 1)
-    aggregated = queries.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    walked = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    monkeypatch.setattr(popularity, "_VISIBILITY_PROBE", 1)
+    monkeypatch.setattr(popularity, "_VISIBILITY_PROBES", 1)
+    aggregated = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
     assert (
         walked.top
         == aggregated.top

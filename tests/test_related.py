@@ -12,8 +12,8 @@ from rest_framework.test import APIClient
 
 import embrec
 from embrec import queries
+from embrec.exceptions import QueryError
 from embrec.interactions import record_interaction
-from embrec.queries import QueryError
 from embrec.registry import Registry
 from tests.readpath import make_catalog, make_user
 from tests.testapp.models import Article, Section

@@ -54,9 +54,9 @@ from embrec.api.serializers import (
 )
 from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
-from embrec.interactions import Event, InteractionError, record_interactions
-from embrec.queries import NotEmbedded, QueryError
-from embrec.registry import NotRegistered, registry
+from embrec.exceptions import EmbrecError, QueryError
+from embrec.interactions import Event, record_interactions
+from embrec.registry import registry
 
 logger = logging.getLogger("embrec")
 
@@ -107,12 +107,10 @@ def _translate(exc: Exception) -> Exception:
         # Connection refused, server restarting, connection lost mid-request: transient.
         logger.warning("embrec API: database unavailable (%s).", exc)
         return ServiceUnavailable()
-    if isinstance(exc, NotRegistered):
-        return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
-    if isinstance(exc, (QueryError, InteractionError)):
-        return EmbrecAPIError(str(exc), code=exc.code, field=exc.field)
-    if isinstance(exc, NotEmbedded):
-        return EmbrecAPIError(str(exc), code="not_embedded", status_code=409, state=exc.state)
+    if isinstance(exc, EmbrecError):
+        return EmbrecAPIError(
+            str(exc), code=exc.code, status_code=exc.status, field=exc.field, **exc.details()
+        )
     if isinstance(exc, Http404):
         return exceptions.NotFound(str(exc) or None)
     if isinstance(exc, DjangoPermissionDenied):
