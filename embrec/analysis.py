@@ -3,8 +3,8 @@
 An analysis reads the stored vectors of one registered model under one encoder: the rows written
 by the encoder identity that wrote the newest vector (while a model switch re-embeds, the rows of
 the previous identity are left out; vectors of two models are never compared). :func:`target`
-resolves a model and an encoder into a :class:`Target` and fails with :class:`AnalysisError` (a
-message for a command or a page) when the model is not registered, the encoder is not one of its
+resolves a model and an encoder into a :class:`Target` and fails with
+:class:`~embrec.exceptions.AnalysisError` (a message for a command or a page) when the model is not registered, the encoder is not one of its
 encoders or there is no vector yet.
 
 Vectors are read in keyset batches (:func:`iter_vectors`: ``id > last ORDER BY id LIMIT n``), so
@@ -29,6 +29,7 @@ from django.db.models import Count, Max
 
 from embrec import queries
 from embrec.encoders import get_encoder
+from embrec.exceptions import AnalysisError
 from embrec.items import Recommendable
 from embrec.models import Embedding
 from embrec.registry import NotRegistered, registry
@@ -38,10 +39,6 @@ from embrec.storage import IndexSpec, parse_vector
 BATCH_SIZE = 1000
 #: How long a result stays cached (its key changes with the vectors anyway).
 TIMEOUT = 24 * 3600
-
-
-class AnalysisError(ValueError):
-    """An analysis cannot run: unknown model or encoder, bad parameter, no vectors."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from django.http import Http404, HttpRequest
 from django.urls import NoReverseMatch, reverse
 
 from embrec import analysis, clusters, duplicates, tasks
-from embrec.analysis import AnalysisError
+from embrec.exceptions import AnalysisError
 from embrec.items import Recommendable
 from embrec.registry import NotRegistered, registry
 

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from embrec import analysis
-from embrec.analysis import AnalysisError, Target
+from embrec.analysis import Target
+from embrec.exceptions import AnalysisError
 
 METHODS = ("kmeans", "hdbscan")
 #: HDBSCAN's ways of selecting clusters from its hierarchy.
@@ -244,7 +245,7 @@ def find(
     k for k-means; ``min_cluster_size`` HDBSCAN's smallest cluster (default: 1 % of the sample,
     at least 5), ``min_samples`` and ``selection`` its other parameters (see
     :func:`hdbscan_labels`). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
-    :class:`~embrec.analysis.AnalysisError` for bad input or when there are no vectors.
+    :class:`~embrec.exceptions.AnalysisError` for bad input or when there are no vectors.
     """
     _clean(method, clusters, sample, min_cluster_size, min_samples, selection)
     tgt = analysis.target(model, encoder)
@@ -404,7 +405,7 @@ def build(model: Any, encoder: str | None = None, **params: Any) -> dict[str, An
     """Run :func:`find` and cache its ``as_dict()`` under the key of the vectors' state and
     ``params`` (:func:`embrec.analysis.cache_key`, kind ``"clusters"``): what the admin's page shows.
 
-    An :class:`~embrec.analysis.AnalysisError` of the computation (a bad parameter, a missing
+    An :class:`~embrec.exceptions.AnalysisError` of the computation (a bad parameter, a missing
     index) is cached as ``{"error": message}`` for the page; one of the target (unknown model or
     encoder, no vectors) is raised.
     """

@@ -38,8 +38,9 @@ from typing import Any
 from django.db import connections, router, transaction
 
 from embrec import analysis
-from embrec.analysis import AnalysisError, Target
+from embrec.analysis import Target
 from embrec.conf import embrec_settings
+from embrec.exceptions import AnalysisError
 from embrec.models import Embedding
 from embrec.storage import index_exists
 
@@ -185,7 +186,7 @@ def find(
     """Near-duplicate pairs and isolated items of ``model``'s vectors under ``encoder``.
 
     ``model`` is a model class, an ``"app_label.model"`` label or a registration. Raises
-    :class:`~embrec.analysis.AnalysisError` for bad input, when there are no vectors or when the
+    :class:`~embrec.exceptions.AnalysisError` for bad input, when there are no vectors or when the
     HNSW index is missing (the probes would then read every row for every item).
     """
     threshold = clean_threshold(threshold)
@@ -298,7 +299,7 @@ def build(model: Any, encoder: str | None = None, **params: Any) -> dict[str, An
     """Run :func:`find` and cache its ``as_dict()`` under the key of the vectors' state and
     ``params`` (:func:`embrec.analysis.cache_key`, kind ``"duplicates"``): what the admin's page shows.
 
-    An :class:`~embrec.analysis.AnalysisError` of the computation (a bad parameter, a missing
+    An :class:`~embrec.exceptions.AnalysisError` of the computation (a bad parameter, a missing
     index) is cached as ``{"error": message}`` for the page; one of the target (unknown model or
     encoder, no vectors) is raised.
     """

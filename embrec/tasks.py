@@ -23,8 +23,8 @@ from embrec import clusters as clustering
 from embrec import duplicates as near_duplicates
 from embrec import embedding_map as maps
 from embrec import indexing
-from embrec.analysis import AnalysisError
 from embrec.conf import embrec_settings
+from embrec.exceptions import AnalysisError
 from embrec.models import OutboxEntry
 from embrec.registry import NotRegistered, registry
 

@@ -9,7 +9,8 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from embrec import analysis, clusters
+from embrec import clusters
+from embrec.exceptions import AnalysisError
 from tests import planted
 from tests.testapp.models import Article
 
@@ -129,12 +130,12 @@ def test_hdbscan_finds_the_groups_and_leaves_the_outlier_as_noise(catalogue):
     ],
 )
 def test_bad_parameters(catalogue, kwargs, message):
-    with pytest.raises(analysis.AnalysisError, match=message):
+    with pytest.raises(AnalysisError, match=message):
         clusters.find(Article, **kwargs)
 
 
 def test_no_vectors():
-    with pytest.raises(analysis.AnalysisError, match="no 'hashing' vectors"):
+    with pytest.raises(AnalysisError, match="no 'hashing' vectors"):
         clusters.find(Article)
 
 

@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 
 from embrec import analysis, duplicates
+from embrec.exceptions import AnalysisError, EmbrecError
 from embrec.queries import index_spec
 from embrec.registry import registry
 from embrec.storage import VectorRow, ensure_index, write_vectors
@@ -118,7 +119,7 @@ def test_missing_index_is_an_error_not_a_quadratic_scan(catalogue):
     spec = analysis.target(Article).spec
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX {spec.name}")
-    with pytest.raises(analysis.AnalysisError, match="rebuild-index"):
+    with pytest.raises(AnalysisError, match="rebuild-index"):
         duplicates.find(Article)
 
 
@@ -133,18 +134,18 @@ def test_missing_index_is_an_error_not_a_quadratic_scan(catalogue):
     ],
 )
 def test_bad_parameters(catalogue, kwargs, message):
-    with pytest.raises(analysis.AnalysisError, match=message):
+    with pytest.raises(AnalysisError, match=message):
         duplicates.find(Article, **kwargs)
 
 
 def test_unknown_model_encoder_and_no_vectors():
-    with pytest.raises(analysis.AnalysisError, match="not registered"):
+    with pytest.raises(AnalysisError, match="not registered"):
         duplicates.find("testapp.nothing")
-    with pytest.raises(analysis.AnalysisError, match="not a model label"):
+    with pytest.raises(AnalysisError, match="not a model label"):
         duplicates.find("article")
-    with pytest.raises(analysis.AnalysisError, match="not 'glove'"):
+    with pytest.raises(AnalysisError, match="not 'glove'"):
         duplicates.find(Article, "glove")
-    with pytest.raises(analysis.AnalysisError, match="no 'hashing' vectors"):
+    with pytest.raises(AnalysisError, match="no 'hashing' vectors"):
         duplicates.find(Article)
 
 
@@ -244,3 +245,9 @@ def test_admin_page_without_vectors_says_so(client):
     login(client, superuser=True)
     html = client.get(URL).content.decode()
     assert 'id="embrec-duplicates-error"' in html and "embrec_reindex" in html
+
+
+def test_analysis_error_is_an_embrec_error_and_a_value_error():
+    error = AnalysisError("bad")
+    assert isinstance(error, EmbrecError) and isinstance(error, ValueError)
+    assert (error.code, error.status) == ("invalid", 400)

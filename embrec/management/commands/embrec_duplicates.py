@@ -12,7 +12,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from embrec import duplicates
-from embrec.analysis import AnalysisError
+from embrec.exceptions import AnalysisError
 
 
 class Command(BaseCommand):
