@@ -126,7 +126,8 @@ def spherical_kmeans(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(unit centroids (k, d), labels)`` of cosine k-means on the unit rows of ``x``.
 
-    k-means++ seeding on cosine distance; each restart iterates until no label changes; the run
+    k-means++ seeding on cosine distance; each restart iterates until no label changes (or at most
+    one in 10,000 does, at most ``iterations`` times); the run
     with the largest total similarity to the centroids wins. An emptied cluster is moved to the
     point farthest from its centroid. Deterministic for a given ``seed``.
     """
@@ -149,24 +150,32 @@ def spherical_kmeans(
         for _i in range(iterations):
             sims = x @ c.T
             new = sims.argmax(axis=1)
-            if np.array_equal(new, labels):
+            if np.count_nonzero(new != labels) <= n // 10000:  # (almost) no label changed
+                labels = new
                 break
             labels = new
             best_sim = sims[np.arange(n), labels]
-            for j in range(k):
-                members = x[labels == j]
-                if len(members):
-                    c[j] = members.sum(axis=0)
-                else:
-                    worst = int(best_sim.argmin())
-                    c[j] = x[worst]
-                    labels[worst] = j
-                    best_sim[worst] = 1.0
-            c = analysis.normalize(c)
+            sums, counts = _sums(x, labels, k)
+            for j in np.flatnonzero(counts == 0):  # an emptied cluster takes the worst-fit point
+                worst = int(best_sim.argmin())
+                sums[j] = x[worst]
+                labels[worst] = j
+                best_sim[worst] = 1.0
+            c = analysis.normalize(sums)
         score = float((x @ c.T)[np.arange(n), labels].sum())
         if best is None or score > best[0]:
             best = (score, c, labels)
     return best[1], best[2]
+
+
+def _sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster the sum of its rows and its size (one sort, ``O(n·d)``)."""
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, x.shape[1]), dtype=x.dtype)
+    nonempty = counts > 0
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
+    sums[nonempty] = np.add.reduceat(x[np.argsort(labels, kind="stable")], starts, axis=0)
+    return sums, counts
 
 
 def hdbscan_labels(
