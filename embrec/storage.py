@@ -159,13 +159,16 @@ class IndexSpec:
         prefix = f"{alias}." if alias else ""
         return f"({prefix}vector::{self.vector_type}) <=> %s::{self.vector_type}"
 
-    def search_sql(self, alias: str = "") -> str:
-        """The ``ORDER BY`` expression the HNSW index serves, with one bound query vector."""
-        if not self.binary:
-            return self.distance_sql(alias)
+    def search_sql(self, alias: str = "", query: str = "%s") -> str:
+        """The ``ORDER BY`` expression the HNSW index serves, to ``query`` (an SQL expression of
+        the query vector; default one bound parameter)."""
         dims = int(self.dimensions)
+        if not self.binary:
+            prefix = f"{alias}." if alias else ""
+            return f"({prefix}vector::{self.vector_type}) <=> ({query})::{self.vector_type}"
         return (
-            f"{self.index_expression(alias)} <~> (binary_quantize(%s::vector({dims}))::bit({dims}))"
+            f"{self.index_expression(alias)} <~> "
+            f"(binary_quantize(({query})::vector({dims}))::bit({dims}))"
         )
 
 

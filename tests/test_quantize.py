@@ -10,11 +10,12 @@ from django.core.management import call_command
 from django.db import connection
 
 import embrec
-from embrec import indexing, queries
+from embrec import duplicates, indexing
 from embrec.checks import check_encoders
 from embrec.encoders import get_encoder, reset_encoders
 from embrec.encoders.reduced import ReducedEncoder, fit_pca
 from embrec.models import Embedding
+from embrec.read import retrieval as queries
 from embrec.registry import registry
 from embrec.storage import (
     DEFAULT_RERANK,
@@ -359,3 +360,19 @@ def test_switching_an_encoder_to_a_bit_index_builds_it_without_reencoding(settin
         assert dict(Embedding.objects.values_list("object_pk", "updated_at")) == before
     finally:
         reset_encoders()
+
+
+@pytest.mark.parametrize("index_kind", [{"index": "bit", "rerank": 100}], indirect=True)
+def test_near_duplicate_probes_use_the_bit_index(index_kind):
+    spec = queries.index_spec(registry.get(Article), "hashing", DIMS)
+    vectors = clustered(3000)
+    twin = vectors[0] * 0.999 + 0.001
+    vectors[1] = twin / np.linalg.norm(twin)
+    pks = load_articles(vectors, spec)
+    plan = duplicates.explain(Article)
+    inner = plan.split("Nested Loop Left Join", 1)[1]
+    assert f"Index Scan using {spec.name}" in inner, plan
+    assert "Seq Scan on embrec_embedding b" not in plan, plan
+    report = duplicates.find(Article, threshold=0.99, isolated=0)
+    assert [{p.a.pk, p.b.pk} for p in report.pairs] == [{pks[0], pks[1]}]
+    assert report.pairs[0].similarity == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
