@@ -287,7 +287,7 @@ def main() -> None:
     parser.add_argument(
         "--base", type=int, default=0, help="real vectors of a mixture (default: all cached)"
     )
-    parser.add_argument("--noise", type=float, default=0.5)
+    parser.add_argument("--noise", type=float, default=0.8)
     parser.add_argument("--pca-dims", type=int, default=128)
     parser.add_argument("--ef-search", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=200, help="bit: rows re-ranked")
