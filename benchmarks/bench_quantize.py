@@ -10,7 +10,8 @@ items). Each option is one HNSW index over that table:
 * ``vector`` — ``embedding vector_cosine_ops`` (the baseline: what embrec builds today);
 * ``halfvec`` — ``(embedding::halfvec(384)) halfvec_cosine_ops``;
 * ``bit`` — ``(binary_quantize(embedding)::bit(384)) bit_hamming_ops``: the Hamming search
-  returns ``--candidates`` rows that are re-ranked by the exact cosine of the full vector;
+  returns ``--candidates`` rows that are re-ranked by the exact cosine of the full vector
+  (``bit:400``: the same index with 400 candidates);
 * ``bit-centred`` — the same over ``binary_quantize(embedding - mean)`` (signs around the
   catalog's mean vector, as the PCA option stores them), re-ranked likewise;
 * ``pca<k>`` / ``pca<k>-halfvec`` — the ``pca`` column (the encoder's reduced vectors);
@@ -49,7 +50,7 @@ from benchmarks.texts import item_texts
 
 DIMS = 384
 CACHE = ROOT / ".embrec" / "cache"
-DEFAULT_OPTIONS = "vector,halfvec,bit,bit-centred,pca128,pca192-halfvec,truncate192"
+DEFAULT_OPTIONS = "vector,halfvec,bit,bit:100,bit:400,bit-centred,pca128,pca128-halfvec,truncate192"
 
 
 # -- vectors ------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def minilm_vectors(n: int, seed: int, *, partial: bool = False) -> np.ndarray:
     if path.exists():
         return np.load(path)
     folder = CACHE / f"minilm-texts-seed{seed}"
-    texts = item_texts(n, seed=seed)
+    texts: list[str] = []
     chunks = []
     for lo in range(0, n, 1024):
         chunk_path = folder / f"{lo:08d}-{min(n, lo + 1024):08d}.npy"
@@ -75,6 +76,7 @@ def minilm_vectors(n: int, seed: int, *, partial: bool = False) -> np.ndarray:
         if partial:
             break
         folder.mkdir(parents=True, exist_ok=True)
+        texts = texts or item_texts(n, seed=seed)
         chunks.append(_encode(texts[lo : lo + 1024]))
         np.save(chunk_path, chunks[-1])
         print(f"  {lo + len(chunks[-1])}/{n} texts encoded", flush=True)
@@ -156,6 +158,11 @@ class Option:
     def __init__(self, name: str, table: str, pca_dims: int, candidates: int) -> None:
         self.name = name
         self.table = table
+        # "bit:400": the bit index queried with 400 candidates (same index as "bit").
+        name, _, override = name.partition(":")
+        if override:
+            candidates = int(override)
+        self.kind = name
         self.index = f"{table}_{name.replace('-', '_')}"
         self.rerank = name.startswith("bit")
         self.candidates = candidates
@@ -195,7 +202,7 @@ class Option:
         self.expression = self.expression_template.replace("%(mean)s", f"'{mean_literal}'")
         query_source = (
             "%(q)s::vector(384)"
-            if self.name == "bit"
+            if self.kind == "bit"
             else f"(%(q)s::vector(384) - '{mean_literal}'::vector(384))"
         )
         self.order = f"{self.expression} <~> binary_quantize({query_source})::bit(384)"
@@ -345,16 +352,16 @@ def main() -> None:
     builds = state.setdefault("builds", {})
     for option in options:
         present = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [option.index]).fetchone()[0]
-        if present and option.name in builds:
-            print(f"{option.name}: index reused (built in {builds[option.name]} s)")
+        if present and option.kind in builds:
+            print(f"{option.kind}: index reused (built in {builds[option.kind]} s)")
             continue
         conn.execute(f"DROP INDEX IF EXISTS {option.index}")
-        print(f"{time.strftime('%H:%M:%S')} building {option.name} ...", flush=True)
+        print(f"{time.strftime('%H:%M:%S')} building {option.kind} ...", flush=True)
         started = time.perf_counter()
         conn.execute(option.create_sql)
-        builds[option.name] = round(time.perf_counter() - started, 1)
+        builds[option.kind] = round(time.perf_counter() - started, 1)
         state_path.write_text(json.dumps(state))
-        print(f"  {option.name}: built in {builds[option.name]} s", flush=True)
+        print(f"  {option.kind}: built in {builds[option.kind]} s", flush=True)
     sizes = {
         o.name: conn.execute("SELECT pg_relation_size(%s)", [o.index]).fetchone()[0]
         for o in options
@@ -403,7 +410,7 @@ def main() -> None:
         lat = latency_summary(timings[option.name])
         entry = {
             "index_mb": round(sizes[option.name] / 2**20, 1),
-            "build_s": builds[option.name],
+            "build_s": builds[option.kind],
             **lat,
             f"recall@{k}": round(float(np.mean(recalls[option.name])), 4),
             "uses_index": plans[option.name],
