@@ -179,3 +179,13 @@ class UserEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} [{self.encoder}]"
+
+
+def content_type_of(model: type[models.Model] | models.Model) -> ContentType:
+    """The content type embrec stores for ``model`` (a model class or instance).
+
+    That of the model itself, a proxy included (``for_concrete_model=False``): two registered
+    proxies of one table keep separate vectors. Django's content-type manager caches it per
+    process, so this costs no query after the first call.
+    """
+    return ContentType.objects.get_for_model(model, for_concrete_model=False)
