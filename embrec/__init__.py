@@ -20,25 +20,34 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from embrec.items import Recommendable
-from embrec.registry import (
+from embrec.exceptions import (
     AlreadyRegistered,
+    EmbrecError,
+    InteractionError,
+    NotEmbedded,
     NotRegistered,
-    register,
-    registry,
-    unregister,
+    QueryError,
 )
+from embrec.items import Recommendable
+from embrec.registry import register, registry, unregister
 
 if TYPE_CHECKING:
     from embrec.indexing import mark_dirty
     from embrec.interactions import record_interaction
     from embrec.queries import popular, recommend, search, similar
+    from embrec.read.results import Explanation, Result
     from embrec.warmup import preload_encoders
 
 __all__ = [
     "AlreadyRegistered",
+    "EmbrecError",
+    "Explanation",
+    "InteractionError",
+    "NotEmbedded",
     "NotRegistered",
+    "QueryError",
     "Recommendable",
+    "Result",
     "mark_dirty",
     "popular",
     "preload_encoders",
@@ -51,10 +60,12 @@ __all__ = [
     "unregister",
 ]
 
-#: Public functions and the module that defines them. They are loaded on first use: Django imports
-#: this package (``INSTALLED_APPS``) before the app registry is ready, and they live in modules
-#: that use the models.
+#: Public names defined in modules that use the models. Django imports this package before the
+#: models are ready, so these load on first use (PEP 562), as the functions themselves: their
+#: signatures and docstrings are the real ones.
 _LAZY = {
+    "Explanation": "embrec.read.results",
+    "Result": "embrec.read.results",
     "mark_dirty": "embrec.indexing",
     "popular": "embrec.queries",
     "preload_encoders": "embrec.warmup",
@@ -66,8 +77,6 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """``embrec.similar`` and the other public functions: the functions themselves (signatures
-    and docstrings included), loaded from their module the first time one is used."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'embrec' has no attribute {name!r}")

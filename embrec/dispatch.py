@@ -32,6 +32,9 @@ REFRESH_USER_VECTORS_FOR_ITEMS = "embrec.refresh_user_vectors_for_items"
 TRAIN_ITEM2VEC = "embrec.train_item2vec"
 FINETUNE = "embrec.finetune"
 EMBEDDING_MAP = "embrec.embedding_map"
+REBUILD_POPULARITY = "embrec.rebuild_popularity"
+CLUSTERS = "embrec.clusters"
+DUPLICATES = "embrec.duplicates"
 
 
 def queue_options(name: str) -> dict[str, Any]:

@@ -50,8 +50,9 @@ from embrec.evaluation.site import (
     item_labels,
 )
 from embrec.evaluation.split import cold_items_protocol, global_time_protocol, leave_last_protocol
+from embrec.exceptions import NotRegistered
 from embrec.models import Interaction, content_type_of
-from embrec.registry import NotRegistered, registry
+from embrec.registry import registry
 
 PROTOCOLS = ("leave-last", "global-time", "cold-items")
 
