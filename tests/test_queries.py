@@ -12,9 +12,11 @@ from django.utils import timezone
 
 import embrec
 from embrec import popularity, queries
+from embrec.exceptions import NotEmbedded, QueryError
 from embrec.interactions import record_interaction
 from embrec.models import Embedding
-from embrec.queries import Exclusions, QueryError
+from embrec.read import options, retrieval
+from embrec.read.scope import Exclusions
 from tests.readpath import (
     article_spec,
     brute_force,
@@ -51,7 +53,7 @@ def assert_same_ranking(got, expected, limit):
 
 
 def test_pgvector_supports_iterative_scans():
-    assert queries.pgvector_version() >= (0, 8)
+    assert retrieval.pgvector_version() >= (0, 8)
 
 
 def test_similar_matches_brute_force(exact_search):
@@ -95,21 +97,21 @@ def test_search_rejects_bad_text():
 @pytest.mark.parametrize("bad", ["abc", 0, -3, 101, "1.5", True])
 def test_limit_is_validated(bad):
     with pytest.raises(QueryError) as exc:
-        queries.clean_limit(bad)
+        options.clean_limit(bad)
     assert exc.value.field == "limit"
 
 
 def test_limit_default_and_max(settings):
-    assert queries.clean_limit(None) == 10
-    assert queries.clean_limit("100") == 100
+    assert options.clean_limit(None) == 10
+    assert options.clean_limit("100") == 100
     settings.EMBREC = {**settings.EMBREC, "MAX_LIMIT": 5}
     with pytest.raises(QueryError):
-        queries.clean_limit(6)
+        options.clean_limit(6)
 
 
 def test_filters_are_whitelisted_and_converted():
     rec = embrec.registry.get(Article)
-    q = queries.parse_filters(rec, {"category": "scifi", "price__gte": "10", "price__lte": 50})
+    q = options.parse_filters(rec, {"category": "scifi", "price__gte": "10", "price__lte": 50})
     assert Article.objects.filter(q).query.where
     for bad, code in [
         ({"title": "x"}, "unknown_filter"),
@@ -119,7 +121,7 @@ def test_filters_are_whitelisted_and_converted():
         ({"category; DROP TABLE x": "1"}, "unknown_filter"),
     ]:
         with pytest.raises(QueryError) as exc:
-            queries.parse_filters(rec, bad)
+            options.parse_filters(rec, bad)
         assert exc.value.code == code
 
 
@@ -142,7 +144,7 @@ def test_filters_restrict_similar_and_search(exact_search):
 
 def test_not_embedded_says_why():
     article = Article.objects.create(title="fresh", body="not embedded yet")
-    with pytest.raises(queries.NotEmbedded) as exc:
+    with pytest.raises(NotEmbedded) as exc:
         embrec.similar(article)
     assert exc.value.state == "pending"  # the save wrote an outbox row
 
@@ -177,16 +179,16 @@ def test_hnsw_index_serves_filtered_queries_and_fills_limit(settings):
     user = make_user("explain")
     record_interaction(user, rows[0][0], "view")
     visible = rec.get_visible_queryset(None).filter(
-        queries.parse_filters(rec, {"category": "a", "price__lte": 50})
+        options.parse_filters(rec, {"category": "a", "price__lte": 50})
     )
     exclusions = Exclusions(pks=["1", "2"], user_id=user.pk, content_type_id=ct.id, seen=True)
     query = np.ones(spec.dimensions, dtype=np.float32)
     for kwargs in ({}, {"visible": visible}, {"visible": visible, "exclusions": exclusions}):
-        plan = queries.explain(spec, query, 10, **kwargs)
+        plan = retrieval.explain(spec, query, 10, **kwargs)
         assert f"Index Scan using {spec.name}" in plan, plan
         assert "Seq Scan on embrec_embedding" not in plan, plan
         assert "Sort" not in plan.split("Index Scan")[0], plan  # the index gives the order
-    analyzed = queries.explain(
+    analyzed = retrieval.explain(
         spec, query, 10, visible=visible, exclusions=exclusions, analyze=True
     )
     assert f"Index Scan using {spec.name}" in analyzed
@@ -201,7 +203,7 @@ def test_hnsw_index_serves_filtered_queries_and_fills_limit(settings):
     only_a = Article.objects.filter(category="a")
     in_a = {str(a.pk) for a, _ in rows if a.category == "a"}
     expected = [pk for pk, _ in everything if pk not in excluded and pk in in_a][:20]
-    got = queries.nearest(
+    got = retrieval.nearest(
         spec, query, 20, exclusions=Exclusions(pks=excluded), visible=only_a, ef_search=20
     )
     assert len(got) == 20
@@ -211,7 +213,7 @@ def test_hnsw_index_serves_filtered_queries_and_fills_limit(settings):
     assert recall >= 0.8, recall
     # Without iterative scans the same query comes back short: that is what they fix.
     settings.EMBREC = {**settings.EMBREC, "ITERATIVE_SCAN": "off"}
-    short = queries.nearest(
+    short = retrieval.nearest(
         spec, query, 20, exclusions=Exclusions(pks=excluded), visible=only_a, ef_search=20
     )
     assert len(short) < 20
@@ -314,11 +316,11 @@ def test_text_primary_keys_and_their_visibility(exact_search):
     indexing.enqueue(Note, list(texts), kick=False)
     indexing.drain()
     ct = ContentType.objects.get_for_model(Note)
-    spec = queries.index_spec(embrec.registry.get(Note), "hashing", 64)
+    spec = retrieval.index_spec(embrec.registry.get(Note), "hashing", 64)
     assert spec.content_type_id == ct.id
     all_notes = embrec.similar(Note.objects.get(slug="alpha"), limit=3)
     assert [r.pk for r in all_notes][-1] == "gamma"
-    restricted = queries.nearest(
+    restricted = retrieval.nearest(
         spec,
         text_vector("robot galaxy starship"),
         3,
