@@ -67,7 +67,7 @@ __all__ = [
 
 
 class Excluded(Protocol):
-    """Objects a query leaves out (:class:`embrec.queries.Exclusions` is one)."""
+    """Objects a query leaves out (:class:`embrec.read.scope.Exclusions` is one)."""
 
     def q(self, field_name: str = "object_pk") -> Q:
         """A condition matching the excluded objects by their ``field_name`` column."""

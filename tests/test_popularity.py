@@ -17,7 +17,7 @@ from django.utils import timezone
 from embrec import popularity
 from embrec.interactions import Event, record_interaction, record_interactions
 from embrec.models import Interaction, PopularityCount, PopularityUser
-from embrec.queries import Exclusions
+from embrec.read.scope import Exclusions
 from tests.readpath import make_catalog, make_user
 from tests.testapp.models import Article, Note
 
