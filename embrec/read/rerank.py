@@ -67,7 +67,10 @@ def mmr(candidates: Sequence[Candidate], limit: int, lambda_: float) -> list[Can
     """
     if not candidates:
         return []
-    vectors = np.stack([c.vector for c in candidates]).astype(np.float64)
+    rows = [c.vector for c in candidates if c.vector is not None]
+    if len(rows) != len(candidates):
+        raise ValueError("mmr() needs the candidates' vectors (nearest(..., with_vectors=True)).")
+    vectors = np.stack(rows).astype(np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     vectors /= norms
