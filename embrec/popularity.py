@@ -38,7 +38,7 @@ __all__ = [
 
 
 class Excluded(Protocol):
-    """Objects a query leaves out (:class:`embrec.queries.Exclusions` is one)."""
+    """Objects a query leaves out (:class:`embrec.read.scope.Exclusions` is one)."""
 
     def pk_set(self) -> set[str]:
         """The excluded object keys, as strings."""
