@@ -7,8 +7,8 @@
    ``restarts`` runs; numpy only) or HDBSCAN (``method="hdbscan"``: scikit-learn's
    :class:`~sklearn.cluster.HDBSCAN` on unit vectors, which finds the number of clusters itself
    and leaves points of no dense region as noise).
-2. **Assign** every vector in keyset batches (one batch in memory) to its nearest centroid by
-   cosine similarity. With HDBSCAN, sampled vectors keep HDBSCAN's label and the others join the
+2. **Assign** every vector, read in batches by primary key (one batch in memory), to its nearest
+   centroid by cosine similarity. With HDBSCAN, sampled vectors keep HDBSCAN's label and the others join the
    nearest cluster when they are no farther from its centroid than its farthest sampled member,
    else they are noise.
 3. **Name** each cluster by its ``typical`` items nearest to the centroid and, for encoders that
@@ -17,7 +17,8 @@
    all items (a class-based tf-idf), among words more frequent inside the cluster than outside.
 
 **Outliers** are the ``outliers`` items least similar to their nearest centroid: far from every
-cluster. Memory holds the sample, one batch, the per-cluster term counts and the reported items.
+cluster. Memory holds the rows' ids (8 bytes per vector), the sample, one batch, the per-cluster
+term counts and the reported items.
 Clusters are numbered by decreasing size; noise is cluster ``-1``.
 
 ``manage.py embrec_clusters`` prints the result; the admin's clusters page shows it (computed by the
@@ -224,12 +225,10 @@ def _clean(
         raise AnalysisError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}.")
 
 
-def _sample_ids(tgt: Target, sample: int, seed: int) -> tuple[np.ndarray, int]:
-    ids = np.fromiter(tgt.rows().order_by("id").values_list("id", flat=True), dtype=np.int64)
-    total = len(ids)
-    if total > sample:
-        ids = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
-    return ids, total
+def _sample_ids(ids: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    if len(ids) <= sample:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
 
 
 def find(
@@ -258,8 +257,9 @@ def find(
     """
     _clean(method, clusters, sample, min_cluster_size, min_samples, selection)
     tgt = analysis.target(model, encoder)
-    ids, total = _sample_ids(tgt, int(sample), seed)
-    batches = list(analysis.iter_vectors(tgt, batch_size, ids=ids))
+    all_ids = analysis.row_ids(tgt)
+    total = len(all_ids)
+    batches = list(analysis.iter_vectors(tgt, batch_size, ids=_sample_ids(all_ids, sample, seed)))
     sample_ids = [i for batch in batches for i in batch[0]]
     x = np.vstack([batch[2] for batch in batches])
     del batches
@@ -286,7 +286,7 @@ def find(
         params = {"min_cluster_size": size, "min_samples": min_samples, "selection": selection}
     sampled = len(x)
     del x
-    result = _assign(tgt, centroids, fitted, radius, typical, terms, outliers, batch_size)
+    result = _assign(tgt, all_ids, centroids, fitted, radius, typical, terms, outliers, batch_size)
     return Clustering(
         model=tgt.label,
         encoder=tgt.encoder,
@@ -301,6 +301,7 @@ def find(
 
 def _assign(
     tgt: Target,
+    ids: np.ndarray,
     centroids: np.ndarray,
     fitted: dict[int, int],
     radius: np.ndarray | None,
@@ -317,7 +318,7 @@ def _assign(
     want_terms = n_terms > 0 and tgt.uses_text
     df_cluster: dict[int, Counter] = {j: Counter() for j in range(-1, k)}
     docs = Counter()
-    for ids, pks, vectors in analysis.iter_vectors(tgt, batch_size):
+    for row_ids, pks, vectors in analysis.iter_vectors(tgt, batch_size, ids=ids):
         if k:
             sims = vectors @ centroids.T
             nearest = sims.argmax(axis=1)
@@ -326,7 +327,7 @@ def _assign(
             nearest = np.full(len(pks), -1)
             best = np.zeros(len(pks))
         labels = []
-        for row_id, pk, j, sim in zip(ids, pks, nearest.tolist(), best.tolist(), strict=True):
+        for row_id, pk, j, sim in zip(row_ids, pks, nearest.tolist(), best.tolist(), strict=True):
             if radius is not None:  # HDBSCAN: keep the fitted label, else join when close enough
                 label = fitted.get(row_id, j if j >= 0 and sim >= radius[j] else -1)
             else:
