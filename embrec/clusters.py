@@ -5,21 +5,21 @@
 1. **Fit** on a seeded sample of at most ``sample`` vectors (all of them when fewer), read in
    batches: spherical k-means (``method="kmeans"``: cosine k-means, k-means++ seeding, the best of
    ``restarts`` runs; numpy only) or HDBSCAN (``method="hdbscan"``: scikit-learn's
-   :class:`~sklearn.cluster.HDBSCAN` on unit vectors, which finds the number of clusters itself
-   and leaves points of no dense region as noise).
+   :class:`~sklearn.cluster.HDBSCAN` on the sample's first ``reduce`` principal components,
+   which finds the number of clusters itself and leaves points of no dense region as noise).
 2. **Assign** every vector, read in batches by primary key (one batch in memory), to its nearest
-   centroid by cosine similarity. With HDBSCAN, sampled vectors keep HDBSCAN's label and the others join the
-   nearest cluster when they are no farther from its centroid than its farthest sampled member,
-   else they are noise.
+   centroid by cosine similarity. With HDBSCAN, sampled vectors keep HDBSCAN's label and the
+   others join the nearest cluster when they are no farther from its centroid than its farthest
+   sampled member, else they are noise.
 3. **Name** each cluster by its ``typical`` items nearest to the centroid and, for encoders that
    embed text, its most distinctive ``terms``: words of :meth:`~embrec.Recommendable.get_text`
    scored by their frequency in the cluster's items times their inverse document frequency over
    all items (a class-based tf-idf), among words more frequent inside the cluster than outside.
 
 **Outliers** are the ``outliers`` items least similar to their nearest centroid: far from every
-cluster. Memory holds the rows' ids (8 bytes per vector), the sample, one batch, the per-cluster
-term counts and the reported items.
-Clusters are numbered by decreasing size; noise is cluster ``-1``.
+cluster (none when HDBSCAN found no cluster). Memory holds the rows' ids (8 bytes per vector),
+the sample, one batch, the per-cluster term counts and the reported items. Clusters are
+numbered by decreasing size; noise is cluster ``-1``.
 
 ``manage.py embrec_clusters`` prints the result; the admin's clusters page shows it (computed by the
 ``embrec.clusters`` task and cached, see :func:`build`).
@@ -47,10 +47,12 @@ SELECTIONS = ("eom", "leaf")
 CLUSTERS = 8
 #: Default bound on the vectors the clustering is fitted on.
 SAMPLE = 20000
+#: Default number of principal components HDBSCAN runs on.
+REDUCE = 10
 #: Largest accepted number of clusters.
 MAX_CLUSTERS = 500
 
-_TOKEN = re.compile(r"[^\W\d_][\w'-]*[^\W_]|[^\W\d_]", re.UNICODE)
+_TOKEN = re.compile(r"[^\W_][\w'-]*[^\W_]", re.UNICODE)
 STOP_WORDS = frozenset(
     """a an and are as at be but by for from has have in into is it its of on or that the their
     this to was were which with not no s""".split()
@@ -118,8 +120,9 @@ def hdbscan_available() -> bool:
 
 
 def tokens(text: str) -> set[str]:
-    """The distinct lower-cased words of ``text`` (letters first, stop words left out)."""
-    return {t for t in _TOKEN.findall(text.lower()) if t not in STOP_WORDS and len(t) > 1}
+    """The distinct lower-cased words and numbers of ``text`` of two characters or more, stop
+    words left out (a year such as ``1995`` is a term)."""
+    return {t for t in _TOKEN.findall(text.lower()) if t not in STOP_WORDS}
 
 
 def spherical_kmeans(
@@ -182,7 +185,7 @@ def _sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 def hdbscan_labels(
     x: np.ndarray, min_cluster_size: int, min_samples: int | None = None, selection: str = "eom"
 ) -> np.ndarray:
-    """scikit-learn's HDBSCAN labels of the unit rows of ``x`` (``-1``: noise).
+    """scikit-learn's HDBSCAN labels of the points ``x`` (Euclidean; ``-1``: noise).
 
     ``min_samples`` (default: ``min_cluster_size``) sets how conservative the density estimate
     is; ``selection`` is ``"eom"`` (the most persistent clusters: fewer, larger) or ``"leaf"``
@@ -196,7 +199,16 @@ def hdbscan_labels(
         cluster_selection_method=selection,
         copy=True,
     )
-    return model.fit_predict(analysis.normalize(x).astype(np.float64))
+    return model.fit_predict(np.asarray(x, dtype=np.float64))
+
+
+def principal_components(x: np.ndarray, n: int) -> np.ndarray:
+    """The coordinates of the rows of ``x`` on their first ``n`` principal components (numpy;
+    the SVD of the ``d × d`` scatter matrix, so the cost grows with the rows only linearly)."""
+    centred = np.asarray(x, dtype=np.float64)
+    centred = centred - centred.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred.T @ centred)
+    return centred @ vt[: max(1, min(int(n), vt.shape[0]))].T
 
 
 def _clean(
@@ -240,6 +252,7 @@ def find(
     min_cluster_size: int | None = None,
     min_samples: int | None = None,
     selection: str = "eom",
+    reduce: int = REDUCE,
     sample: int = SAMPLE,
     seed: int = 0,
     typical: int = 5,
@@ -252,10 +265,14 @@ def find(
     ``model`` is a model class, an ``"app_label.model"`` label or a registration; ``clusters`` is
     k for k-means; ``min_cluster_size`` HDBSCAN's smallest cluster (default: 1 % of the sample,
     at least 5), ``min_samples`` and ``selection`` its other parameters (see
-    :func:`hdbscan_labels`). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
+    :func:`hdbscan_labels`); HDBSCAN runs on the sample's first ``reduce`` principal components
+    (``0``: on the unit vectors themselves; densities are hard to tell apart in hundreds of
+    dimensions, where most items come out as noise). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
     :class:`~embrec.exceptions.AnalysisError` for bad input or when there are no vectors.
     """
     _clean(method, clusters, sample, min_cluster_size, min_samples, selection)
+    if int(reduce) < 0:
+        raise AnalysisError(f"reduce must not be negative (got {reduce}).")
     tgt = analysis.target(model, encoder)
     all_ids = analysis.row_ids(tgt)
     total = len(all_ids)
@@ -270,7 +287,9 @@ def find(
         params = {"clusters": int(clusters)}
     else:
         size = int(min_cluster_size or max(5, len(x) // 100))
-        labels = hdbscan_labels(x, size, min_samples, selection)
+        points = principal_components(x, reduce) if reduce else x
+        labels = hdbscan_labels(points, size, min_samples, selection)
+        del points
         found = sorted(set(labels.tolist()) - {-1})
         relabel = {old: new for new, old in enumerate(found)}
         labels = np.array([relabel.get(int(v), -1) for v in labels])
@@ -283,7 +302,12 @@ def find(
             radius = np.array([sims[labels == j, j].min() for j in range(len(found))])
         else:
             centroids, radius = np.zeros((0, x.shape[1]), dtype=np.float32), np.zeros(0)
-        params = {"min_cluster_size": size, "min_samples": min_samples, "selection": selection}
+        params = {
+            "min_cluster_size": size,
+            "min_samples": min_samples,
+            "selection": selection,
+            "reduce": int(reduce),
+        }
     sampled = len(x)
     del x
     result = _assign(tgt, all_ids, centroids, fitted, radius, typical, terms, outliers, batch_size)
@@ -337,7 +361,7 @@ def _assign(
             if label >= 0:
                 heap = typical[label]
                 (heapq.heappush if len(heap) < n_typical else heapq.heappushpop)(heap, (sim, pk))
-            if n_outliers:
+            if n_outliers and k:  # without clusters, no item is far from one
                 entry = (-sim, pk, label)
                 (heapq.heappush if len(far) < n_outliers else heapq.heappushpop)(far, entry)
         if want_terms:
