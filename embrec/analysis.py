@@ -28,11 +28,11 @@ from django.core.cache import cache
 from django.db import models
 from django.db.models import Count, Max
 
-from embrec import queries
 from embrec.encoders import get_encoder
 from embrec.exceptions import AnalysisError
 from embrec.items import Recommendable
 from embrec.models import Embedding
+from embrec.read import retrieval
 from embrec.registry import NotRegistered, registry
 from embrec.storage import IndexSpec, parse_vector
 
@@ -68,7 +68,7 @@ class Target:
     @property
     def spec(self) -> IndexSpec:
         """The HNSW index that holds these vectors (see :mod:`embrec.storage`)."""
-        return queries.index_spec(self.rec, self.encoder, self.dimensions)
+        return retrieval.index_spec(self.rec, self.encoder, self.dimensions)
 
     @property
     def uses_text(self) -> bool:

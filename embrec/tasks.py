@@ -22,7 +22,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from embrec import clusters as clustering
 from embrec import duplicates as near_duplicates
 from embrec import embedding_map as maps
-from embrec import indexing
+from embrec import indexing, popularity
 from embrec.conf import embrec_settings
 from embrec.exceptions import AnalysisError
 from embrec.models import OutboxEntry
@@ -89,8 +89,24 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     ignore_result=True,
 )
 def sweep() -> int:
-    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds."""
-    return indexing.sweep()
+    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds, and move
+    the popularity window forward (:func:`embrec.popularity.expire_popularity`)."""
+    count = indexing.sweep()
+    popularity.expire_popularity()
+    return count
+
+
+@shared_task(
+    name="embrec.rebuild_popularity",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def rebuild_popularity() -> dict:
+    """Recount the popularity tables from the interaction table
+    (:func:`embrec.popularity.rebuild_popularity`). Idempotent."""
+    return popularity.rebuild_popularity()
 
 
 def publish(task, args: list | tuple = (), kwargs: dict | None = None) -> None:
