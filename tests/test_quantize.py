@@ -11,7 +11,7 @@ from django.db import connection
 
 import embrec
 from embrec import duplicates, indexing
-from embrec.checks import check_encoders
+from embrec.checks import check_settings
 from embrec.encoders import get_encoder, reset_encoders
 from embrec.encoders.reduced import ReducedEncoder, fit_pca
 from embrec.models import Embedding
@@ -107,13 +107,15 @@ def test_index_options_parse_and_reject_bad_values():
             index_options(bad)
 
 
-def test_system_check_reports_a_bad_index_option_and_accepts_good_ones():
+def test_system_check_reports_a_bad_index_option_and_accepts_good_ones(settings):
     encoders = {**TEST_EMBREC["ENCODERS"], "hashing": hashing_with(index="bitt")}
-    problems = check_encoders(encoders, ["hashing"])
-    assert [p.id for p in problems] == ["embrec.E009"]
-    assert "'index' must be one of" in problems[0].message
+    settings.EMBREC = {**TEST_EMBREC, "ENCODERS": encoders}
+    errors = check_settings()
+    assert [e.id for e in errors] == ["embrec.E009"], errors
+    assert "'index' must be one of" in errors[0].msg
     encoders["hashing"] = hashing_with(index="bit", rerank=64)
-    assert check_encoders(encoders, ["hashing"]) == []
+    settings.EMBREC = {**TEST_EMBREC, "ENCODERS": encoders}
+    assert check_settings() == []
 
 
 def test_bit_index_names_expression_and_opclass():

@@ -48,9 +48,13 @@ from typing import Any
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 
-from embrec.encoders.base import BaseEncoder, EncoderIdentity, l2_normalize
-from embrec.encoders.trained import alias_model_dir, atomic_write
+from embrec.encoders.base import BaseEncoder, EncoderIdentity
+from embrec.encoders.loading import get_encoder
+from embrec.encoders.trained import alias_model_dir, atomic_write, registrations_using
+from embrec.storage import parse_vector
+from embrec.vectors import l2_normalize
 
 logger = logging.getLogger("embrec")
 
@@ -129,8 +133,7 @@ class ReducedEncoder(BaseEncoder):
     # -- the base -------------------------------------------------------------------------------
 
     def base_encoder(self) -> BaseEncoder:
-        from embrec.encoders.loading import get_encoder
-
+        """The encoder named by ``base``."""
         return get_encoder(self.options["base"])
 
     @property
@@ -277,10 +280,6 @@ class ReducedEncoder(BaseEncoder):
 
     def fit_vectors(self) -> tuple[np.ndarray, str]:
         """The vectors a PCA is fitted on, and where they came from (``stored`` or ``encoded``)."""
-        from django.db import connection
-
-        from embrec.storage import parse_vector
-
         base = self.base_encoder()
         with connection.cursor() as cursor:
             # A deterministic sample spread over the whole catalog (not the oldest rows).
@@ -295,11 +294,9 @@ class ReducedEncoder(BaseEncoder):
         return self._encode_sample(base), "encoded"
 
     def _encode_sample(self, base: BaseEncoder) -> np.ndarray:
-        from embrec.registry import registry
-
         if not base.uses_text:
             return np.zeros((0, base.dimensions), np.float32)
-        recs = [rec for rec in registry.all() if self.alias in rec.get_encoders()]
+        recs = registrations_using(self.alias)
         per_rec = max(1, self.fit_sample // max(1, len(recs)))
         texts: list[str] = []
         for rec in recs:

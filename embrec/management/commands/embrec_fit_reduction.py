@@ -16,8 +16,7 @@ from embrec import indexing
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.encoders.reduced import ReducedEncoder
-from embrec.encoders.trained import dependent_aliases
-from embrec.registry import registry
+from embrec.encoders.trained import dependent_aliases, registrations_using
 
 
 def pca_aliases() -> list[str]:
@@ -62,7 +61,7 @@ class Command(BaseCommand):
             queued = 0
             if summary["changed"] and not options["no_reindex"]:
                 aliases = dependent_aliases(name)
-                for rec in registry.all():
+                for rec in registrations_using(name):
                     for alias in rec.get_encoders():
                         if alias in aliases:
                             queued += indexing.reindex(rec, encoder=alias)
