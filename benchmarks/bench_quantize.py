@@ -24,15 +24,16 @@ taken in a shuffled round-robin (so that load on the shared machine hits every o
 p50/p99 latency of the SQL query measured at the client and recall@10 against the exact top 10
 of the full 384-d vectors (numpy, float32).
 
-Vectors. ``--source minilm`` (the default up to 200k items): all-MiniLM-L6-v2 (the packaged
-model) on the synthetic catalog texts of :mod:`benchmarks.texts`; query vectors are MiniLM vectors
-of other texts of the same generator. ``--source mixture`` (1M): the real MiniLM vectors of a 100k
-base plus synthetic ones, each ``normalise(x_i + a·x_j + s·(x_p − x_q)/√2)`` with ``x_i, x_j,
-x_p, x_q`` real vectors drawn at random, ``a ~ U(0, 0.3)``, ``s = --noise``: a real vector,
-nudged towards another and perturbed by a difference of two real vectors, whose covariance is the
-real vectors' own (the anisotropy of real embeddings is kept, unlike uniform random vectors). The
-run prints the mean cosine of each query's 10th exact neighbour for both kinds of sets.
-MiniLM vectors are cached under ``.embrec/cache/``.
+Vectors. The 300 query vectors are all-MiniLM-L6-v2 (the packaged model) vectors of held-out
+synthetic catalog texts (:mod:`benchmarks.texts`). Items: ``--source minilm`` (the default when
+``n`` MiniLM vectors are cached) are MiniLM vectors of ``n`` catalog texts; ``--source mixture``
+(the default otherwise) are the cached real MiniLM vectors (``--base``: how many, default all)
+plus synthetic ones, each ``normalise(x_i + a·x_j + s·(x_p − x_q)/√2)`` with ``x_i, x_j, x_p,
+x_q`` real vectors drawn at random, ``a ~ U(0, 0.3)``, ``s = --noise``: a real vector, nudged
+towards another and perturbed by a difference of two real vectors, whose covariance is the real
+vectors' own (the anisotropy of real embeddings is kept, unlike uniform random vectors). The run
+reports the mean cosine of the queries' 10th exact neighbour in the real part, the synthetic part
+and all items. MiniLM vectors are encoded in resumable chunks cached under ``.embrec/cache/``.
 """
 
 from __future__ import annotations
