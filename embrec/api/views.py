@@ -54,6 +54,7 @@ from embrec.api.serializers import (
 )
 from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
+from embrec.encoders.base import EncoderUnavailable
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
@@ -93,7 +94,8 @@ class EmbrecAPIError(exceptions.APIException):
 
 
 class ServiceUnavailable(exceptions.APIException):
-    """The database cannot be reached: a 503 with ``Retry-After``, never a 500 page."""
+    """The database (or a remote embedding service) cannot be reached: a 503 with
+    ``Retry-After``, never a 500 page."""
 
     status_code = 503
     default_detail = "The service is temporarily unavailable; try again shortly."
@@ -106,6 +108,10 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, (OperationalError, InterfaceError)):
         # Connection refused, server restarting, connection lost mid-request: transient.
         logger.warning("embrec API: database unavailable (%s).", exc)
+        return ServiceUnavailable()
+    if isinstance(exc, EncoderUnavailable):
+        # A remote embedding service is down or rate limited beyond the encoder's retries.
+        logger.warning("embrec API: encoder unavailable (%s).", exc)
         return ServiceUnavailable()
     if isinstance(exc, NotRegistered):
         return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
