@@ -132,13 +132,16 @@ def test_api_key_from_the_environment_and_clear_errors(server, monkeypatch, capl
         },
         ["no-url"],
     )
-    messages = {p.message.split("]")[0] + "]": p.message for p in problems}
     assert len(problems) == 5
-    assert "OPTIONS['url'] must be the http(s) base URL" in messages["EMBREC['ENCODERS']['no-url']"]
-    assert "OPTIONS['model'] must name" in messages["EMBREC['ENCODERS']['no-model']"]
-    assert "'SITE_EMBEDDINGS_KEY'" in messages["EMBREC['ENCODERS']['no-key']"]
-    assert "must be positive" in messages["EMBREC['ENCODERS']['bad-batch']"]
-    assert "batchsize" in messages["EMBREC['ENCODERS']['typo']"]
+
+    def message(alias):
+        return next(p.message for p in problems if f"[{alias!r}]" in p.message)
+
+    assert "OPTIONS['url'] must be the http(s) base URL" in message("no-url")
+    assert "OPTIONS['model'] must name" in message("no-model")
+    assert "'SITE_EMBEDDINGS_KEY'" in message("no-key")
+    assert "must be positive" in message("bad-batch")
+    assert "batchsize" in message("typo")
     with pytest.raises(ImproperlyConfigured, match="not set"):
         RemoteEmbeddingEncoder("x", url=server.url, model="m", api_key_env="SITE_EMBEDDINGS_KEY")
 
