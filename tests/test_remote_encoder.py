@@ -1,12 +1,15 @@
 """The remote embeddings encoder against a real OpenAI-compatible server (Infinity serving the
 packaged MiniLM, a separate process), with a proxy in front of it for 429/5xx and timeouts."""
 
+import json
 import time
+from io import StringIO
 
 import numpy as np
 import pytest
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -201,6 +204,29 @@ def test_5xx_and_timeouts_are_retried_then_unavailable(server, proxy):
     with pytest.raises(RemoteEncoderError, match="answered 400: injected 400"):
         encoder.encode(["rejected"])
     assert len(proxy.seen) == 1
+
+
+def test_intrinsic_evaluation_runs_on_the_remote_encoder(server, tmp_path, settings):
+    """``embrec_evaluate --intrinsic --encoders remote``: the served MiniLM scores what the local
+    MiniLM scores, beside GloVe."""
+    settings.EMBREC = remote_settings(server.url, server.api_key)
+    call_command(
+        "embrec_evaluate",
+        intrinsic=True,
+        encoders=["remote"],
+        json=str(tmp_path / "i.json"),
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
+    results = {r["encoder"]: r for r in json.loads((tmp_path / "i.json").read_text())["intrinsic"]}
+    assert set(results) == {"glove-6b-50d", "all-MiniLM-L6-v2", "remote"}
+    for task, score in results["all-MiniLM-L6-v2"]["scores"].items():
+        assert results["remote"]["scores"][task] == pytest.approx(score, abs=0.005), task
+    assert results["remote"]["coverage"] == results["all-MiniLM-L6-v2"]["coverage"]
+    assert (
+        results["remote"]["scores"]["wordsim353_spearman"]
+        > results["glove-6b-50d"]["scores"]["wordsim353_spearman"]
+    )
 
 
 # ----------------------------------------------------------------------------- write path
