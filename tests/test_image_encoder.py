@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 import embrec
 from embrec import indexing
-from embrec.checks import check_encoders
+from embrec.conf import validate
 from embrec.encoders import get_encoder
 from embrec.encoders.image import FEATURES, ImageEncoder, image_key, projection_matrix
 from embrec.models import Embedding, OutboxEntry
@@ -124,14 +124,16 @@ def test_reduced_dimensions_keep_similarities(encoder):
 
 def test_options_are_checked():
     cls = "embrec.encoders.image.ImageEncoder"
-    problems = check_encoders(
+    problems = validate(
         {
-            "a": {"CLASS": cls, "OPTIONS": {"fit": "zoom"}},
-            "b": {"CLASS": cls, "OPTIONS": {"dimensions": 4096}},
-            "c": {"CLASS": cls, "OPTIONS": {"batch_size": 0}},
-            "d": {"CLASS": cls, "OPTIONS": {"dimension": 64}},
-        },
-        ["a"],
+            "ENCODERS": {
+                "a": {"CLASS": cls, "OPTIONS": {"fit": "zoom"}},
+                "b": {"CLASS": cls, "OPTIONS": {"dimensions": 4096}},
+                "c": {"CLASS": cls, "OPTIONS": {"batch_size": 0}},
+                "d": {"CLASS": cls, "OPTIONS": {"dimension": 64}},
+            },
+            "DEFAULT_ENCODERS": ["a"],
+        }
     )
     assert len(problems) == 4
     with pytest.raises(ImproperlyConfigured, match="cannot embed text"):

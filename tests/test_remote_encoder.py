@@ -14,7 +14,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from embrec import indexing
-from embrec.checks import check_encoders
+from embrec.conf import validate
 from embrec.encoders import EncoderUnavailable, get_encoder
 from embrec.encoders.remote import RemoteEmbeddingEncoder, RemoteEncoderError, parse_retry_after
 from embrec.encoders.sentence_transformer import SentenceTransformerEncoder, default_model_path
@@ -119,21 +119,30 @@ def test_api_key_from_the_environment_and_clear_errors(server, monkeypatch, capl
     # Configuration errors are reported by `manage.py check`, before any request.
     monkeypatch.delenv("SITE_EMBEDDINGS_KEY")
     cls = "embrec.encoders.remote.RemoteEmbeddingEncoder"
-    problems = check_encoders(
+    problems = validate(
         {
-            "no-url": {"CLASS": cls, "OPTIONS": {"model": SERVED_MODEL}},
-            "no-model": {"CLASS": cls, "OPTIONS": {"url": server.url}},
-            "no-key": {
-                "CLASS": cls,
-                "OPTIONS": {"url": server.url, "model": "m", "api_key_env": "SITE_EMBEDDINGS_KEY"},
+            "ENCODERS": {
+                "no-url": {"CLASS": cls, "OPTIONS": {"model": SERVED_MODEL}},
+                "no-model": {"CLASS": cls, "OPTIONS": {"url": server.url}},
+                "no-key": {
+                    "CLASS": cls,
+                    "OPTIONS": {
+                        "url": server.url,
+                        "model": "m",
+                        "api_key_env": "SITE_EMBEDDINGS_KEY",
+                    },
+                },
+                "bad-batch": {
+                    "CLASS": cls,
+                    "OPTIONS": {"url": server.url, "model": "m", "batch_size": 0},
+                },
+                "typo": {
+                    "CLASS": cls,
+                    "OPTIONS": {"url": server.url, "model": "m", "batchsize": 8},
+                },
             },
-            "bad-batch": {
-                "CLASS": cls,
-                "OPTIONS": {"url": server.url, "model": "m", "batch_size": 0},
-            },
-            "typo": {"CLASS": cls, "OPTIONS": {"url": server.url, "model": "m", "batchsize": 8}},
-        },
-        ["no-url"],
+            "DEFAULT_ENCODERS": ["no-url"],
+        }
     )
     assert len(problems) == 5
 
