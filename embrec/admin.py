@@ -18,7 +18,10 @@
   **embedding map** (``admin:embrec_embedding_map``): a 2-D PCA projection of the vectors computed
   by the ``embrec.embedding_map`` task and cached (:mod:`embrec.embedding_map`), drawn as SVG
   points coloured by a field or a k-means cluster; hovering names an object, a click opens it.
-  It needs the view permission on the model.
+  It needs the view permission on the model. The **clusters** and **duplicates** pages
+  (``admin:embrec_clusters``, ``admin:embrec_duplicates``, linked from the dashboard) show the
+  clusters of the vectors with their typical items and terms, and the near-duplicate pairs with
+  links to both objects (:mod:`embrec.analysis_pages`), computed by tasks and cached likewise.
 * The **evaluation report** (``admin:embrec_evaluation_report``, linked from the dashboard)
   shows the report ``embrec_tune`` wrote beside ``EMBREC["TUNED_CONFIG"]`` (or the file of
   ``EMBREC["EVALUATION_REPORT"]``): per protocol a table and an inline SVG bar chart of test
@@ -33,6 +36,7 @@ Actions only write outbox rows; workers do the encoding. Nothing here imports to
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -50,14 +54,19 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
-from embrec import embedding_map, indexing, queries, report_page, tasks
+from embrec import analysis_pages, dispatch, embedding_map, indexing, queries, report_page
 from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded, NotRegistered, QueryError
-from embrec.models import Embedding, OutboxEntry
+from embrec.models import Embedding, OutboxEntry, content_type_of
 from embrec.registry import registry
 
+if TYPE_CHECKING:
+    from django.contrib.admin import ModelAdmin as _ModelAdmin
+else:
+    _ModelAdmin = object
 
-class EmbeddingAdminMixin:
+
+class EmbeddingAdminMixin(_ModelAdmin):
     """Adds the "Recompute embeddings" action to a ``ModelAdmin`` of a registered model.
 
     The action is offered to users with the change permission on the model (override
@@ -102,7 +111,7 @@ class EmbeddingAdminMixin:
         if not self.has_recompute_embeddings_permission(request):  # direct POSTs too
             self.message_user(request, "You may not recompute embeddings.", messages.ERROR)
             return None
-        ct = ContentType.objects.get_for_model(self.model, for_concrete_model=False)
+        ct = content_type_of(self.model)
         after = OutboxEntry.objects.aggregate(last=Max("id"))["last"] or 0
         count = indexing.mark_dirty(queryset, force=True)
         self.message_user(
@@ -205,7 +214,7 @@ class EmbeddingChangeList(ChangeList):
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
-        self.result_list = list(self.result_list)
+        self.result_list: list[Any] = list(self.result_list)
         attach_host_objects(self.result_list)
 
 
@@ -325,6 +334,16 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 name="embrec_embedding_map_json",
             ),
             path(
+                "clusters/<str:label>/",
+                self.admin_site.admin_view(self.clusters_view),
+                name="embrec_clusters",
+            ),
+            path(
+                "duplicates/<str:label>/",
+                self.admin_site.admin_view(self.duplicates_view),
+                name="embrec_duplicates",
+            ),
+            path(
                 "preview/user/",
                 self.admin_site.admin_view(self.preview_user_view),
                 name="embrec_preview_user",
@@ -373,7 +392,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
         if result is None:
             if cache.add(f"{key}:queued", True, 300):
                 try:
-                    tasks.publish(tasks.embedding_map, args=[rec.label, encoder])
+                    dispatch.publish(dispatch.EMBEDDING_MAP, [rec.label, encoder])
                 except Exception as exc:  # broker down: say so, let the next poll try again
                     cache.delete(f"{key}:queued")
                     return JsonResponse(
@@ -408,6 +427,25 @@ class EmbeddingAdmin(admin.ModelAdmin):
             ),
         }
         return TemplateResponse(request, "admin/embrec/embedding_map.html", context)
+
+    def clusters_view(self, request: HttpRequest, label: str) -> HttpResponse:
+        """Clusters of a model's vectors with typical items, terms and outliers
+        (:mod:`embrec.analysis_pages`)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            **analysis_pages.clusters_context(request, label),
+        }
+        return TemplateResponse(request, "admin/embrec/clusters.html", context)
+
+    def duplicates_view(self, request: HttpRequest, label: str) -> HttpResponse:
+        """Near-duplicate pairs and isolated items of a model (:mod:`embrec.analysis_pages`)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            **analysis_pages.duplicates_context(request, label),
+        }
+        return TemplateResponse(request, "admin/embrec/duplicates.html", context)
 
     def preview_similar_view(self, request: HttpRequest, label: str, object_pk: str):
         """The similar items of one registered object, as the read path returns them."""
@@ -551,9 +589,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             raise PermissionDenied
         rows = []
         for row, error in indexing.status_rows(registry.all()):
-            ct = ContentType.objects.get_for_model(
-                registry.get(row["model"]).model, for_concrete_model=False
-            )
+            ct = content_type_of(registry.get(row["model"]).model)
             last = (
                 OutboxEntry.objects.filter(
                     content_type=ct, encoder__in=["", row["encoder"]], state=OutboxEntry.FAILED
@@ -601,7 +637,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             hosts = host_search_queryset(self, request, rec.model, term)
             if hosts is None:
                 continue
-            ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+            ct = content_type_of(rec.model)
             pks = (
                 hosts.order_by()
                 .annotate(embrec_pk=Cast("pk", output_field=models.CharField()))
@@ -630,8 +666,6 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-embed selected", permissions=["reembed"])
     def reembed_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from embrec.indexing import enqueue
-
         groups: dict[tuple[int, str], list[str]] = defaultdict(list)
         for ct_id, object_pk, encoder in queryset.values_list(
             "content_type_id", "object_pk", "encoder"
@@ -644,7 +678,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             if model is None or not registry.is_registered(model):
                 skipped += len(pks)
                 continue
-            count += enqueue(model, pks, encoder=encoder, force=True)
+            count += indexing.enqueue(model, pks, encoder=encoder, force=True)
         self.message_user(
             request,
             ngettext(
@@ -684,9 +718,7 @@ class OutboxEntryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from embrec.indexing import schedule_kick
-
         count = queryset.update(state=OutboxEntry.PENDING, last_error="", attempts=0)
         if count:
-            schedule_kick()
+            indexing.schedule_kick()
         self.message_user(request, f"{count} outbox row(s) queued again.", messages.SUCCESS)
