@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
 from django.db import models
 from django.db.models import Count, Max
@@ -31,10 +30,11 @@ from django.db.models import Count, Max
 from embrec.encoders import get_encoder
 from embrec.exceptions import AnalysisError
 from embrec.items import Recommendable
-from embrec.models import Embedding
+from embrec.models import Embedding, content_type_of
 from embrec.read import retrieval
 from embrec.registry import NotRegistered, registry
 from embrec.storage import IndexSpec, parse_vector
+from embrec.vectors import l2_normalize
 
 #: Vectors read per keyset batch.
 BATCH_SIZE = 1000
@@ -97,7 +97,7 @@ def target(model: Any, encoder: str | None = None) -> Target:
         raise AnalysisError(
             f"{rec.label} is embedded with {', '.join(encoders) or 'no encoder'}, not {alias!r}."
         )
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     newest = (
         Embedding.objects.filter(content_type=ct, encoder=alias)
         .order_by("-updated_at", "-id")
@@ -113,9 +113,7 @@ def target(model: Any, encoder: str | None = None) -> Target:
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero): dot products are cosine similarities."""
-    x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return l2_normalize(np.asarray(vectors, dtype=np.float32))
 
 
 def row_ids(tgt: Target) -> np.ndarray:

@@ -169,6 +169,7 @@ def spherical_kmeans(
         score = float((x @ c.T)[np.arange(n), labels].sum())
         if best is None or score > best[0]:
             best = (score, c, labels)
+    assert best is not None  # at least one restart ran
     return best[1], best[2]
 
 
@@ -284,7 +285,7 @@ def find(
         centroids, _ = spherical_kmeans(x, clusters, seed=seed)
         fitted: dict[int, int] = {}
         radius = None
-        params = {"clusters": int(clusters)}
+        params: dict[str, Any] = {"clusters": int(clusters)}
     else:
         size = int(min_cluster_size or max(5, len(x) // 100))
         points = principal_components(x, reduce) if reduce else x
@@ -336,12 +337,12 @@ def _assign(
 ) -> dict[str, Any]:
     """One keyset pass over all vectors: sizes, typical items, outliers and term counts."""
     k = len(centroids)
-    sizes = Counter()
+    sizes: Counter[int] = Counter()
     typical: dict[int, list[tuple[float, str]]] = {j: [] for j in range(k)}
     far: list[tuple[float, str, int]] = []  # min-heap of (-similarity, pk, cluster)
     want_terms = n_terms > 0 and tgt.uses_text
     df_cluster: dict[int, Counter] = {j: Counter() for j in range(-1, k)}
-    docs = Counter()
+    docs: Counter[int] = Counter()
     for row_ids, pks, vectors in analysis.iter_vectors(tgt, batch_size, ids=ids):
         if k:
             sims = vectors @ centroids.T
@@ -409,7 +410,7 @@ def _term_scores(
     cluster's items, or not more frequent inside the cluster than outside it, are left out.
     """
     total_docs = sum(docs.values())
-    overall = Counter()
+    overall: Counter[str] = Counter()
     for counts in df_cluster.values():
         overall.update(counts)
     out: dict[int, list[tuple[str, float]]] = {}

@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
@@ -26,7 +25,7 @@ from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded
 from embrec.items import Recommendable
-from embrec.models import Embedding, OutboxEntry
+from embrec.models import Embedding, OutboxEntry, content_type_of
 from embrec.read.scope import Exclusions, visible_sql
 from embrec.registry import registry
 from embrec.storage import IndexSpec, _register_vector, parse_vector, vector_literal
@@ -211,7 +210,7 @@ def explain(
 
 def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
     """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     halfvec = bool(get_encoder(encoder).options.get("halfvec"))
     return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
 
@@ -219,7 +218,7 @@ def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
     """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
     rec = registry.get(obj)
-    ct = ContentType.objects.get_for_model(obj, for_concrete_model=False)
+    ct = content_type_of(obj)
     row = (
         Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
         .values_list("vector", "dimensions")
