@@ -53,7 +53,7 @@ _lock = threading.Lock()
 #: What an index may store: full vectors, half-precision vectors, or one bit per dimension.
 INDEX_KINDS = ("vector", "halfvec", "bit")
 #: Rows a ``bit`` index search returns for re-ranking by the full vectors. Recall depends on the
-#: data: measure it on yours (``benchmarks/bench_quantize.py``, docs/BENCHMARKS.md (f)).
+#: data: measure it on yours (``benchmarks/bench_quantize.py``, docs/BENCHMARKS.md (g)).
 DEFAULT_RERANK = 200
 #: Most rows one re-ranked search may read (``hnsw.ef_search`` is capped at 1,000 too).
 MAX_RERANK = 1000
