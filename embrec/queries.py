@@ -43,6 +43,7 @@ from embrec.scoring import (
     smoothed_popularity,
 )
 from embrec.storage import IndexSpec, parse_vector, vector_literal
+from embrec.versions import ReadVersion, read_version
 
 #: Lookups a filter may use, on fields listed in ``Recommendable.filter_fields``.
 FILTER_LOOKUPS = ("exact", "iexact", "in", "gt", "gte", "lt", "lte", "isnull")
@@ -551,13 +552,13 @@ def explain(
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
-    """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
-    from embrec.encoders import get_encoder
-
+def index_spec(
+    rec: Recommendable, encoder: str, dimensions: int, version: ReadVersion | None = None
+) -> IndexSpec:
+    """The :class:`IndexSpec` of a registration's vectors of the live version of ``encoder``
+    (or of ``version``, looked up once by the caller); no model is loaded."""
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
-    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
-    return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
+    return (version or read_version(encoder)).spec(ct.id, dimensions)
 
 
 def _encoder_for(rec: Recommendable, encoder: str | None) -> str:
@@ -600,14 +601,15 @@ def _text_encoder_for(rec: Recommendable, encoder: str | None) -> str:
 
 
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
-    """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
+    """The stored vector of ``obj`` under the live version of ``encoder`` and that version's
+    index; :class:`NotEmbedded` when there is none."""
     rec = registry.get(obj)
     ct = ContentType.objects.get_for_model(obj, for_concrete_model=False)
-    row = (
-        Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
-        .values_list("vector", "dimensions")
-        .first()
-    )
+    version = read_version(encoder)
+    rows = Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
+    if version.identity is not None:
+        rows = rows.filter(identity=version.identity)
+    row = rows.values_list("vector", "dimensions").first()
     if row is None:
         outbox = OutboxEntry.objects.filter(content_type=ct, object_pk=str(obj.pk))
         if outbox.filter(state=OutboxEntry.PENDING).exists():
@@ -620,7 +622,7 @@ def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
             f"{obj._meta.label_lower} {obj.pk} has no {encoder!r} embedding yet: {why}.",
             state=state,
         )
-    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]))
+    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]), version)
 
 
 # --------------------------------------------------------------------------- ranking
@@ -1049,9 +1051,12 @@ def _popular_results(
     if len(results) < limit:
         # Nothing (or too little) is popular yet: newest embedded items.
         taken = [*exclusions.pks, *(r.pk for r in results)]
+        rows = Embedding.objects.filter(content_type=ct, encoder=encoder, object_pk__in=visible_pks)
+        identity = read_version(encoder).identity
+        if identity is not None:
+            rows = rows.filter(identity=identity)
         recent = list(
-            Embedding.objects.filter(content_type=ct, encoder=encoder, object_pk__in=visible_pks)
-            .exclude(object_pk__in=taken)
+            rows.exclude(object_pk__in=taken)
             .exclude(exclusions.q())
             .order_by("-created_at", "-id")
             .values_list("object_pk", flat=True)[: limit - len(results)]
@@ -1143,14 +1148,13 @@ def search(
     mmr_lambda, popularity, recency = clean_ranking(mmr_lambda, popularity, recency)
     encoder = _text_encoder_for(rec, encoder)
     visible = _visible(rec, request, filters)
-    from embrec.encoders import get_encoder
-
-    vector = get_encoder(encoder).encode([text])[0]
+    version = read_version(encoder)
+    vector = version.encoder().encode([text])[0]
     if not np.any(vector):
         raise QueryError(
             "The search text has no words the encoder knows.", code="empty_query", field="q"
         )
-    spec = index_spec(rec, encoder, vector.shape[0])
+    spec = index_spec(rec, encoder, vector.shape[0], version)
     user_id = _user_id(user if user is not None else _request_user(request))
     exclusions = _exclusions(rec, user_id, seen=exclude_seen)
     candidates = _rank(
@@ -1227,10 +1231,11 @@ def recommend(
     exclusions = _exclusions(rec, user_id, seen=exclude_seen)
     if user_id is None:
         return _popular_results(rec, limit, visible, exclusions, encoder)
-    vector = user_vector(user_id, rec, encoder)
+    version = read_version(encoder)
+    vector = user_vector(user_id, rec, encoder, identity=version.identity)
     if vector is None:
         return _popular_results(rec, limit, visible, exclusions, encoder)
-    spec = index_spec(rec, encoder, vector.shape[0])
+    spec = index_spec(rec, encoder, vector.shape[0], version)
     candidates = _rank(
         rec,
         spec,
@@ -1246,7 +1251,14 @@ def recommend(
     results = hydrate(rec, candidates, SOURCE_PERSONAL, visible)
     if explain:
         # Explanations may name items outside the filters, never items the request cannot see.
-        explain_results(rec, results, user_id, encoder, rec.get_visible_queryset(request))
+        explain_results(
+            rec,
+            results,
+            user_id,
+            encoder,
+            rec.get_visible_queryset(request),
+            identity=version.identity,
+        )
     return _fill(rec, results, limit, visible=visible, exclusions=exclusions, encoder=encoder)
 
 
@@ -1256,12 +1268,15 @@ def explain_results(
     user_id: Any,
     encoder: str,
     visible: models.QuerySet,
+    *,
+    identity: str | None = None,
 ) -> None:
     """Attach to each result the interacted items with the largest ``weight × cosine`` to it.
 
     The similarities are computed by PostgreSQL in one statement (results × positively weighted
     interacted items, top few per result); no item vector is loaded into Python. Only items in
-    ``visible`` are named.
+    ``visible`` are named. Vectors of one encoder identity are compared (``identity``, by
+    default the live version's).
     """
     from embrec.interactions import interaction_weights
 
@@ -1274,6 +1289,8 @@ def explain_results(
         r.explanation = []
     if not positive:
         return
+    if identity is None:
+        identity = read_version(encoder).identity
     table = Embedding._meta.db_table
     sql = f"""
         SELECT pk, item_pk, contribution FROM (
@@ -1286,9 +1303,10 @@ def explain_results(
               FROM {table} r
               JOIN {table} i
                 ON i.content_type_id = r.content_type_id AND i.encoder = r.encoder
-               AND i.dimensions = r.dimensions
+               AND i.dimensions = r.dimensions AND i.identity = r.identity
               JOIN unnest(%s::text[], %s::float8[]) AS w(pk, weight) ON w.pk = i.object_pk
              WHERE r.content_type_id = %s AND r.encoder = %s AND r.object_pk = ANY(%s)
+               AND (%s::text IS NULL OR r.identity = %s::text)
         ) ranked
         WHERE rank <= %s AND contribution > 0
         ORDER BY pk, contribution DESC
@@ -1299,6 +1317,8 @@ def explain_results(
         ct.id,
         encoder,
         [r.pk for r in results],
+        identity,
+        identity,
         # A few spare rows per result for items the request may not see.
         EXPLANATION_SIZE * 3,
     ]

@@ -20,7 +20,7 @@ from celery.signals import celeryd_init
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from embrec import embedding_map as maps
-from embrec import indexing
+from embrec import indexing, switching
 from embrec.conf import embrec_settings
 from embrec.models import OutboxEntry
 from embrec.registry import NotRegistered, registry
@@ -66,6 +66,9 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
             indexing.kick()
 
     result = indexing.drain(batch_size=size, max_seconds=max_seconds, on_batch=fan_out)
+    # A pending encoder version registered by this drain gets its backfill queued; one whose
+    # backfill this drain completed goes live (EMBREC["VERSION_AUTO_SWITCH"]).
+    switching.after_drain()
     return {
         "batches": result.batches,
         "claimed": result.claimed,
@@ -86,8 +89,11 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     ignore_result=True,
 )
 def sweep() -> int:
-    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds."""
-    return indexing.sweep()
+    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds; start,
+    switch and prune encoder versions that are due (:func:`embrec.switching.sweep`)."""
+    count = indexing.sweep()
+    switching.sweep()
+    return count
 
 
 def publish(task, args: list | tuple = (), kwargs: dict | None = None) -> None:

@@ -24,7 +24,8 @@ BULK = {**TEST_EMBREC, "AUTO_KICK": False, "INDEX_BUILD_THRESHOLD": 100}
 
 def article_spec() -> IndexSpec:
     ct = ContentType.objects.get_for_model(Article)
-    return IndexSpec(ct.id, "hashing", get_encoder("hashing").dimensions)
+    encoder = get_encoder("hashing")
+    return IndexSpec(ct.id, "hashing", encoder.dimensions, identity=encoder.identity.as_string())
 
 
 def create_articles(n: int) -> list[Article]:

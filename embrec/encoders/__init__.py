@@ -6,6 +6,12 @@ imported by the encoder modules that need them, the first time such an encoder i
 """
 
 from embrec.encoders.base import BaseEncoder, EncoderIdentity
-from embrec.encoders.loading import get_encoder, reset_encoders
+from embrec.encoders.loading import get_encoder, get_versioned_encoder, reset_encoders
 
-__all__ = ["BaseEncoder", "EncoderIdentity", "get_encoder", "reset_encoders"]
+__all__ = [
+    "BaseEncoder",
+    "EncoderIdentity",
+    "get_encoder",
+    "get_versioned_encoder",
+    "reset_encoders",
+]

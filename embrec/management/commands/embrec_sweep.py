@@ -1,7 +1,9 @@
 """``manage.py embrec_sweep [--older-than SECONDS] [--retry-failed]``.
 
 Re-queues a drain task for outbox rows that have been pending too long (the broker was down when
-they were saved, or the worker that held them died). Celery beat runs the same sweep as the
+they were saved, or the worker that held them died). Also starts the backfill of a new encoder
+version, switches one whose backfill is complete and prunes retired ones past their grace period
+(:func:`embrec.switching.sweep`). Celery beat runs the same sweep as the
 ``embrec.sweep`` task; this command is for cron or for an operator.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec import indexing
+from embrec import indexing, switching
 from embrec.conf import embrec_settings
 
 
@@ -46,3 +48,9 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(f"No outbox row pending for more than {age:g}s.")
+        versions = switching.sweep()
+        if any(versions.values()):
+            self.stdout.write(
+                f"Encoder versions: {versions['backfills']} backfill(s) queued, "
+                f"{versions['switched']} switched, {versions['pruned']} pruned."
+            )
