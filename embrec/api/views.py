@@ -57,6 +57,7 @@ from embrec.conf import embrec_settings
 from embrec.interactions import Event, InteractionError, record_interactions
 from embrec.queries import NotEmbedded, QueryError
 from embrec.registry import NotRegistered, registry
+from embrec.versions import VersionUnavailable
 
 logger = logging.getLogger("embrec")
 
@@ -107,6 +108,10 @@ def _translate(exc: Exception) -> Exception:
         # Connection refused, server restarting, connection lost mid-request: transient.
         logger.warning("embrec API: database unavailable (%s).", exc)
         return ServiceUnavailable()
+    if isinstance(exc, VersionUnavailable):
+        # A model switch is under way and this process cannot encode with the live model.
+        logger.warning("embrec API: %s", exc)
+        return EmbrecAPIError(str(exc), code="unavailable", status_code=503)
     if isinstance(exc, NotRegistered):
         return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
     if isinstance(exc, (QueryError, InteractionError)):
