@@ -73,9 +73,7 @@ def answers(articles, user) -> dict[str, tuple]:
     first = articles[0]
     return {
         "similar": tuple(r.pk for r in embrec.similar(first, limit=5, ef_search=1000)),
-        "search": tuple(
-            r.pk for r in embrec.search(QUERY, model=Article, limit=5, ef_search=1000)
-        ),
+        "search": tuple(r.pk for r in embrec.search(QUERY, model=Article, limit=5, ef_search=1000)),
         "recommend": tuple(
             r.pk
             for r in embrec.recommend(
