@@ -20,7 +20,7 @@ from celery.signals import celeryd_init
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from embrec import embedding_map as maps
-from embrec import indexing, switching
+from embrec import indexing, popularity, switching
 from embrec.conf import embrec_settings
 from embrec.models import OutboxEntry
 from embrec.registry import NotRegistered, registry
@@ -89,11 +89,26 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     ignore_result=True,
 )
 def sweep() -> int:
-    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds; start,
+    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds, move
+    the popularity window forward (:func:`embrec.popularity.expire_popularity`), and start,
     switch and prune encoder versions that are due (:func:`embrec.switching.sweep`)."""
     count = indexing.sweep()
+    popularity.expire_popularity()
     switching.sweep()
     return count
+
+
+@shared_task(
+    name="embrec.rebuild_popularity",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def rebuild_popularity() -> dict:
+    """Recount the popularity tables from the interaction table
+    (:func:`embrec.popularity.rebuild_popularity`). Idempotent."""
+    return popularity.rebuild_popularity()
 
 
 def publish(task, args: list | tuple = (), kwargs: dict | None = None) -> None:

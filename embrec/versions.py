@@ -31,6 +31,7 @@ from django.utils import timezone
 from embrec.conf import embrec_settings
 from embrec.encoders import BaseEncoder, get_encoder, get_versioned_encoder
 from embrec.encoders.loading import encoder_config
+from embrec.exceptions import VersionUnavailable
 from embrec.models import EncoderVersion
 from embrec.storage import IndexSpec
 
@@ -39,11 +40,6 @@ logger = logging.getLogger("embrec")
 LIVE = EncoderVersion.LIVE
 PENDING = EncoderVersion.PENDING
 RETIRED = EncoderVersion.RETIRED
-
-
-class VersionUnavailable(ImproperlyConfigured):
-    """The live version of an alias cannot encode in this process (its model files were
-    replaced in place, or its class is gone); the API answers 503 for searches."""
 
 
 @dataclass(frozen=True)

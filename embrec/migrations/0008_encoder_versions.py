@@ -12,7 +12,7 @@ from django.db.models.functions import Now
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("embrec", "0006_view_user_recommendations_permission"),
+        ("embrec", "0007_popularity_counts"),
     ]
 
     operations = [

@@ -1,17 +1,17 @@
 """``manage.py embrec_sweep [--older-than SECONDS] [--retry-failed]``.
 
 Re-queues a drain task for outbox rows that have been pending too long (the broker was down when
-they were saved, or the worker that held them died). Also starts the backfill of a new encoder
-version, switches one whose backfill is complete and prunes retired ones past their grace period
-(:func:`embrec.switching.sweep`). Celery beat runs the same sweep as the
-``embrec.sweep`` task; this command is for cron or for an operator.
+they were saved, or the worker that held them died), and moves the popularity window forward.
+Also starts the backfill of a new encoder version, switches one whose backfill is complete and
+prunes retired ones past their grace period (:func:`embrec.switching.sweep`). Celery beat runs
+the same sweep as the ``embrec.sweep`` task; this command is for cron or for an operator.
 """
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec import indexing, switching
+from embrec import indexing, popularity, switching
 from embrec.conf import embrec_settings
 
 
@@ -40,6 +40,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{retried} failed row(s) put back to pending.")
         age = embrec_settings.SWEEP_AFTER if older_than is None else older_than
         count = indexing.sweep(older_than=age)
+        dropped = popularity.expire_popularity()
+        if dropped:
+            self.stdout.write(f"{dropped} user(s) left object popularity (out of the window).")
         if count:
             self.stdout.write(
                 self.style.SUCCESS(
