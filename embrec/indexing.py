@@ -49,7 +49,7 @@ from django.utils import timezone
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.items import Recommendable
-from embrec.models import DrainSignal, Embedding, OutboxEntry
+from embrec.models import DrainSignal, Embedding, EncoderVersion, OutboxEntry
 from embrec.registry import registry
 from embrec.storage import (
     IndexSpec,
@@ -858,8 +858,8 @@ def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -
     """Counts for one (model, encoder): objects, embedded, stale, pending, failed, versions.
 
     ``embedded`` counts vectors of the live version (all vectors before any version is
-    registered), the ones queries read. ``stale`` counts vectors (other than a pending
-    version's) written under another identity than the configured one; computing it asks the encoder for its identity, which the packaged encoders read from
+    registered), the ones queries read. ``stale`` counts vectors (other than those of a pending
+    or retired version) written under another identity than the configured one; computing it asks the encoder for its identity, which the packaged encoders read from
     their configuration and model files without loading the model or importing torch
     (``identity=False`` skips it and reports ``None``). ``live`` and ``next`` name the live and
     pending identities; ``next_embedded`` counts the pending version's vectors and
@@ -878,7 +878,9 @@ def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -
     stale = None
     if identity:
         current = get_encoder(alias).identity.as_string()
-        others = vectors.exclude(identity=pending.identity) if pending is not None else vectors
+        # A pending or retired version's vectors are kept on purpose: not stale.
+        kept = EncoderVersion.objects.filter(alias=alias).exclude(state=EncoderVersion.LIVE)
+        others = vectors.exclude(identity__in=kept.values("identity"))
         stale = others.exclude(identity=current).count()
     objects = recommendable.get_queryset().count()
     embedded = live_vectors.count()

@@ -223,6 +223,13 @@ def sync_configured(alias: str) -> EncoderVersion | None:
     """
     encoder = get_encoder(alias)
     identity = encoder.identity.as_string()
+    # The common case, one read and no lock: the configured identity is registered already.
+    if (
+        EncoderVersion.objects.filter(alias=alias, identity=identity, state__in=[LIVE, PENDING])
+        .exclude(state=LIVE, config={})
+        .exists()
+    ):
+        return None
     config = stored_config(alias)
     with transaction.atomic():
         with connection.cursor() as cursor:

@@ -18,11 +18,12 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 import embrec
-from embrec import indexing, queries, switching
+from embrec import indexing, switching
 from embrec.encoders import get_encoder
 from embrec.encoders.hashing import HashingEncoder
 from embrec.interactions import record_interaction
 from embrec.models import Embedding, EncoderVersion, UserEmbedding
+from embrec.read import retrieval
 from embrec.registry import registry
 from embrec.storage import IndexSpec, index_exists
 from embrec.versions import VersionUnavailable, live_identity, pending_version
@@ -306,7 +307,7 @@ def test_versioned_indexes_keep_each_query_on_its_own_version():
         try:
             for version in EncoderVersion.objects.filter(alias="hashing"):
                 spec = IndexSpec(ct.id, "hashing", 64, identity=version.identity)
-                plan = queries.explain(spec, np.ones(64, dtype=np.float32), 5)
+                plan = retrieval.explain(spec, np.ones(64, dtype=np.float32), 5)
                 assert f"Index Scan using {spec.name}" in plan, plan
         finally:
             with connection.cursor() as cursor:

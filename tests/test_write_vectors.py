@@ -74,7 +74,7 @@ def test_a_stored_row_the_existence_sample_misses_falls_back_to_the_upsert(chunk
     rows = make_rows()
     # The sample takes every 8th of the 30 pks (0, 8, 16, 24): pk index 5 is not looked up.
     with transaction.atomic():
-        write_vectors(ct.id, "w", "old", [rows[5]])
+        write_vectors(ct.id, "w", "id2", [rows[5]])
     with transaction.atomic():
         assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
     assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)
