@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 import embrec
 from embrec import indexing, switching
+from embrec.conf import validate
 from embrec.encoders import get_encoder
 from embrec.encoders.hashing import HashingEncoder
 from embrec.interactions import record_interaction
@@ -312,3 +313,38 @@ def test_versioned_indexes_keep_each_query_on_its_own_version():
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("SET enable_seqscan = on")
+
+
+def test_the_admin_dashboard_shows_live_and_next_versions_with_progress(admin_client):
+    live_setup(20)
+    old_identity = live_identity("hashing")
+    with override_settings(EMBREC=salted()):
+        call_command("embrec_reindex", "testapp.article", verbosity=0)
+        indexing.drain(batch_size=5, max_batches=1)
+        response = admin_client.get("/admin/embrec/embedding/dashboard/")
+        assert response.status_code == 200
+        row = next(
+            r
+            for r in response.context["rows"]
+            if (r["model"], r["encoder"]) == ("testapp.article", "hashing")
+        )
+        new_identity = pending_version("hashing").identity
+        assert (row["live"], row["next"], row["next_embedded"], row["progress"]) == (
+            old_identity,
+            new_identity,
+            5,
+            25.0,
+        )
+        html = response.content.decode()
+        assert f'<td class="live">{old_identity}</td>' in html
+        assert '<progress max="100" value="25.0">' in html
+        assert new_identity in html
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("VERSION_AUTO_SWITCH", "yes"), ("VERSION_GRACE_PERIOD", -1), ("VERSION_GRACE_PERIOD", None)],
+)
+def test_bad_version_settings_are_system_check_errors(key, value):
+    problems = validate({key: value})
+    assert [(p.id, p.key) for p in problems] == [("embrec.E011", key)]
