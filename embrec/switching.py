@@ -223,6 +223,18 @@ def _stored_content_types(version: EncoderVersion) -> list[int]:
     return sorted(ids)
 
 
+def drain_and_switch(**options) -> indexing.DrainResult:
+    """Drain the outbox in this process as a worker's drain task does, then start backfills
+    and switch complete ones; a backfill started here is drained here too (``options`` go to
+    :func:`embrec.indexing.drain`). For ``embrec_drain``, ``embrec.testing.embed_now`` and code
+    that embeds without Celery."""
+    result = indexing.drain(**options)
+    while start_backfills(kick=False):
+        result.merge(indexing.drain(**options))
+    auto_switch()
+    return result
+
+
 def after_drain() -> list[EncoderVersion]:
     """After a drain: queue new backfills and switch complete ones; returns those switched."""
     start_backfills()
