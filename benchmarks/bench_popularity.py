@@ -13,6 +13,9 @@ interactions spread over the last 60 days (item popularity Zipf-like), then each
 3. the same pair for ``embrec.popular(Movie, limit=10)`` (``popular_after_write``,
    ``popular_warm``).
 
+Then a bulk import: ``--bulk`` interactions by ``bulk_create`` (batches of 5,000) in a
+transaction that is rolled back, five times (``bulk_import``, per 1,000 rows).
+
 The target: p50 right after a write at most 1.2 × the warm p50. Besides wall-clock latency each
 measure reports CPU per call: this process's plus its PostgreSQL backend's (read from ``/proc``,
 the server runs on the same machine), totalled over the run (the clock ticks are 10 ms) and
@@ -94,18 +97,21 @@ def main() -> None:
     parser.add_argument("--crowd", type=int, default=2000)
     parser.add_argument("--per-user", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--bulk", type=int, default=20_000, help="Rows of the bulk import.")
     parser.add_argument("--label", default="", help="A name for this run (e.g. the revision).")
     args = parser.parse_args()
     setup_django()
 
     from django.contrib.auth import get_user_model
-    from django.db import connection
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import connection, transaction
 
     import embrec
     from benchmarks.common import git_revision
     from benchmarks.dataset import ensure_catalog
     from embrec.conf import embrec_settings
     from embrec.interactions import record_interaction
+    from embrec.models import Interaction
     from project.catalog.models import Movie
 
     info = ensure_catalog(args.n, users=20)
@@ -158,12 +164,34 @@ def main() -> None:
             measure("write", record_interaction, writer, movie, "like")
             measure(f"{name}_after_write", call, reader)
             measure(f"{name}_warm", call, reader)
+    timings["bulk_import"] = []
+    cpu["bulk_import"] = 0.0
+    ct = ContentType.objects.get_for_model(Movie)
+    for _ in range(5):
+        rows = [
+            Interaction(
+                user_id=crowd[int(rng.integers(len(crowd)))].pk,
+                content_type=ct,
+                object_pk=str(int(rng.integers(1, args.n + 1))),
+                kind="like",
+                weight=3.0,
+            )
+            for _ in range(args.bulk)
+        ]
+
+        def bulk_import(rows=rows) -> None:
+            with transaction.atomic():
+                Interaction.objects.bulk_create(rows, batch_size=5000)
+                transaction.set_rollback(True)
+
+        measure("bulk_import", bulk_import)
     connection.close()
+    scale = {"bulk_import": 1000 / args.bulk}
 
     results = {
         key: {
-            **latency_summary(values),
-            "cpu_ms_per_call": round(1000 * cpu[key] / len(values), 3),
+            **latency_summary([v * scale.get(key, 1.0) for v in values]),
+            "cpu_ms_per_call": round(1000 * cpu[key] * scale.get(key, 1.0) / len(values), 3),
         }
         for key, values in timings.items()
     }
@@ -187,7 +215,7 @@ def main() -> None:
         {
             "command": (
                 f"python -m benchmarks.bench_popularity --n {args.n} --crowd {args.crowd} "
-                f"--per-user {args.per_user} --rounds {args.rounds}"
+                f"--per-user {args.per_user} --rounds {args.rounds} --bulk {args.bulk}"
             ),
             "revision": git_revision(),
             "label": label,

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.db import IntegrityError, transaction
 from django.db import connection as default_connection
+from pgvector.psycopg import register_vector
 from psycopg.copy import QueuedLibpqWriter
 
 from embrec.conf import embrec_settings
@@ -128,6 +129,31 @@ def _index_names(spec: IndexSpec, exact: bool) -> list[str]:
     return [spec.name, spec.legacy_name]
 
 
+def _relation_exists(cursor, spec: IndexSpec) -> bool:
+    cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
+    return cursor.fetchone() is not None
+
+
+def _lock_index(cursor, spec: IndexSpec) -> bool:
+    """Serialise DDL on ``spec``'s index (a transaction-scoped advisory lock on its name: two
+    workers never build or drop one index at once); returns whether the index exists now."""
+    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+    return _relation_exists(cursor, spec)
+
+
+def _create_index(cursor, spec: IndexSpec) -> None:
+    # CREATE INDEX refuses to run while deferred foreign-key checks of earlier writes in this
+    # transaction are queued on the table: run those checks now.
+    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    cursor.execute(_create_index_sql(spec))
+    cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+
+
+def _remember_after_commit(conn, key: tuple[str, str]) -> None:
+    # A rolled-back transaction takes the index with it: only remember it once committed.
+    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+
+
 def index_exists(spec: IndexSpec, using=None, *, exact: bool = False) -> bool:
     """Whether an HNSW index serving ``spec`` exists, asked of the database (not the cache).
 
@@ -171,15 +197,11 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
                 _known_indexes.add(key)
                 return False
             with transaction.atomic(using=conn.alias):
-                # Serialise creators: two workers must not build the same index at once.
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
-                # CREATE INDEX refuses to run while deferred foreign-key checks of earlier writes
-                # in this transaction are queued on the table: run those checks now.
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                cursor.execute(_create_index_sql(spec))
-                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-    # A rolled-back transaction takes the index with it: only remember it once committed.
-    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+                if _lock_index(cursor, spec):
+                    _known_indexes.add(key)
+                    return False
+                _create_index(cursor, spec)
+    _remember_after_commit(conn, key)
     return True
 
 
@@ -198,9 +220,7 @@ def build_index(spec: IndexSpec, using=None) -> bool:
     conn = using or default_connection
     key = (conn.alias, spec.name)
     with _lock, transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
-        if cursor.fetchone():
+        if _lock_index(cursor, spec):
             _known_indexes.add(key)
             return False
         memory = embrec_settings.INDEX_BUILD_MAINTENANCE_WORK_MEM
@@ -213,10 +233,8 @@ def build_index(spec: IndexSpec, using=None) -> bool:
                 [str(int(workers))],
             )
         _warn_if_graph_exceeds_memory(cursor, spec)
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(_create_index_sql(spec))
-        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+        _create_index(cursor, spec)
+    _remember_after_commit(conn, key)
     return True
 
 
@@ -261,7 +279,7 @@ def drop_index(spec: IndexSpec, using=None, *, exact: bool = False) -> bool:
     conn = using or default_connection
     existed = False
     with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+        _lock_index(cursor, spec)
         for name in _index_names(spec, exact):
             cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [name])
             existed = existed or cursor.fetchone() is not None
@@ -279,8 +297,6 @@ def _register_vector(conn) -> None:
     raw = conn.connection
     if getattr(raw, "_embrec_vector_registered", False):
         return
-    from pgvector.psycopg import register_vector
-
     register_vector(raw)
     raw._embrec_vector_registered = True
 

@@ -23,14 +23,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
 from django.utils import timezone
 
 from embrec import indexing, interactions
 from embrec.conf import embrec_settings
 from embrec.items import Recommendable
-from embrec.models import EncoderVersion, OutboxEntry, UserEmbedding
+from embrec.models import EncoderVersion, OutboxEntry, UserEmbedding, content_type_of
 from embrec.registry import registry
 from embrec.storage import IndexSpec, build_index, drop_index
 from embrec.versions import LIVE, PENDING, RETIRED, grace_period, pending_version, sync_all
@@ -66,7 +65,7 @@ def registrations_using(alias: str) -> list[Recommendable]:
 
 
 def _content_type_id(rec: Recommendable) -> int:
-    return ContentType.objects.get_for_model(rec.model, for_concrete_model=False).id
+    return content_type_of(rec.model).id
 
 
 def start_backfills(*, kick: bool = True) -> list[EncoderVersion]:

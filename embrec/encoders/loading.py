@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+from django.core.signals import setting_changed
 
-from embrec.conf import embrec_settings
+from embrec.conf import embrec_settings, encoder_class
 from embrec.encoders.base import BaseEncoder
 
 _lock = threading.Lock()
@@ -15,19 +16,15 @@ _encoders: dict[str, BaseEncoder] = {}
 _versioned: dict[tuple[str, str], BaseEncoder | None] = {}
 
 
-def encoder_config(alias: str) -> dict:
+def encoder_config(alias: str) -> dict[str, Any]:
+    """The entry ``EMBREC["ENCODERS"][alias]``; ``ImproperlyConfigured`` for an unknown alias."""
     encoders = embrec_settings.ENCODERS
     if alias not in encoders:
         known = ", ".join(sorted(encoders)) or "(none)"
         raise ImproperlyConfigured(
             f"Unknown encoder alias {alias!r}: add it to EMBREC['ENCODERS'] (configured: {known})."
         )
-    config = encoders[alias]
-    if not isinstance(config, dict) or "CLASS" not in config:
-        raise ImproperlyConfigured(
-            f"EMBREC['ENCODERS'][{alias!r}] must be a dict with a 'CLASS' dotted path."
-        )
-    return config
+    return encoders[alias]
 
 
 def get_encoder(alias: str) -> BaseEncoder:
@@ -38,18 +35,15 @@ def get_encoder(alias: str) -> BaseEncoder:
     with _lock:
         encoder = _encoders.get(alias)
         if encoder is None:
-            encoder = _build(alias, encoder_config(alias), f"EMBREC['ENCODERS'][{alias!r}]")
+            encoder = _build(alias, encoder_config(alias))
             _encoders[alias] = encoder
     return encoder
 
 
-def _build(alias: str, config: dict, where: str) -> BaseEncoder:
-    try:
-        cls = import_string(config["CLASS"])
-    except ImportError as exc:
-        raise ImproperlyConfigured(f"{where}['CLASS'] cannot be imported: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, BaseEncoder)):
-        raise ImproperlyConfigured(f"{where}['CLASS'] must be a BaseEncoder subclass.")
+def _build(alias: str, config: dict) -> BaseEncoder:
+    cls, problems = encoder_class(alias, config)
+    if cls is None:
+        raise ImproperlyConfigured(problems[0].message)
     return cls(alias, **config.get("OPTIONS", {}))
 
 
@@ -76,7 +70,7 @@ def get_versioned_encoder(alias: str, identity: str, config: dict) -> BaseEncode
     encoder = None
     if isinstance(config, dict) and "CLASS" in config:
         try:
-            candidate = _build(alias, config, f"The stored configuration of {alias!r} {identity}")
+            candidate = _build(alias, config)
             if candidate.identity.as_string() == identity:
                 encoder = candidate
         except Exception:  # the stored class is gone or its model cannot be read any more
@@ -91,3 +85,11 @@ def reset_encoders() -> None:
     with _lock:
         _encoders.clear()
         _versioned.clear()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EMBREC":
+        reset_encoders()
+
+
+setting_changed.connect(_on_setting_changed)

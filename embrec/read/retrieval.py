@@ -20,14 +20,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
 from embrec.conf import embrec_settings
 from embrec.exceptions import NotEmbedded
 from embrec.items import Recommendable
-from embrec.models import Embedding, OutboxEntry
+from embrec.models import Embedding, OutboxEntry, content_type_of
 from embrec.read.scope import Exclusions, visible_sql
 from embrec.registry import registry
 from embrec.storage import IndexSpec, _register_vector, parse_vector, vector_literal
@@ -216,7 +215,7 @@ def index_spec(
 ) -> IndexSpec:
     """The :class:`IndexSpec` of a registration's vectors of the live version of ``encoder``
     (or of ``version``, looked up once by the caller); no model is loaded."""
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     return (version or read_version(encoder)).spec(ct.id, dimensions)
 
 
@@ -224,7 +223,7 @@ def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
     """The stored vector of ``obj`` under the live version of ``encoder`` and that version's
     index; :class:`NotEmbedded` when there is none."""
     rec = registry.get(obj)
-    ct = ContentType.objects.get_for_model(obj, for_concrete_model=False)
+    ct = content_type_of(obj)
     version = read_version(encoder)
     rows = Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
     if version.identity is not None:
