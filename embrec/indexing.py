@@ -339,7 +339,7 @@ def drain(
     while max_batches is None or total.batches < max_batches:
         if max_seconds is not None and time.monotonic() - started > max_seconds:
             break
-        result = drain_batch(batch_size)
+        result = drain_batch(batch_size, targets=all_write_targets())
         if result is None:
             break
         total.merge(result)
@@ -354,7 +354,21 @@ def drain(
     return total
 
 
-def drain_batch(batch_size: int) -> DrainResult | None:
+def all_write_targets() -> dict[str, list[WriteTarget]]:
+    """:func:`~embrec.versions.write_targets` of every alias a registration uses (read before
+    a batch's transaction, so the claim transaction runs no extra statement)."""
+    targets = {}
+    for alias in sorted(used_aliases()):
+        try:
+            targets[alias] = write_targets(alias)
+        except ImproperlyConfigured:
+            continue  # raised by the batch that needs it, as a batch error
+    return targets
+
+
+def drain_batch(
+    batch_size: int, *, targets: dict[str, list[WriteTarget]] | None = None
+) -> DrainResult | None:
     """Claim and process one batch in one transaction; ``None`` when nothing is pending.
 
     1. Claim up to ``batch_size`` pending rows with ``FOR UPDATE SKIP LOCKED`` (workers never
@@ -374,7 +388,7 @@ def drain_batch(batch_size: int) -> DrainResult | None:
     """
     claimed_ids: list[int] = []
     try:
-        return _drain_batch(batch_size, claimed_ids)
+        return _drain_batch(batch_size, claimed_ids, targets)
     except (OperationalError, InterfaceError):
         raise  # transient (or the database is gone): the task retries with backoff
     except Exception as exc:
@@ -383,7 +397,9 @@ def drain_batch(batch_size: int) -> DrainResult | None:
         raise
 
 
-def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
+def _drain_batch(
+    batch_size: int, claimed_ids: list[int], targets: dict[str, list[WriteTarget]] | None
+) -> DrainResult | None:
     with transaction.atomic():
         entries = list(
             OutboxEntry.objects.select_for_update(skip_locked=True)
@@ -412,7 +428,7 @@ def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
             result.claimed += len(extra)
         _lock_objects(by_ct)
 
-        plans = [_plan_group(ct_id, group) for ct_id, group in by_ct.items()]
+        plans = [_plan_group(ct_id, group, targets) for ct_id, group in by_ct.items()]
         # Indexes first: CREATE INDEX locks the table against writers, which must not be us.
         # A bulk load defers them instead (built after the backlog, see build_deferred_indexes).
         for plan in plans:
@@ -614,14 +630,23 @@ class _GroupPlan:
     targets: dict[str, list[WriteTarget]] = field(default_factory=dict)
 
 
-def _plan_group(ct_id: int, entries: list[OutboxEntry]) -> _GroupPlan:
+def _plan_group(
+    ct_id: int, entries: list[OutboxEntry], targets: dict[str, list[WriteTarget]] | None = None
+) -> _GroupPlan:
     ct = ContentType.objects.get_for_id(ct_id)
     model = ct.model_class()
     if model is None or not registry.is_registered(model):
         return _GroupPlan(ct_id, entries, None, [])
     rec = registry.get(model)
     aliases = rec.get_encoders()
-    return _GroupPlan(ct_id, entries, rec, aliases, {a: write_targets(a) for a in aliases})
+    targets = targets or {}
+    return _GroupPlan(
+        ct_id,
+        entries,
+        rec,
+        aliases,
+        {a: targets[a] if a in targets else write_targets(a) for a in aliases},
+    )
 
 
 def _process_group(
