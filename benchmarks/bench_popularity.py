@@ -14,7 +14,10 @@ interactions spread over the last 60 days (item popularity Zipf-like), then each
    ``popular_warm``).
 
 Then a bulk import: ``--bulk`` interactions by ``bulk_create`` (batches of 5,000) in a
-transaction that is rolled back, five times (``bulk_import``, per 1,000 rows).
+transaction that is rolled back (``bulk_import``, per 1,000 rows), alternating five times with
+the same import with the table's triggers disabled in that transaction
+(``bulk_import_no_triggers``: what the popularity triggers add, side by side; a revision without
+them measures the same twice).
 
 The target: p50 right after a write at most 1.2 × the warm p50. Besides wall-clock latency each
 measure reports CPU per call: this process's plus its PostgreSQL backend's (read from ``/proc``,
@@ -164,8 +167,9 @@ def main() -> None:
             measure("write", record_interaction, writer, movie, "like")
             measure(f"{name}_after_write", call, reader)
             measure(f"{name}_warm", call, reader)
-    timings["bulk_import"] = []
-    cpu["bulk_import"] = 0.0
+    for key in ("bulk_import", "bulk_import_no_triggers"):
+        timings[key] = []
+        cpu[key] = 0.0
     ct = ContentType.objects.get_for_model(Movie)
     for _ in range(5):
         rows = [
@@ -179,14 +183,18 @@ def main() -> None:
             for _ in range(args.bulk)
         ]
 
-        def bulk_import(rows=rows) -> None:
+        def bulk_import(rows=rows, triggers: bool = True) -> None:
             with transaction.atomic():
+                if not triggers:
+                    with connection.cursor() as cursor:
+                        cursor.execute("ALTER TABLE embrec_interaction DISABLE TRIGGER USER")
                 Interaction.objects.bulk_create(rows, batch_size=5000)
                 transaction.set_rollback(True)
 
         measure("bulk_import", bulk_import)
+        measure("bulk_import_no_triggers", bulk_import, rows, False)
     connection.close()
-    scale = {"bulk_import": 1000 / args.bulk}
+    scale = dict.fromkeys(("bulk_import", "bulk_import_no_triggers"), 1000 / args.bulk)
 
     results = {
         key: {
@@ -201,13 +209,17 @@ def main() -> None:
         after["p50_vs_warm"] = round(after["p50_ms"] / warm["p50_ms"], 2)
         after["cpu_vs_warm"] = round(after["cpu_ms_per_call"] / warm["cpu_ms_per_call"], 2)
         after["target_met"] = after["p50_ms"] <= 1.2 * warm["p50_ms"]
+    bulk = results["bulk_import"]
+    bulk["cpu_vs_no_triggers"] = round(
+        bulk["cpu_ms_per_call"] / results["bulk_import_no_triggers"]["cpu_ms_per_call"], 2
+    )
     header = f"{'measure':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'CPU ms':>8s}"
     print(f"\n{header}  p50 / warm, CPU / warm")
     for key, entry in results.items():
         print(
             f"{key:24s} {entry['p50_ms']:8.2f} {entry['p99_ms']:8.2f} {entry['mean_ms']:8.2f} "
             f"{entry['cpu_ms_per_call']:8.2f}  {entry.get('p50_vs_warm', '')} "
-            f"{entry.get('cpu_vs_warm', '')}"
+            f"{entry.get('cpu_vs_warm', entry.get('cpu_vs_no_triggers', ''))}"
         )
     label = args.label or git_revision()
     save(
