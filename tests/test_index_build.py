@@ -152,8 +152,8 @@ def test_reindex_rebuild_index_drops_and_rebuilds(monkeypatch):
     seen = []
     original = indexing.drain_batch
 
-    def watching(size):
-        result = original(size)
+    def watching(size, **options):
+        result = original(size, **options)
         if result is not None:
             seen.append(index_exists(spec))
         return result
