@@ -21,12 +21,15 @@ def make_rows(shift: float = 0.0, suffix: str = "") -> list[VectorRow]:
     return [VectorRow(pk, vectors[i], f"h{i}{suffix}") for i, pk in enumerate(PKS)]
 
 
-def stored(encoder: str) -> dict[str, Embedding]:
-    return {e.object_pk: e for e in Embedding.objects.filter(encoder=encoder)}
+def stored(encoder: str, identity: str | None = None) -> dict[str, Embedding]:
+    rows = Embedding.objects.filter(encoder=encoder)
+    if identity is not None:
+        rows = rows.filter(identity=identity)
+    return {e.object_pk: e for e in rows}
 
 
 def assert_stored(encoder: str, rows: list[VectorRow], identity: str, ct_id: int) -> None:
-    got = stored(encoder)
+    got = stored(encoder, identity)
     assert set(got) == {r.object_pk for r in rows}
     for row in rows:
         e = got[row.object_pk]
@@ -49,8 +52,13 @@ def test_new_rows_then_updates_round_trip(chunk, monkeypatch):
         assert write_vectors(ct.id, "w", "id1", make_rows()) == len(PKS)
     assert_stored("w", make_rows(), "id1", ct.id)
     with transaction.atomic():
-        assert write_vectors(ct.id, "w", "id2", make_rows(1.0, "b")) == len(PKS)
-    assert_stored("w", make_rows(1.0, "b"), "id2", ct.id)
+        assert write_vectors(ct.id, "w", "id1", make_rows(1.0, "b")) == len(PKS)
+    assert_stored("w", make_rows(1.0, "b"), "id1", ct.id)
+    # Another identity (a new version of the encoder) is written beside, not over, the first.
+    with transaction.atomic():
+        assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
+    assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)
+    assert_stored("w", make_rows(1.0, "b"), "id1", ct.id)
 
 
 def test_direct_copy_falls_back_to_upsert_on_a_concurrent_insert(monkeypatch):
