@@ -13,6 +13,12 @@ interactions spread over the last 60 days (item popularity Zipf-like), then each
 3. the same pair for ``embrec.popular(Movie, limit=10)`` (``popular_after_write``,
    ``popular_warm``).
 
+Then a bulk import: ``--bulk`` interactions by ``bulk_create`` (batches of 5,000) in a
+transaction that is rolled back (``bulk_import``, per 1,000 rows), alternating five times with
+the same import with the table's triggers disabled in that transaction
+(``bulk_import_no_triggers``: what the popularity triggers add, side by side; a revision without
+them measures the same twice).
+
 The target: p50 right after a write at most 1.2 × the warm p50. Besides wall-clock latency each
 measure reports CPU per call: this process's plus its PostgreSQL backend's (read from ``/proc``,
 the server runs on the same machine), totalled over the run (the clock ticks are 10 ms) and
@@ -94,18 +100,21 @@ def main() -> None:
     parser.add_argument("--crowd", type=int, default=2000)
     parser.add_argument("--per-user", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--bulk", type=int, default=20_000, help="Rows of the bulk import.")
     parser.add_argument("--label", default="", help="A name for this run (e.g. the revision).")
     args = parser.parse_args()
     setup_django()
 
     from django.contrib.auth import get_user_model
-    from django.db import connection
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import connection, transaction
 
     import embrec
     from benchmarks.common import git_revision
     from benchmarks.dataset import ensure_catalog
     from embrec.conf import embrec_settings
     from embrec.interactions import record_interaction
+    from embrec.models import Interaction
     from project.catalog.models import Movie
 
     info = ensure_catalog(args.n, users=20)
@@ -158,12 +167,39 @@ def main() -> None:
             measure("write", record_interaction, writer, movie, "like")
             measure(f"{name}_after_write", call, reader)
             measure(f"{name}_warm", call, reader)
+    for key in ("bulk_import", "bulk_import_no_triggers"):
+        timings[key] = []
+        cpu[key] = 0.0
+    ct = ContentType.objects.get_for_model(Movie)
+    for _ in range(5):
+        rows = [
+            Interaction(
+                user_id=crowd[int(rng.integers(len(crowd)))].pk,
+                content_type=ct,
+                object_pk=str(int(rng.integers(1, args.n + 1))),
+                kind="like",
+                weight=3.0,
+            )
+            for _ in range(args.bulk)
+        ]
+
+        def bulk_import(rows=rows, triggers: bool = True) -> None:
+            with transaction.atomic():
+                if not triggers:
+                    with connection.cursor() as cursor:
+                        cursor.execute("ALTER TABLE embrec_interaction DISABLE TRIGGER USER")
+                Interaction.objects.bulk_create(rows, batch_size=5000)
+                transaction.set_rollback(True)
+
+        measure("bulk_import", bulk_import)
+        measure("bulk_import_no_triggers", bulk_import, rows, False)
     connection.close()
+    scale = dict.fromkeys(("bulk_import", "bulk_import_no_triggers"), 1000 / args.bulk)
 
     results = {
         key: {
-            **latency_summary(values),
-            "cpu_ms_per_call": round(1000 * cpu[key] / len(values), 3),
+            **latency_summary([v * scale.get(key, 1.0) for v in values]),
+            "cpu_ms_per_call": round(1000 * cpu[key] * scale.get(key, 1.0) / len(values), 3),
         }
         for key, values in timings.items()
     }
@@ -173,13 +209,17 @@ def main() -> None:
         after["p50_vs_warm"] = round(after["p50_ms"] / warm["p50_ms"], 2)
         after["cpu_vs_warm"] = round(after["cpu_ms_per_call"] / warm["cpu_ms_per_call"], 2)
         after["target_met"] = after["p50_ms"] <= 1.2 * warm["p50_ms"]
+    bulk = results["bulk_import"]
+    bulk["cpu_vs_no_triggers"] = round(
+        bulk["cpu_ms_per_call"] / results["bulk_import_no_triggers"]["cpu_ms_per_call"], 2
+    )
     header = f"{'measure':24s} {'p50 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'CPU ms':>8s}"
     print(f"\n{header}  p50 / warm, CPU / warm")
     for key, entry in results.items():
         print(
             f"{key:24s} {entry['p50_ms']:8.2f} {entry['p99_ms']:8.2f} {entry['mean_ms']:8.2f} "
             f"{entry['cpu_ms_per_call']:8.2f}  {entry.get('p50_vs_warm', '')} "
-            f"{entry.get('cpu_vs_warm', '')}"
+            f"{entry.get('cpu_vs_warm', entry.get('cpu_vs_no_triggers', ''))}"
         )
     label = args.label or git_revision()
     save(
@@ -187,7 +227,7 @@ def main() -> None:
         {
             "command": (
                 f"python -m benchmarks.bench_popularity --n {args.n} --crowd {args.crowd} "
-                f"--per-user {args.per_user} --rounds {args.rounds}"
+                f"--per-user {args.per_user} --rounds {args.rounds} --bulk {args.bulk}"
             ),
             "revision": git_revision(),
             "label": label,

@@ -1,8 +1,8 @@
 """The re-ranking formula, shared by the read path and the evaluation.
 
-Pure functions over numbers or numpy arrays (no Django): :mod:`embrec.queries` scores candidates
-with them, and :class:`embrec.evaluation.methods.EmbeddingMethod` scores whole catalogs with the
-same code, so an evaluated configuration is the one a site deploys.
+Pure functions over numbers or numpy arrays (no Django): :mod:`embrec.read.rerank` scores
+candidates with them, and :class:`embrec.evaluation.methods.EmbeddingMethod` scores whole catalogs
+with the same code, so an evaluated configuration is the one a site deploys.
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ def test_probes_use_the_hnsw_index():
     inner = plan.split("Nested Loop Left Join", 1)[1]
     assert f"Index Scan using {spec.name}" in inner, plan
     assert "Seq Scan on embrec_embedding b" not in plan, plan
+    # The batch of probed items is read by primary key, not by scanning the table.
+    assert "Index Scan using embrec_embedding_pkey" in plan.split("Nested Loop Left Join", 1)[1]
     analyzed = duplicates.explain(Article, analyze=True)
     assert f"Index Scan using {spec.name}" in analyzed
     report = duplicates.find(Article, threshold=0.99, isolated=0)

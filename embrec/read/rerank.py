@@ -8,7 +8,6 @@ then picks a diverse list by maximal marginal relevance. Both work on the candid
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 from django.utils import timezone
@@ -68,8 +67,10 @@ def mmr(candidates: Sequence[Candidate], limit: int, lambda_: float) -> list[Can
     """
     if not candidates:
         return []
-    stacked = np.stack([cast(np.ndarray, c.vector) for c in candidates]).astype(np.float64)
-    vectors = l2_normalize(stacked, dtype=np.float64)
+    rows = [c.vector for c in candidates if c.vector is not None]
+    if len(rows) != len(candidates):
+        raise ValueError("mmr() needs the candidates' vectors (nearest(..., with_vectors=True)).")
+    vectors = l2_normalize(np.stack(rows).astype(np.float64), dtype=np.float64)
     relevance = np.array([c.score for c in candidates])
     chosen: list[int] = []
     max_sim = np.full(len(candidates), -np.inf)
