@@ -29,6 +29,16 @@ class EncoderIdentity:
         return f"{self.name}@{self.revision}/{self.dimensions}/{norm}"
 
 
+class EncoderUnavailable(ConnectionError):
+    """The encoder cannot work right now (a remote embedding service is down, overloaded or
+    rejects the credentials), whatever the items: raised after the encoder's own retries.
+
+    The write path does not blame the items for it: the batch is rolled back, its outbox rows stay
+    pending without counting an attempt, and the drain task retries with backoff. The REST API
+    answers 503 with ``Retry-After``.
+    """
+
+
 class BaseEncoder:
     """Base class for encoders.
 
@@ -103,6 +113,13 @@ class BaseEncoder:
         from text (``uses_text = False``) or that combine other encoders.
         """
         return self.encode(texts)
+
+    def content_key(self, rec, obj, text: str) -> str:
+        """What this encoder reads of ``obj``, as a string: the write path stores its hash with
+        the vector and re-encodes the object when it changes. Default: the item text. Encoders
+        that read more than the text (an image) add what identifies it (the file name).
+        """
+        return text
 
     def fold_in_user(self, rec, weights) -> np.ndarray | None:
         """A user's vector from ``{object pk: effective weight}`` (used when
