@@ -76,6 +76,14 @@ DEFAULTS: dict[str, Any] = {
     "INDEX_BUILD_MAINTENANCE_WORK_MEM": "1GB",
     # max_parallel_maintenance_workers for a deferred build (None: the server's setting).
     "INDEX_BUILD_PARALLEL_WORKERS": None,
+    # A new encoder identity (another model, revision or fine-tune under an existing alias) is
+    # backfilled beside the live one while queries keep reading the live version. With True,
+    # the alias switches to it in one transaction as soon as the backfill is complete (checked
+    # after each drain and by the sweeper); with False, run ``manage.py embrec_switch``.
+    "VERSION_AUTO_SWITCH": True,
+    # Seconds the vectors of a retired version are kept after a switch before the sweeper (or
+    # ``embrec_switch --prune``) deletes them and drops their index.
+    "VERSION_GRACE_PERIOD": 86400,
     # Query limits.
     "DEFAULT_LIMIT": 10,
     "MAX_LIMIT": 100,
@@ -367,6 +375,11 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             wrong("DEFAULT_LIMIT", f"at most MAX_LIMIT ({values['MAX_LIMIT']})")
     if not isinstance(values["AUTO_KICK"], bool):
         wrong("AUTO_KICK", "True or False")
+    if not isinstance(values["VERSION_AUTO_SWITCH"], bool):
+        wrong("VERSION_AUTO_SWITCH", "True or False")
+    value = values["VERSION_GRACE_PERIOD"]
+    if not _is_number(value) or value < 0:
+        wrong("VERSION_GRACE_PERIOD", "a number of seconds, 0 or more")
     preload = values["PRELOAD_ENCODERS"]
     encoders = values["ENCODERS"] if isinstance(values["ENCODERS"], dict) else {}
     if not isinstance(preload, list | tuple) or not all(
@@ -535,7 +548,8 @@ def encoder_class(alias: str, config: Any) -> tuple[type[BaseEncoder] | None, li
 def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
     """Problems with ``EMBREC["ENCODERS"]`` and ``["DEFAULT_ENCODERS"]``: classes that do not
     import or are not encoders, unknown entry keys, ``OPTIONS`` the class does not read
-    (:attr:`~embrec.encoders.BaseEncoder.option_names`) or that its constructor rejects."""
+    (:attr:`~embrec.encoders.BaseEncoder.option_names`), bad index options
+    (:func:`embrec.storage.index_options`) or options its constructor rejects."""
     problems: list[SettingProblem] = []
     if not isinstance(encoders, dict) or not encoders:
         return [
@@ -578,7 +592,9 @@ def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
             )
             continue
         readable = cls.option_names
-        unknown = sorted(set(options) - readable) if readable is not None else []
+        # Every encoder accepts the options of its index (by path: storage imports this module).
+        index_names = import_string("embrec.encoders.base.INDEX_OPTION_NAMES")
+        unknown = sorted(set(options) - readable - index_names) if readable is not None else []
         if unknown:
             problems.append(
                 SettingProblem(
@@ -587,6 +603,18 @@ def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
                     f"{where}['OPTIONS'] has unknown option(s) for {cls.__name__}: "
                     f"{', '.join(map(str, unknown))}.",
                     f"{cls.__name__} reads: {', '.join(sorted(readable or ()))}.",
+                )
+            )
+            continue
+        try:
+            import_string("embrec.storage.index_options")(options)
+        except ImproperlyConfigured as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] has a bad index option: {exc}",
+                    "See 'Index options' in docs/READ_PATH.md.",
                 )
             )
             continue

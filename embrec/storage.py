@@ -8,9 +8,26 @@ All vectors live in ``embrec_embedding.vector`` (a dimension-less pgvector colum
 
 Queries use the same expression and predicate (:func:`distance_sql`) so the planner picks that
 index. The dimensions are part of the predicate so that switching an alias to a model with
-other dimensions never breaks the old index: old rows stay in it until they are re-encoded. With
-``"halfvec": True`` in an encoder's ``OPTIONS`` the index stores half-precision
-vectors (half the memory; recall is unchanged in practice for normalised text embeddings).
+other dimensions never breaks the old index: old rows stay in it until they are re-encoded.
+
+What the index stores is an encoder option (:func:`index_options`), ``"index"`` in its
+``OPTIONS``:
+
+* ``"vector"`` (default) — the full single-precision vectors (4 bytes per dimension);
+* ``"halfvec"`` (or the older ``"halfvec": True``) — half-precision vectors, ``(vector::halfvec(384))
+  halfvec_cosine_ops``: half the size, recall unchanged in practice for normalised embeddings;
+* ``"bit"`` — binary-quantised vectors, one bit per dimension (``binary_quantize(vector::
+  vector(384))::bit(384)`` with ``bit_hamming_ops``): the index search returns the ``"rerank"``
+  nearest rows by Hamming distance (default :data:`DEFAULT_RERANK`), which are then re-ranked by
+  the exact cosine distance of their full vectors, read from the table (see
+  :func:`ann_sql`). The table keeps the full vectors either way; only the index shrinks.
+
+A spec may name an encoder identity (:class:`~embrec.models.EncoderVersion`): its predicate then
+adds ``AND identity = '…'``, so the live and a pending version of one alias, even with the same
+dimensions, have separate graphs and a query reads exactly one version. An index built before
+versions existed (no identity in its predicate, :attr:`IndexSpec.legacy_name`) still serves
+queries of any identity with its dimensions, by predicate implication, until the version it was
+built for is pruned.
 """
 
 from __future__ import annotations
@@ -20,11 +37,13 @@ import logging
 import re
 import struct
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db import connection as default_connection
 from pgvector.psycopg import register_vector
@@ -38,40 +57,191 @@ _known_indexes: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
 
+#: What an index may store: full vectors, half-precision vectors, or one bit per dimension.
+INDEX_KINDS = ("vector", "halfvec", "bit")
+#: Rows a ``bit`` index search returns for re-ranking by the full vectors. Recall depends on the
+#: data: measure it on yours (``benchmarks/bench_quantize.py``, docs/BENCHMARKS.md (g)).
+DEFAULT_RERANK = 200
+#: Most rows one re-ranked search may read (``hnsw.ef_search`` is capped at 1,000 too).
+MAX_RERANK = 1000
+
+
+def index_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"halfvec": bool, "binary": bool, "rerank": int}`` from an encoder's ``OPTIONS``.
+
+    Raises ``ImproperlyConfigured`` with one sentence for a bad value (checked by
+    ``manage.py check`` too).
+    """
+    kind = options.get("index")
+    legacy_half = options.get("halfvec")
+    if legacy_half not in (None, True, False):
+        raise ImproperlyConfigured(f"'halfvec' must be True or False, got {legacy_half!r}.")
+    if kind is None:
+        kind = "halfvec" if legacy_half else "vector"
+    if kind not in INDEX_KINDS:
+        raise ImproperlyConfigured(
+            f"'index' must be one of {', '.join(map(repr, INDEX_KINDS))}, got {kind!r}."
+        )
+    if legacy_half and kind != "halfvec":
+        raise ImproperlyConfigured(f"'halfvec': True contradicts 'index': {kind!r}; keep one.")
+    rerank = options.get("rerank", DEFAULT_RERANK)
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= MAX_RERANK:
+        raise ImproperlyConfigured(
+            f"'rerank' must be a whole number of rows from 1 to {MAX_RERANK}, got {rerank!r}."
+        )
+    if "rerank" in options and kind != "bit":
+        raise ImproperlyConfigured("'rerank' applies to 'index': 'bit' only.")
+    return {"halfvec": kind == "halfvec", "binary": kind == "bit", "rerank": int(rerank)}
+
+
 @dataclass(frozen=True)
 class IndexSpec:
+    """One partial HNSW index: a model's vectors under one encoder alias, dimensions and,
+    when ``identity`` is set, one encoder identity (version).
+
+    ``halfvec`` and ``binary`` say what the index stores (see the module docstring); ``rerank``
+    (``binary`` only, not part of the index's identity) is how many rows the Hamming search
+    returns for re-ranking by the full vectors.
+    """
+
     content_type_id: int
     encoder: str
     dimensions: int
     halfvec: bool = False
+    binary: bool = False
+    rerank: int = field(default=DEFAULT_RERANK, compare=False)
+    identity: str | None = None
+
+    @classmethod
+    def for_encoder(
+        cls,
+        content_type_id: int,
+        alias: str,
+        dimensions: int,
+        options: Mapping[str, Any],
+        identity: str | None = None,
+    ) -> IndexSpec:
+        """The spec of ``alias``'s vectors of ``dimensions`` (of one ``identity``, when given),
+        its index kind from the encoder's ``options``."""
+        return cls(
+            int(content_type_id),
+            alias,
+            int(dimensions),
+            **index_options(options),
+            identity=identity,
+        )
+
+    @property
+    def kind(self) -> str:
+        return "bit" if self.binary else "halfvec" if self.halfvec else "vector"
 
     @property
     def vector_type(self) -> str:
+        """The type distances are computed in (full vectors for a ``bit`` index)."""
         return f"{'halfvec' if self.halfvec else 'vector'}({int(self.dimensions)})"
 
     @property
     def opclass(self) -> str:
+        if self.binary:
+            return "bit_hamming_ops"
         return "halfvec_cosine_ops" if self.halfvec else "vector_cosine_ops"
+
+    def index_expression(self, alias: str = "") -> str:
+        """The indexed expression (queries must repeat it exactly for the index to serve them)."""
+        prefix = f"{alias}." if alias else ""
+        dims = int(self.dimensions)
+        if self.binary:
+            return f"(binary_quantize({prefix}vector::vector({dims}))::bit({dims}))"
+        return f"({prefix}vector::{self.vector_type})"
 
     @property
     def name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "_", self.encoder.lower())[:20]
-        digest = hashlib.sha1(f"{self.encoder}/{self.halfvec}/dims".encode()).hexdigest()[:6]
+        key = f"{self.encoder}/bit/dims" if self.binary else f"{self.encoder}/{self.halfvec}/dims"
+        if self.identity is not None:
+            key += f"/{self.identity}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:6]
+        if self.binary:
+            return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}b_{digest}"
         kind = "h" if self.halfvec else "v"
         return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}{kind}_{digest}"
+
+    @property
+    def legacy_name(self) -> str:
+        """The name of the index of these vectors built without an identity in its predicate."""
+        return replace(self, identity=None).name
 
     def predicate_sql(self, alias: str = "") -> str:
         prefix = f"{alias}." if alias else ""
         encoder = self.encoder.replace("'", "''")
-        return (
+        sql = (
             f"{prefix}content_type_id = {int(self.content_type_id)} AND {prefix}encoder = "
             f"'{encoder}' AND {prefix}dimensions = {int(self.dimensions)}"
         )
+        if self.identity is not None:
+            identity = self.identity.replace("'", "''")
+            sql += f" AND {prefix}identity = '{identity}'"
+        return sql
 
     def distance_sql(self, alias: str = "") -> str:
-        """``vector::type <=> %s::type``: cosine distance to one bound query vector."""
+        """``vector::type <=> %s::type``: cosine distance to one bound query vector.
+
+        For a ``bit`` index this is the exact distance of the full vectors (the re-ranking
+        order), which the index does not serve; :meth:`search_sql` is the order it serves.
+        """
         prefix = f"{alias}." if alias else ""
         return f"({prefix}vector::{self.vector_type}) <=> %s::{self.vector_type}"
+
+    def search_sql(self, alias: str = "", query: str = "%s") -> str:
+        """The ``ORDER BY`` expression the HNSW index serves, to ``query`` (an SQL expression of
+        the query vector; default one bound parameter)."""
+        dims = int(self.dimensions)
+        if not self.binary:
+            prefix = f"{alias}." if alias else ""
+            return f"({prefix}vector::{self.vector_type}) <=> ({query})::{self.vector_type}"
+        return (
+            f"{self.index_expression(alias)} <~> "
+            f"(binary_quantize(({query})::vector({dims}))::bit({dims}))"
+        )
+
+
+def ann_sql(
+    spec: IndexSpec,
+    columns: str,
+    where: str,
+    where_params: Sequence[Any],
+    vector: Sequence[float] | np.ndarray,
+    limit: int,
+    *,
+    alias: str = "e",
+) -> tuple[str, list]:
+    """An ANN query over ``embrec_embedding {alias}`` that the HNSW index of ``spec`` serves.
+
+    ``columns`` may use ``{distance}`` (the cosine distance to ``vector``, selected as
+    ``distance``); rows come ordered by it, at most ``limit``. For a ``bit`` index the index
+    search returns ``max(spec.rerank, limit)`` rows by Hamming distance in a sub-select, and the
+    outer query re-ranks them by the full vectors' cosine distance. ``where`` (with
+    ``where_params``) filters rows inside the index scan either way. Run it with
+    ``hnsw.ef_search`` at least :func:`scan_size`.
+    """
+    literal = vector_literal(vector)
+    select = columns.format(distance=spec.distance_sql(alias))
+    if not spec.binary:
+        sql = (
+            f"SELECT {select} FROM embrec_embedding {alias} WHERE {where} "
+            f"ORDER BY distance LIMIT %s"
+        )
+        return sql, [literal, *where_params, int(limit)]
+    sql = (
+        f"SELECT * FROM (SELECT {select} FROM embrec_embedding {alias} WHERE {where} "
+        f"ORDER BY {spec.search_sql(alias)} LIMIT %s) candidates ORDER BY distance LIMIT %s"
+    )
+    return sql, [literal, *where_params, literal, scan_size(spec, limit), int(limit)]
+
+
+def scan_size(spec: IndexSpec, limit: int) -> int:
+    """Rows the index search of :func:`ann_sql` must return (``hnsw.ef_search`` at least)."""
+    return max(int(spec.rerank), int(limit)) if spec.binary else int(limit)
 
 
 def vector_literal(vector: Sequence[float] | np.ndarray) -> str:
@@ -92,11 +262,18 @@ def parse_vector(value) -> np.ndarray:
 def _create_index_sql(spec: IndexSpec) -> str:
     return (
         f"CREATE INDEX IF NOT EXISTS {spec.name} ON embrec_embedding "
-        f"USING hnsw ((vector::{spec.vector_type}) {spec.opclass}) "
+        f"USING hnsw ({spec.index_expression()} {spec.opclass}) "
         f"WITH (m = {int(embrec_settings.HNSW_M)}, "
         f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
         f"WHERE {spec.predicate_sql()}"
     )
+
+
+def _index_names(spec: IndexSpec, exact: bool) -> list[str]:
+    """Names that serve ``spec``: its own, and unless ``exact`` the legacy one (no identity)."""
+    if exact or spec.identity is None:
+        return [spec.name]
+    return [spec.name, spec.legacy_name]
 
 
 def _relation_exists(cursor, spec: IndexSpec) -> bool:
@@ -124,16 +301,21 @@ def _remember_after_commit(conn, key: tuple[str, str]) -> None:
     transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
 
 
-def index_exists(spec: IndexSpec, using=None) -> bool:
-    """Whether the HNSW index of ``spec`` exists, asked of the database (not the cache).
+def index_exists(spec: IndexSpec, using=None, *, exact: bool = False) -> bool:
+    """Whether an HNSW index serving ``spec`` exists, asked of the database (not the cache).
 
-    Another process may have dropped it (``embrec_reindex --rebuild-index``): a missing index is
-    also forgotten by this process's cache, so that :func:`ensure_index` creates it again.
+    Unless ``exact``, an index built before versions existed (:attr:`IndexSpec.legacy_name`)
+    serves a spec with an identity. Another process may have dropped it
+    (``embrec_reindex --rebuild-index``): a missing index is also forgotten by this process's
+    cache, so that :func:`ensure_index` creates it again.
     """
     conn = using or default_connection
     key = (conn.alias, spec.name)
     with conn.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", [spec.name])
+        cursor.execute(
+            "SELECT 1 FROM pg_class WHERE relname = ANY(%s) AND relkind = 'i'",
+            [_index_names(spec, exact)],
+        )
         exists = cursor.fetchone() is not None
     if exists:
         _known_indexes.add(key)
@@ -155,7 +337,10 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
         return False
     with _lock:
         with conn.cursor() as cursor:
-            if _relation_exists(cursor, spec):
+            cursor.execute(
+                "SELECT 1 FROM pg_class WHERE relname = ANY(%s)", [_index_names(spec, False)]
+            )
+            if cursor.fetchone():
                 _known_indexes.add(key)
                 return False
             with transaction.atomic(using=conn.alias):
@@ -200,7 +385,9 @@ def build_index(spec: IndexSpec, using=None) -> bool:
     return True
 
 
-def hnsw_build_memory(rows: int, dimensions: int, *, halfvec: bool = False, m: int = 16) -> int:
+def hnsw_build_memory(
+    rows: int, dimensions: int, *, halfvec: bool = False, binary: bool = False, m: int = 16
+) -> int:
     """Bytes pgvector needs to build an HNSW graph of ``rows`` vectors in memory (an estimate).
 
     Per element: the vector itself, the layer-0 neighbour list (2·m candidates of ~16 bytes) and
@@ -209,7 +396,7 @@ def hnsw_build_memory(rows: int, dimensions: int, *, halfvec: bool = False, m: i
     pgvector's own notice at 384 dimensions: 16MB holds 7,436 vectors by this estimate, 7,453 by
     pgvector's count.
     """
-    per_vector = (2 if halfvec else 4) * dimensions + 8
+    per_vector = (-(-dimensions // 8) if binary else (2 if halfvec else 4) * dimensions) + 8
     return int(rows * (per_vector + 32 * m + 200))
 
 
@@ -221,7 +408,11 @@ def _warn_if_graph_exceeds_memory(cursor, spec: IndexSpec) -> None:
     )
     available = cursor.fetchone()[0]
     needed = hnsw_build_memory(
-        rows, spec.dimensions, halfvec=spec.halfvec, m=int(embrec_settings.HNSW_M)
+        rows,
+        spec.dimensions,
+        halfvec=spec.halfvec,
+        binary=spec.binary,
+        m=int(embrec_settings.HNSW_M),
     )
     if needed > available:
         logger.warning(
@@ -235,12 +426,17 @@ def _warn_if_graph_exceeds_memory(cursor, spec: IndexSpec) -> None:
         )
 
 
-def drop_index(spec: IndexSpec, using=None) -> bool:
-    """Drop the HNSW index of ``spec`` (before a full re-embed); True when it existed."""
+def drop_index(spec: IndexSpec, using=None, *, exact: bool = False) -> bool:
+    """Drop the HNSW index of ``spec`` (before a full re-embed, or when a version is pruned);
+    unless ``exact`` also the legacy index serving it. True when one existed."""
     conn = using or default_connection
+    existed = False
     with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        existed = _lock_index(cursor, spec)
-        cursor.execute(f"DROP INDEX IF EXISTS {spec.name}")
+        _lock_index(cursor, spec)
+        for name in _index_names(spec, exact):
+            cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [name])
+            existed = existed or cursor.fetchone() is not None
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
     _known_indexes.discard((conn.alias, spec.name))
     return existed
 
@@ -369,7 +565,7 @@ def _copy_in(
         copy.write(_COPY_TRAILER)
 
 
-def _any_exists(cursor, content_type_id: int, encoder: str, pks: list[str]) -> bool:
+def _any_exists(cursor, content_type_id: int, encoder: str, identity: str, pks: list[str]) -> bool:
     """Whether a sample of ``pks`` (at most ``_EXISTS_SAMPLE``, spread over the list) is stored.
 
     Only chooses the write path: a row the sample missed makes the direct COPY fail with a unique
@@ -380,8 +576,8 @@ def _any_exists(cursor, content_type_id: int, encoder: str, pks: list[str]) -> b
         pks = pks[:: -(-len(pks) // _EXISTS_SAMPLE)]
     cursor.execute(
         "SELECT EXISTS (SELECT 1 FROM embrec_embedding WHERE content_type_id = %s "
-        "AND encoder = %s AND object_pk = ANY(%s))",
-        [content_type_id, encoder, pks],
+        "AND encoder = %s AND identity = %s AND object_pk = ANY(%s))",
+        [content_type_id, encoder, identity, pks],
     )
     return bool(cursor.fetchone()[0])
 
@@ -399,7 +595,9 @@ def write_vectors(
     *,
     using=None,
 ) -> int:
-    """Upsert vectors in bulk (binary COPY; see below). Returns the number of rows written.
+    """Upsert the vectors of one encoder identity in bulk (binary COPY; see below); rows of the
+    same objects under other identities (another version of the encoder) are left alone.
+    Returns the number of rows written.
 
     When none of the rows exists yet (a first index, new objects), they are copied straight into
     ``embrec_embedding`` under a savepoint. Otherwise, or when a concurrent writer inserted one of
@@ -424,7 +622,9 @@ def write_vectors(
             )
     pks = [row.object_pk for row in rows]
     with conn.cursor() as cursor:
-        if len(set(pks)) == len(pks) and not _any_exists(cursor, content_type_id, encoder, pks):
+        if len(set(pks)) == len(pks) and not _any_exists(
+            cursor, content_type_id, encoder, identity, pks
+        ):
             now = _transaction_now(cursor)  # the same timestamps as the upsert's now()
             try:
                 with transaction.atomic(using=conn.alias), conn.wrap_database_errors:
@@ -458,8 +658,7 @@ def write_vectors(
                  created_at, updated_at)
             SELECT %s, object_pk, %s, %s, %s, vector, content_hash, now(), now()
               FROM embrec_stage
-            ON CONFLICT (content_type_id, object_pk, encoder) DO UPDATE SET
-                identity = EXCLUDED.identity,
+            ON CONFLICT (content_type_id, object_pk, encoder, identity) DO UPDATE SET
                 dimensions = EXCLUDED.dimensions,
                 vector = EXCLUDED.vector,
                 content_hash = EXCLUDED.content_hash,
@@ -477,7 +676,10 @@ def delete_vectors(
     object_pks: Sequence[str],
     encoder: str | None = None,
     using=None,
+    *,
+    identity: str | None = None,
 ) -> int:
+    """Delete the vectors of objects (of one encoder, or all; of one identity, or all)."""
     conn = using or default_connection
     if not object_pks:
         return 0
@@ -487,5 +689,8 @@ def delete_vectors(
         if encoder is not None:
             sql += " AND encoder = %s"
             params.append(encoder)
+        if identity is not None:
+            sql += " AND identity = %s"
+            params.append(identity)
         cursor.execute(sql, params)
         return cursor.rowcount

@@ -20,7 +20,6 @@ import numpy as np
 from django.db import models
 
 from embrec.conf import embrec_settings
-from embrec.encoders import get_encoder
 from embrec.exceptions import QueryError
 from embrec.interactions import user_vector
 from embrec.models import Embedding
@@ -46,6 +45,7 @@ from embrec.read.scope import (
 )
 from embrec.scoring import normalized_popularity
 from embrec.storage import IndexSpec
+from embrec.versions import read_version
 
 
 def rank(
@@ -101,12 +101,13 @@ def search(scope: Scope, options: QueryOptions) -> list[Result]:
     """Objects of ``scope`` nearest to ``options.text``, encoded in this process."""
     rec = scope.rec
     encoder = text_encoder_for(rec, options.encoder)
-    vector = get_encoder(encoder).encode([options.text or ""])[0]
+    version = read_version(encoder)
+    vector = version.encoder().encode([options.text or ""])[0]
     if not np.any(vector):
         raise QueryError(
             "The search text has no words the encoder knows.", code="empty_query", field="q"
         )
-    spec = index_spec(rec, encoder, vector.shape[0])
+    spec = index_spec(rec, encoder, vector.shape[0], version)
     return hydrate(rec, rank(scope, options, spec, vector), SOURCE_SEARCH, scope.visible)
 
 
@@ -122,15 +123,24 @@ def recommend(scope: Scope, options: QueryOptions) -> list[Result]:
     encoder = encoder_for(rec, options.encoder)
     if scope.user_id is None:
         return popular_results(scope, options.limit, encoder)
-    vector = user_vector(scope.user_id, rec, encoder)
+    version = read_version(encoder)
+    vector = user_vector(scope.user_id, rec, encoder, identity=version.identity)
     if vector is None:
         return popular_results(scope, options.limit, encoder)
-    spec = index_spec(rec, encoder, vector.shape[0])
+    spec = index_spec(rec, encoder, vector.shape[0], version)
     candidates = rank(scope, options, spec, vector)
     results = hydrate(rec, candidates, SOURCE_PERSONAL, scope.visible)
     if options.explain:
         # Explanations may name items outside the filters, never items the request cannot see.
-        explain_results(rec, results, scope.user_id, scope.content_type_id, encoder, scope.shown)
+        explain_results(
+            rec,
+            results,
+            scope.user_id,
+            scope.content_type_id,
+            encoder,
+            scope.shown,
+            identity=version.identity,
+        )
     if len(results) >= options.limit:
         return results
     taken = scope.excluding(r.pk for r in results)
@@ -150,13 +160,16 @@ def popular_results(scope: Scope, limit: int, encoder: str) -> list[Result]:
     if len(results) < limit:
         # Nothing (or too little) is popular yet: newest embedded items.
         taken = scope.exclusions.excluding(r.pk for r in results)
+        rows = Embedding.objects.filter(
+            content_type_id=scope.content_type_id,
+            encoder=encoder,
+            object_pk__in=visible_pks(visible),
+        )
+        identity = read_version(encoder).identity
+        if identity is not None:
+            rows = rows.filter(identity=identity)
         recent = list(
-            Embedding.objects.filter(
-                content_type_id=scope.content_type_id,
-                encoder=encoder,
-                object_pk__in=visible_pks(visible),
-            )
-            .exclude(taken.q())
+            rows.exclude(taken.q())
             .order_by("-created_at", "-id")
             .values_list("object_pk", flat=True)[: limit - len(results)]
         )

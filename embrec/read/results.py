@@ -109,12 +109,15 @@ def explain_results(
     content_type_id: int,
     encoder: str,
     visible: models.QuerySet,
+    *,
+    identity: str | None = None,
 ) -> None:
     """Attach to each result the interacted items with the largest ``weight × cosine`` to it.
 
     The similarities are computed by PostgreSQL in one statement (results × positively weighted
     interacted items, top few per result); no item vector is loaded into Python. Only items in
-    ``visible`` are named.
+    ``visible`` are named. Only vectors of one encoder identity are compared: ``identity`` (the
+    version the results were ranked with); ``None`` before any version is registered.
     """
     if not results:
         return
@@ -136,9 +139,10 @@ def explain_results(
               FROM {table} r
               JOIN {table} i
                 ON i.content_type_id = r.content_type_id AND i.encoder = r.encoder
-               AND i.dimensions = r.dimensions
+               AND i.dimensions = r.dimensions AND i.identity = r.identity
               JOIN unnest(%s::text[], %s::float8[]) AS w(pk, weight) ON w.pk = i.object_pk
              WHERE r.content_type_id = %s AND r.encoder = %s AND r.object_pk = ANY(%s)
+               AND (%s::text IS NULL OR r.identity = %s::text)
         ) ranked
         WHERE rank <= %s AND contribution > 0
         ORDER BY pk, contribution DESC
@@ -149,6 +153,8 @@ def explain_results(
         content_type_id,
         encoder,
         [r.pk for r in results],
+        identity,
+        identity,
         # A few spare rows per result for items the request may not see.
         EXPLANATION_SIZE * 3,
     ]

@@ -1,4 +1,4 @@
-"""Retrieval SQL: nearest neighbours over the HNSW index of one (model, encoder).
+"""Retrieval SQL: nearest neighbours over the HNSW index of one (model, encoder, version).
 
 Every vector query runs one ordered ANN search over the partial HNSW index of its
 :class:`~embrec.storage.IndexSpec`, restricted in the same statement to the scope's visible
@@ -7,7 +7,9 @@ objects (:func:`embrec.read.scope.visible_sql`) and exclusions. pgvector's itera
 conditions; the scan settings are ``SET LOCAL`` in the query's transaction.
 
 Also here: the stored vector of an object (:func:`get_vector`), the distance of given objects
-to a vector (:func:`candidates_for`), and the plan of a query (:func:`explain`).
+to a vector (:func:`candidates_for`), and the plan of a query (:func:`explain`). Vectors are
+read from the live version of the encoder (:func:`embrec.versions.read_version`, looked up once
+per query), so a query never compares vectors of two models during a switch.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
 from embrec.conf import embrec_settings
-from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded
 from embrec.items import Recommendable
 from embrec.models import Embedding, OutboxEntry, content_type_of
 from embrec.read.scope import Exclusions, visible_sql
 from embrec.registry import registry
-from embrec.storage import IndexSpec, _register_vector, parse_vector, vector_literal
+from embrec.storage import (
+    IndexSpec,
+    _register_vector,
+    ann_sql,
+    parse_vector,
+    scan_size,
+    vector_literal,
+)
+from embrec.versions import ReadVersion, read_version
 
 
 @dataclass
@@ -120,11 +129,11 @@ def nearest_sql(
     if restriction is not None:
         where.append(restriction[0])
         params.extend(restriction[1])
-    sql = (
-        f"SELECT {_columns(spec, with_vectors)} FROM {Embedding._meta.db_table} e "
-        f"WHERE {' AND '.join(where)} ORDER BY distance LIMIT %s"
-    )
-    return sql, [vector_literal(vector), *params, int(limit)]
+    columns = "e.object_pk, {distance} AS distance, e.created_at"
+    if with_vectors:
+        columns += ", e.vector"
+    # A bit index: the index search returns spec.rerank rows, re-ranked by the full vectors.
+    return ann_sql(spec, columns, " AND ".join(where), params, vector, limit, alias="e")
 
 
 def nearest(
@@ -152,7 +161,7 @@ def nearest(
     with transaction.atomic(using=using), conn.cursor() as cursor:
         if with_vectors:
             _register_vector(conn)
-        _scan_settings(cursor, limit, ef_search)
+        _scan_settings(cursor, scan_size(spec, limit), ef_search)
         cursor.execute(sql, params)
         candidates = _candidates(cursor.fetchall(), with_vectors)
     # relaxed_order may return rows slightly out of order; restore it.
@@ -203,27 +212,30 @@ def explain(
     sql, params = nearest_sql(spec, vector, limit, exclusions=exclusions, visible=visible)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        _scan_settings(cursor, limit, ef_search)
+        _scan_settings(cursor, scan_size(spec, limit), ef_search)
         cursor.execute(prefix + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
-    """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
+def index_spec(
+    rec: Recommendable, encoder: str, dimensions: int, version: ReadVersion | None = None
+) -> IndexSpec:
+    """The :class:`IndexSpec` of a registration's vectors of the live version of ``encoder``
+    (or of ``version``, looked up once by the caller); no model is loaded."""
     ct = content_type_of(rec.model)
-    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
-    return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
+    return (version or read_version(encoder)).spec(ct.id, dimensions)
 
 
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
-    """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
+    """The stored vector of ``obj`` under the live version of ``encoder`` and that version's
+    index; :class:`NotEmbedded` when there is none."""
     rec = registry.get(obj)
     ct = content_type_of(obj)
-    row = (
-        Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
-        .values_list("vector", "dimensions")
-        .first()
-    )
+    version = read_version(encoder)
+    rows = Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
+    if version.identity is not None:
+        rows = rows.filter(identity=version.identity)
+    row = rows.values_list("vector", "dimensions").first()
     if row is None:
         outbox = OutboxEntry.objects.filter(content_type=ct, object_pk=str(obj.pk))
         if outbox.filter(state=OutboxEntry.PENDING).exists():
@@ -236,4 +248,4 @@ def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
             f"{obj._meta.label_lower} {obj.pk} has no {encoder!r} embedding yet: {why}.",
             state=state,
         )
-    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]))
+    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]), version)
