@@ -52,8 +52,9 @@ from django.utils.translation import ngettext
 
 from embrec import embedding_map, indexing, queries, report_page, tasks
 from embrec.encoders import get_encoder
+from embrec.exceptions import NotEmbedded, NotRegistered, QueryError
 from embrec.models import Embedding, OutboxEntry
-from embrec.registry import NotRegistered, registry
+from embrec.registry import registry
 
 
 class EmbeddingAdminMixin:
@@ -424,7 +425,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
         results = []
         try:
             results = queries.similar(obj, request=request, limit=20)
-        except (queries.NotEmbedded, queries.QueryError) as exc:
+        except (NotEmbedded, QueryError) as exc:
             error = str(exc)
         context = {
             **self.admin_site.each_context(request),
@@ -456,7 +457,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             if target is not None:
                 try:
                     results = queries.recommend(target, model=rec.model, limit=20)
-                except queries.QueryError as exc:
+                except QueryError as exc:
                     error = str(exc)
         context = {
             **self.admin_site.each_context(request),

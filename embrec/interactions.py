@@ -46,21 +46,13 @@ from django.utils import timezone
 
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
+from embrec.exceptions import InteractionError
 from embrec.items import Recommendable
 from embrec.models import Embedding, Interaction, UserEmbedding
 from embrec.registry import registry
 from embrec.storage import parse_vector
 
 logger = logging.getLogger("embrec")
-
-
-class InteractionError(ValueError):
-    """An event that cannot be recorded (unknown kind, bad weight or time)."""
-
-    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.field = field
 
 
 def interaction_weight(kind: str) -> float:

@@ -7,15 +7,8 @@ from collections.abc import Callable
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 
+from embrec.exceptions import AlreadyRegistered, NotRegistered
 from embrec.items import Recommendable, resolve_field_path
-
-
-class AlreadyRegistered(ImproperlyConfigured):
-    """A model was registered twice."""
-
-
-class NotRegistered(LookupError):
-    """A model or label that is not registered with embrec."""
 
 
 class Registry:

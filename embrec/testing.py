@@ -37,7 +37,7 @@ from django.db import models
 from django.test import override_settings
 
 from embrec.indexing import DrainResult, drain, mark_dirty
-from embrec.queries import forget_popularity
+from embrec.popularity import forget_popularity
 from embrec.storage import forget_indexes
 
 try:

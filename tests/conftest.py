@@ -2,7 +2,7 @@ import pytest
 from django.core.cache import cache
 
 from embrec.encoders import reset_encoders
-from embrec.queries import forget_popularity
+from embrec.popularity import forget_popularity
 from embrec.storage import forget_indexes
 
 

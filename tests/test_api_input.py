@@ -4,7 +4,9 @@ import pytest
 from rest_framework.test import APIClient
 
 import embrec
-from embrec.queries import QueryError, _visible_sql, parse_filters
+from embrec.exceptions import QueryError
+from embrec.read.options import parse_filters
+from embrec.read.scope import visible_sql
 from project.catalog.models import Movie
 from tests.readpath import make_catalog, make_user
 from tests.testapp.models import Article
@@ -72,7 +74,7 @@ def test_nul_characters_in_filters_are_a_400(client, catalog):
 def test_a_filter_that_matches_nothing_is_an_empty_list(client, catalog):
     # An empty IN list is a condition Django compiles to "no rows" (EmptyResultSet).
     visible = embrec.registry.get(Article).get_visible_queryset(None).filter(pk__in=[])
-    sql, params = _visible_sql(visible)
+    sql, params = visible_sql(visible)
     assert sql == "FALSE" and params == []
     url = f"{BASE}/items/testapp.article/{catalog[0].pk}/similar/"
     response = client.get(url, {"category": "no-such-category"})

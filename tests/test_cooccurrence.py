@@ -19,7 +19,7 @@ from embrec.encoders import get_encoder
 from embrec.encoders.als import interaction_matrix
 from embrec.encoders.cooccurrence import CooccurrenceEncoder, cooccurrence_vectors
 from embrec.encoders.trained import item_token
-from embrec.queries import forget_popularity
+from embrec.popularity import forget_popularity
 from embrec.registry import registry
 from embrec.scoring import normalized_popularity, popularity_prior, smoothed_popularity
 from tests.test_trained_encoders import consume, make_articles, stored

@@ -183,12 +183,12 @@ def test_demo_serves_the_evaluated_configuration(tmp_path, settings, client):
     results = response.json()["results"]
     assert results and all(r["source"] == "personal" for r in results)
     # Search embeds the text with MiniLM, not the adaptive hybrid.
-    from embrec.queries import _text_encoder_for
+    from embrec.read.scope import text_encoder_for
     from embrec.registry import registry
 
     rec = registry.get(Movie)
     assert rec.get_encoders() == ["adaptive", "default", "similar"]
-    assert _text_encoder_for(rec, None) == "default"
+    assert text_encoder_for(rec, None) == "default"
     # Similar movies come from the co-occurrence hybrid.
     pk = Embedding.objects.filter(encoder="similar").values_list("object_pk", flat=True)[0]
     movie = Movie.objects.get(pk=pk)

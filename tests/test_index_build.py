@@ -10,9 +10,10 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 import embrec
-from embrec import indexing, queries
+from embrec import indexing
 from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
+from embrec.read import retrieval
 from embrec.storage import IndexSpec, index_exists
 from tests.settings import EMBREC as TEST_EMBREC
 from tests.testapp.models import Article
@@ -63,7 +64,7 @@ def test_bulk_load_defers_the_index_and_builds_it_when_the_backlog_is_gone():
     # the built index matches the query's expression and predicate.)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        plan = queries.explain(spec, np.ones(spec.dimensions, dtype=np.float32), 10)
+        plan = retrieval.explain(spec, np.ones(spec.dimensions, dtype=np.float32), 10)
     assert f"Index Scan using {spec.name}" in plan, plan
     assert len(embrec.similar(Article.objects.first(), limit=5)) == 5
 

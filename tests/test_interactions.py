@@ -12,15 +12,14 @@ from django.utils import timezone
 
 import embrec
 from embrec import indexing
+from embrec.exceptions import InteractionError, NotRegistered
 from embrec.interactions import (
-    InteractionError,
     _decay,
     on_items_embedded,
     refresh_user_vector,
     user_profile,
 )
 from embrec.models import Interaction, UserEmbedding
-from embrec.registry import NotRegistered
 from embrec.storage import parse_vector
 from tests.readpath import make_catalog, make_user, text_vector
 from tests.testapp.models import Article

@@ -253,7 +253,7 @@ def test_for_you_next_to_a_movie_leaves_that_movie_out(client, users, movies):
 
 
 def test_explanations_read_as_a_sentence():
-    from embrec.queries import Explanation
+    from embrec.read.results import Explanation
     from project.catalog.templatetags.catalog import because
 
     def item(title, kind):

@@ -9,10 +9,12 @@ from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 import embrec
-from embrec import queries
+from embrec import popularity, queries
+from embrec.exceptions import NotEmbedded, QueryError
 from embrec.interactions import record_interaction
 from embrec.models import Embedding
-from embrec.queries import Exclusions, QueryError
+from embrec.read import options, retrieval
+from embrec.read.scope import Exclusions
 from tests.readpath import (
     article_spec,
     brute_force,
@@ -49,7 +51,7 @@ def assert_same_ranking(got, expected, limit):
 
 
 def test_pgvector_supports_iterative_scans():
-    assert queries.pgvector_version() >= (0, 8)
+    assert retrieval.pgvector_version() >= (0, 8)
 
 
 def test_similar_matches_brute_force(exact_search):
@@ -93,21 +95,21 @@ def test_search_rejects_bad_text():
 @pytest.mark.parametrize("bad", ["abc", 0, -3, 101, "1.5", True])
 def test_limit_is_validated(bad):
     with pytest.raises(QueryError) as exc:
-        queries.clean_limit(bad)
+        options.clean_limit(bad)
     assert exc.value.field == "limit"
 
 
 def test_limit_default_and_max(settings):
-    assert queries.clean_limit(None) == 10
-    assert queries.clean_limit("100") == 100
+    assert options.clean_limit(None) == 10
+    assert options.clean_limit("100") == 100
     settings.EMBREC = {**settings.EMBREC, "MAX_LIMIT": 5}
     with pytest.raises(QueryError):
-        queries.clean_limit(6)
+        options.clean_limit(6)
 
 
 def test_filters_are_whitelisted_and_converted():
     rec = embrec.registry.get(Article)
-    q = queries.parse_filters(rec, {"category": "scifi", "price__gte": "10", "price__lte": 50})
+    q = options.parse_filters(rec, {"category": "scifi", "price__gte": "10", "price__lte": 50})
     assert Article.objects.filter(q).query.where
     for bad, code in [
         ({"title": "x"}, "unknown_filter"),
@@ -117,7 +119,7 @@ def test_filters_are_whitelisted_and_converted():
         ({"category; DROP TABLE x": "1"}, "unknown_filter"),
     ]:
         with pytest.raises(QueryError) as exc:
-            queries.parse_filters(rec, bad)
+            options.parse_filters(rec, bad)
         assert exc.value.code == code
 
 
@@ -140,7 +142,7 @@ def test_filters_restrict_similar_and_search(exact_search):
 
 def test_not_embedded_says_why():
     article = Article.objects.create(title="fresh", body="not embedded yet")
-    with pytest.raises(queries.NotEmbedded) as exc:
+    with pytest.raises(NotEmbedded) as exc:
         embrec.similar(article)
     assert exc.value.state == "pending"  # the save wrote an outbox row
 
@@ -175,16 +177,16 @@ def test_hnsw_index_serves_filtered_queries_and_fills_limit(settings):
     user = make_user("explain")
     record_interaction(user, rows[0][0], "view")
     visible = rec.get_visible_queryset(None).filter(
-        queries.parse_filters(rec, {"category": "a", "price__lte": 50})
+        options.parse_filters(rec, {"category": "a", "price__lte": 50})
     )
     exclusions = Exclusions(pks=["1", "2"], user_id=user.pk, content_type_id=ct.id, seen=True)
     query = np.ones(spec.dimensions, dtype=np.float32)
     for kwargs in ({}, {"visible": visible}, {"visible": visible, "exclusions": exclusions}):
-        plan = queries.explain(spec, query, 10, **kwargs)
+        plan = retrieval.explain(spec, query, 10, **kwargs)
         assert f"Index Scan using {spec.name}" in plan, plan
         assert "Seq Scan on embrec_embedding" not in plan, plan
         assert "Sort" not in plan.split("Index Scan")[0], plan  # the index gives the order
-    analyzed = queries.explain(
+    analyzed = retrieval.explain(
         spec, query, 10, visible=visible, exclusions=exclusions, analyze=True
     )
     assert f"Index Scan using {spec.name}" in analyzed
@@ -199,7 +201,7 @@ def test_hnsw_index_serves_filtered_queries_and_fills_limit(settings):
     only_a = Article.objects.filter(category="a")
     in_a = {str(a.pk) for a, _ in rows if a.category == "a"}
     expected = [pk for pk, _ in everything if pk not in excluded and pk in in_a][:20]
-    got = queries.nearest(
+    got = retrieval.nearest(
         spec, query, 20, exclusions=Exclusions(pks=excluded), visible=only_a, ef_search=20
     )
     assert len(got) == 20
@@ -209,7 +211,7 @@ def test_hnsw_index_serves_filtered_queries_and_fills_limit(settings):
     assert recall >= 0.8, recall
     # Without iterative scans the same query comes back short: that is what they fix.
     settings.EMBREC = {**settings.EMBREC, "ITERATIVE_SCAN": "off"}
-    short = queries.nearest(
+    short = retrieval.nearest(
         spec, query, 20, exclusions=Exclusions(pks=excluded), visible=only_a, ef_search=20
     )
     assert len(short) < 20
@@ -312,11 +314,11 @@ def test_text_primary_keys_and_their_visibility(exact_search):
     indexing.enqueue(Note, list(texts), kick=False)
     indexing.drain()
     ct = ContentType.objects.get_for_model(Note)
-    spec = queries.index_spec(embrec.registry.get(Note), "hashing", 64)
+    spec = retrieval.index_spec(embrec.registry.get(Note), "hashing", 64)
     assert spec.content_type_id == ct.id
     all_notes = embrec.similar(Note.objects.get(slug="alpha"), limit=3)
     assert [r.pk for r in all_notes][-1] == "gamma"
-    restricted = queries.nearest(
+    restricted = retrieval.nearest(
         spec,
         text_vector("robot galaxy starship"),
         3,
@@ -336,14 +338,14 @@ def test_popularity_counts_distinct_users_and_normalises_by_the_visible_maximum(
     record_interaction(make_user("o"), other, "view")
     record_interaction(make_user("neg"), other, "dislike")  # negative: not popularity
     ct = ContentType.objects.get_for_model(Article)
-    assert queries.popularity_scores(ct.id, [str(a.pk) for a in articles]) == {
+    assert popularity.popularity_scores(ct.id, [str(a.pk) for a in articles]) == {
         str(heavy.pk): 1.0,
         str(shared.pk): 3.0,
         str(other.pk): 1.0,
     }
     visible = Article.objects.all()
-    assert queries.max_popularity(ct.id, visible) == 3.0
-    assert queries.max_popularity(ct.id, visible.exclude(pk=shared.pk)) == 1.0
+    assert popularity.max_popularity(ct.id, visible) == 3.0
+    assert popularity.max_popularity(ct.id, visible.exclude(pk=shared.pk)) == 1.0
     results = queries.popular(Article, limit=3)
     assert [r.pk for r in results[:1]] == [str(shared.pk)]
     assert results[0].score == pytest.approx(1.0)
@@ -395,22 +397,22 @@ def test_cached_popularity_follows_new_interactions_and_matches_the_aggregate(mo
     for n, article in enumerate(articles[:4]):
         for u in range(n + 1):
             record_interaction(make_user(f"p{n}-{u}"), article, "view")
-    first = queries.popularity_table(ct.id)
+    first = popularity.popularity_table(ct.id)
     assert first.ranked[0] == (str(articles[3].pk), 4.0)
-    assert queries.popularity_table(ct.id) is first  # served from the process cache
+    assert popularity.popularity_table(ct.id) is first  # served from the process cache
 
     # A new interaction is visible at once: the newest interaction id is part of the key.
     for u in range(5):
         record_interaction(make_user(f"late{u}"), articles[8], "like")
-    assert queries.popularity_table(ct.id).ranked[0] == (str(articles[8].pk), 5.0)
+    assert popularity.popularity_table(ct.id).ranked[0] == (str(articles[8].pk), 5.0)
 
     # Walking the cached ranking with a visibility restriction gives what one aggregate query
     # over the visible objects gives (the fallback used when few popular objects are visible).
     visible = Article.objects.exclude(pk=articles[8].pk)
-    walked = queries.popularity_ranking(ct.id, visible, Exclusions(), 3)
-    monkeypatch.setattr(queries, "_VISIBILITY_PROBE", 1)
-    monkeypatch.setattr(queries, "_VISIBILITY_PROBES", 1)
-    aggregated = queries.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    walked = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    monkeypatch.setattr(popularity, "_VISIBILITY_PROBE", 1)
+    monkeypatch.setattr(popularity, "_VISIBILITY_PROBES", 1)
+    aggregated = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
     assert (
         walked.top
         == aggregated.top

@@ -11,9 +11,9 @@ from rest_framework import serializers
 from rest_framework.test import APIClient
 
 import embrec
-from embrec import queries
+from embrec.exceptions import QueryError
 from embrec.interactions import record_interaction
-from embrec.queries import QueryError
+from embrec.read import options
 from embrec.registry import Registry
 from tests.readpath import make_catalog, make_user
 from tests.testapp.models import Article, Section
@@ -74,7 +74,7 @@ def test_valid_related_declarations_register():
 
 def test_filters_follow_foreign_keys(sectioned):
     rec = embrec.registry.get(Article)
-    q = queries.parse_filters(rec, {"section__slug": "s1", "section__slug__in": "s1,s2"})
+    q = options.parse_filters(rec, {"section__slug": "s1", "section__slug__in": "s1,s2"})
     assert Article.objects.filter(q).count() == 10
     results = embrec.similar(sectioned[0], limit=8, filters={"section__slug": "s2"})
     assert len(results) == 8
@@ -85,7 +85,7 @@ def test_filters_follow_foreign_keys(sectioned):
         ({"section__slug": "a\x00b"}, "invalid_filter"),
     ]:
         with pytest.raises(QueryError) as info:
-            queries.parse_filters(rec, bad)
+            options.parse_filters(rec, bad)
         assert info.value.code == code, bad
 
 
@@ -168,7 +168,7 @@ def test_api_results_serialize_related_objects_in_constant_queries(sectioned, mo
 def test_iexact_on_a_number_or_a_foreign_key_is_exact(sectioned):
     rec = embrec.registry.get(Article)
     price = sectioned[0].price
-    q = queries.parse_filters(rec, {"price__iexact": int(price)})
+    q = options.parse_filters(rec, {"price__iexact": int(price)})
     assert Article.objects.filter(q).count() == Article.objects.filter(price=price).count() > 0
-    q = queries.parse_filters(rec, {"section__slug__iexact": "S1"})
+    q = options.parse_filters(rec, {"section__slug__iexact": "S1"})
     assert Article.objects.filter(q).count() == 10

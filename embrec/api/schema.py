@@ -1,10 +1,12 @@
 """OpenAPI description of the embrec API (drf-spectacular), built from the live configuration.
 
 The parameters of each endpoint are computed when the schema is generated, not when this module
-is imported: ``type`` lists the registered model labels, ``limit`` has the real bounds
-(``1..EMBREC["MAX_LIMIT"]``), ``q`` the real length limit, and every registration's
-``filter_fields`` appear as parameters with the lookups they accept and a type derived from the
-model field (integer bounds from the database column).
+is imported. The query parameters of the read endpoints are derived from their parameter
+serializers (:mod:`embrec.api.params`, the same fields that validate them): ``limit`` has the
+real bounds (``1..EMBREC["MAX_LIMIT"]``), ``q`` the real length limit. ``type`` lists the
+registered model labels, and every registration's ``filter_fields`` appear as parameters with
+the lookups they accept and a type derived from the model field (integer bounds from the
+database column).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from django.db import connections, models, router
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework.exceptions import ValidationError
 
+from embrec.api.params import ReadParams
 from embrec.conf import embrec_settings
-from embrec.queries import FILTER_LOOKUPS
+from embrec.read.options import FILTER_LOOKUPS
 from embrec.registry import registry
 
 _INTEGER_FIELDS = (models.IntegerField, models.AutoField)
@@ -62,56 +66,25 @@ def type_parameter(location: str) -> OpenApiParameter:
     )
 
 
-def _fraction(name: str, description: str) -> OpenApiParameter:
-    return OpenApiParameter(
-        name, {"type": "number", "minimum": 0, "maximum": 1}, description=description
-    )
-
-
-def ranking_parameters() -> list[OpenApiParameter]:
-    """``limit`` with its real bounds, and the re-ranking options of ranked lists."""
-    return [
-        limit_parameter(),
-        _fraction(
-            "mmr_lambda",
-            "Diversity re-ranking (maximal marginal relevance): 1 keeps the relevance order, "
-            "lower values favour variety. Left out: no re-ranking.",
-        ),
-        _fraction(
-            "popularity",
-            "Share of popularity in the score (default 0; for recommendations, "
-            f"{embrec_settings.RECOMMEND_POPULARITY}). popularity + recency ≤ 1.",
-        ),
-        _fraction("recency", "Share of recency in the score. popularity + recency ≤ 1."),
-    ]
-
-
-def limit_parameter() -> OpenApiParameter:
-    maximum = int(embrec_settings.MAX_LIMIT)
-    return OpenApiParameter(
-        "limit",
-        {"type": "integer", "minimum": 1, "maximum": maximum},
-        default=int(embrec_settings.DEFAULT_LIMIT),
-        description=f"Number of results, 1..{maximum}.",
-    )
-
-
-def exclude_seen_parameter() -> OpenApiParameter:
-    return OpenApiParameter(
-        "exclude_seen",
-        bool,
-        description="Leave out items the user interacted with (disliked items always are).",
-    )
-
-
-def query_parameter() -> OpenApiParameter:
-    maximum = int(embrec_settings.SEARCH_MAX_LENGTH)
-    return OpenApiParameter(
-        "q",
-        {"type": "string", "minLength": 1, "maxLength": maximum},
-        required=True,
-        description=f"Text to search for, 1..{maximum} characters, not blank.",
-    )
+def read_parameters(params_class: type[ReadParams]) -> list[OpenApiParameter]:
+    """The query parameters of a read endpoint, derived from its parameter serializer: one per
+    declared field (schema, default and description from the field), then the filters."""
+    parameters = []
+    for name, field in params_class().fields.items():
+        try:
+            default = field.get_default()
+        except ValidationError:  # no usable default (``q``)
+            default = None
+        parameters.append(
+            OpenApiParameter(
+                name,
+                field.openapi_schema(),
+                required=getattr(field, "documented_required", False),
+                default=default,
+                description=getattr(field, "description", None) or str(field.help_text or ""),
+            )
+        )
+    return parameters + filter_parameters()
 
 
 def filter_value_schema(field: models.Field, lookup: str) -> dict[str, Any]:
@@ -175,8 +148,9 @@ RETRY_AFTER = OpenApiParameter(
 
 class EmbrecAutoSchema(AutoSchema):
     """drf-spectacular's ``AutoSchema`` plus the parameters a view lists in
-    ``schema_parameters``: callables returning one :class:`OpenApiParameter` or a list; and
-    the ``Retry-After`` header of 429 and 503 responses."""
+    ``schema_parameters`` (callables returning one :class:`OpenApiParameter` or a list), those
+    of its ``params_class`` (:func:`read_parameters`), and the ``Retry-After`` header of 429 and
+    503 responses."""
 
     def get_override_parameters(self):
         parameters = [*super().get_override_parameters(), RETRY_AFTER]
@@ -184,4 +158,7 @@ class EmbrecAutoSchema(AutoSchema):
         for build in builders:
             built = build()
             parameters.extend(built if isinstance(built, list) else [built])
+        params_class = getattr(self.view, "params_class", None)
+        if params_class is not None:
+            parameters.extend(read_parameters(params_class))
         return parameters

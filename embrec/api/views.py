@@ -40,8 +40,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from embrec import queries
 from embrec.api import schema as openapi
+from embrec.api.params import (
+    PopularParams,
+    ReadParams,
+    RecommendationParams,
+    SearchParams,
+    SimilarParams,
+)
 from embrec.api.schema import EmbrecAutoSchema
 from embrec.api.serializers import (
     ErrorSerializer,
@@ -54,31 +60,18 @@ from embrec.api.serializers import (
 )
 from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
-from embrec.interactions import Event, InteractionError, record_interactions
-from embrec.queries import NotEmbedded, QueryError
-from embrec.registry import NotRegistered, registry
+from embrec.exceptions import EmbrecError
+from embrec.interactions import Event, record_interactions
+from embrec.read import pipeline
+from embrec.read.options import QueryOptions, clean_value
+from embrec.read.results import Result
+from embrec.read.scope import Scope, get_registration
+from embrec.registry import registry
 
 logger = logging.getLogger("embrec")
 
 #: Permission to see another user's recommendations (and, in their explanations, history).
 VIEW_USER_RECOMMENDATIONS = "embrec.view_user_recommendations"
-
-#: Query parameters that are not filters.
-RESERVED_PARAMS = frozenset(
-    {
-        "limit",
-        "q",
-        "type",
-        "user",
-        "mmr_lambda",
-        "popularity",
-        "recency",
-        "exclude_seen",
-        "explain",
-        "format",
-    }
-)
-
 
 # --------------------------------------------------------------------------- errors
 
@@ -107,12 +100,10 @@ def _translate(exc: Exception) -> Exception:
         # Connection refused, server restarting, connection lost mid-request: transient.
         logger.warning("embrec API: database unavailable (%s).", exc)
         return ServiceUnavailable()
-    if isinstance(exc, NotRegistered):
-        return EmbrecAPIError(str(exc), code="unknown_type", status_code=404, field="type")
-    if isinstance(exc, (QueryError, InteractionError)):
-        return EmbrecAPIError(str(exc), code=exc.code, field=exc.field)
-    if isinstance(exc, NotEmbedded):
-        return EmbrecAPIError(str(exc), code="not_embedded", status_code=409, state=exc.state)
+    if isinstance(exc, EmbrecError):
+        return EmbrecAPIError(
+            str(exc), code=exc.code, status_code=exc.status, field=exc.field, **exc.details()
+        )
     if isinstance(exc, Http404):
         return exceptions.NotFound(str(exc) or None)
     if isinstance(exc, DjangoPermissionDenied):
@@ -210,49 +201,20 @@ class EmbrecAPIView(APIView):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def get_registration(self, label: str | None):
-        return queries.get_registration(label or None)
+    #: The serializer of the endpoint's query parameters (read endpoints).
+    params_class: type[ReadParams] | None = None
 
-    def ranking_options(self, request) -> dict[str, Any]:
-        params = request.query_params
-        mmr_lambda, popularity, recency = queries.clean_ranking(
-            params.get("mmr_lambda"), params.get("popularity"), params.get("recency")
-        )
-        return {
-            "limit": queries.clean_limit(params.get("limit")),
-            "mmr_lambda": mmr_lambda,
-            "popularity": popularity,
-            "recency": recency,
-            "filters": self.filters(request),
-        }
+    def options(self, request, rec) -> QueryOptions:
+        """The request's query parameters, validated once for a query on ``rec``."""
+        assert self.params_class is not None
+        return self.params_class.parse(request.query_params, rec, request=request)
 
-    def filters(self, request) -> dict[str, Any]:
-        filters: dict[str, Any] = {}
-        for key in request.query_params:
-            if key in RESERVED_PARAMS:
-                continue
-            values = request.query_params.getlist(key)
-            if len(values) > 1:
-                raise QueryError(
-                    f"Filter {key!r} given more than once; use {key.split('__')[0]}__in=a,b.",
-                    code="invalid_filter",
-                    field=key,
-                )
-            filters[key] = values[0]
-        return filters
-
-    def flag(self, request, name: str, default: bool) -> bool:
-        value = request.query_params.get(name)
-        if value is None or value == "":
-            return default
-        return queries._to_bool(value, name)
-
-    def respond(self, request, rec, results, limit: int) -> Response:
+    def respond(self, request, rec, results: list[Result], options: QueryOptions) -> Response:
         context = {"request": request, "object_serializer": object_serializer_for(rec)}
         return Response(
             {
                 "type": rec.label,
-                "limit": limit,
+                "limit": options.limit,
                 "results": ResultSerializer(results, many=True, context=context).data,
             }
         )
@@ -278,12 +240,8 @@ TYPE_IN_QUERY = partial(openapi.type_parameter, OpenApiParameter.QUERY)
 class SimilarItemsView(EmbrecAPIView):
     """``GET items/<type>/<pk>/similar/`` — nearest neighbours of one object."""
 
-    schema_parameters = (
-        TYPE_IN_PATH,
-        openapi.ranking_parameters,
-        openapi.exclude_seen_parameter,
-        openapi.filter_parameters,
-    )
+    params_class = SimilarParams
+    schema_parameters = (TYPE_IN_PATH,)
 
     @extend_schema(
         summary="Objects similar to one object",
@@ -296,21 +254,16 @@ class SimilarItemsView(EmbrecAPIView):
     )
     def get(self, request, type: str, object_pk: str):
         rec = registry.get(type)
-        obj = self._get_object(request, rec, type, object_pk)
-        options = self.ranking_options(request)
-        results = queries.similar(
-            obj,
-            request=request,
-            exclude_seen=self.flag(request, "exclude_seen", False),
-            **options,
-        )
-        return self.respond(request, rec, results, options["limit"])
+        shown = rec.get_visible_queryset(request)
+        obj = self._get_object(rec, shown, type, object_pk)
+        options = self.options(request, rec)
+        scope = Scope.build(rec, options, user=request.user, shown=shown)
+        return self.respond(request, rec, pipeline.similar(obj, scope, options), options)
 
     @staticmethod
-    def _get_object(request, rec, type: str, pk: str):
+    def _get_object(rec, shown, type: str, pk: str):
         try:
-            pk_value = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(pk))
-            return rec.get_visible_queryset(request).get(pk=pk_value)
+            return shown.get(pk=clean_value(rec.model._meta.pk, rec.pk_from_string(pk)))
         except (rec.model.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             # Hidden objects get the same answer as missing ones.
             raise EmbrecAPIError(
@@ -321,12 +274,8 @@ class SimilarItemsView(EmbrecAPIView):
 class PopularItemsView(EmbrecAPIView):
     """``GET items/<type>/popular/`` — most popular visible objects (works for anyone)."""
 
-    schema_parameters = (
-        TYPE_IN_PATH,
-        openapi.limit_parameter,
-        openapi.exclude_seen_parameter,
-        openapi.filter_parameters,
-    )
+    params_class = PopularParams
+    schema_parameters = (TYPE_IN_PATH,)
 
     @extend_schema(
         summary="Most popular objects",
@@ -334,15 +283,9 @@ class PopularItemsView(EmbrecAPIView):
     )
     def get(self, request, type: str):
         rec = registry.get(type)
-        limit = queries.clean_limit(request.query_params.get("limit"))
-        results = queries.popular(
-            rec,
-            limit=limit,
-            request=request,
-            filters=self.filters(request),
-            exclude_seen=self.flag(request, "exclude_seen", False),
-        )
-        return self.respond(request, rec, results, limit)
+        options = self.options(request, rec)
+        scope = Scope.build(rec, options, request=request, user=request.user)
+        return self.respond(request, rec, pipeline.popular(scope, options), options)
 
 
 class RecommendationsView(EmbrecAPIView):
@@ -354,12 +297,8 @@ class RecommendationsView(EmbrecAPIView):
     """
 
     required_permission_classes = (IsAuthenticated,)
-    schema_parameters = (
-        TYPE_IN_QUERY,
-        openapi.ranking_parameters,
-        openapi.exclude_seen_parameter,
-        openapi.filter_parameters,
-    )
+    params_class = RecommendationParams
+    schema_parameters = (TYPE_IN_QUERY,)
 
     @extend_schema(
         summary="Personal recommendations",
@@ -370,26 +309,15 @@ class RecommendationsView(EmbrecAPIView):
                 description="Another user's pk; needs the permission "
                 "embrec.view_user_recommendations.",
             ),
-            OpenApiParameter("explain", bool, description="Include explanations (default true)."),
         ],
         responses={200: ResultListSerializer, **ERRORS},
     )
     def get(self, request):
-        rec = self.get_registration(request.query_params.get("type"))
+        rec = get_registration(request.query_params.get("type") or None)
         user = self._target_user(request)
-        options = self.ranking_options(request)
-        if request.query_params.get("popularity") in (None, ""):
-            # No share asked for: recommend() applies EMBREC["RECOMMEND_POPULARITY"].
-            options["popularity"] = None
-        results = queries.recommend(
-            user,
-            model=rec,
-            request=request,
-            exclude_seen=self.flag(request, "exclude_seen", True),
-            explain=self.flag(request, "explain", True),
-            **options,
-        )
-        return self.respond(request, rec, results, options["limit"])
+        options = self.options(request, rec)
+        scope = Scope.build(rec, options, request=request, user=user)
+        return self.respond(request, rec, pipeline.recommend(scope, options), options)
 
     @staticmethod
     def _target_user(request):
@@ -403,7 +331,7 @@ class RecommendationsView(EmbrecAPIView):
             )
         User = get_user_model()
         try:
-            return User._default_manager.get(pk=queries.clean_value(User._meta.pk, wanted))
+            return User._default_manager.get(pk=clean_value(User._meta.pk, wanted))
         except (User.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             raise EmbrecAPIError(
                 f"No user with pk {wanted!r}.", code="not_found", status_code=404, field="user"
@@ -414,29 +342,18 @@ class SearchView(EmbrecAPIView):
     """``GET search/?q=...`` — semantic search from free text (throttled by ``search``)."""
 
     required_throttle_classes = (SearchRateThrottle,)
-    schema_parameters = (
-        openapi.query_parameter,
-        TYPE_IN_QUERY,
-        openapi.ranking_parameters,
-        openapi.exclude_seen_parameter,
-        openapi.filter_parameters,
-    )
+    params_class = SearchParams
+    schema_parameters = (TYPE_IN_QUERY,)
 
     @extend_schema(
         summary="Semantic search",
         responses={200: ResultListSerializer, **ERRORS},
     )
     def get(self, request):
-        rec = self.get_registration(request.query_params.get("type"))
-        options = self.ranking_options(request)
-        results = queries.search(
-            request.query_params.get("q", ""),
-            model=rec,
-            request=request,
-            exclude_seen=self.flag(request, "exclude_seen", False),
-            **options,
-        )
-        return self.respond(request, rec, results, options["limit"])
+        rec = get_registration(request.query_params.get("type") or None)
+        options = self.options(request, rec)
+        scope = Scope.build(rec, options, request=request, user=request.user)
+        return self.respond(request, rec, pipeline.search(scope, options), options)
 
 
 class InteractionsView(EmbrecAPIView):
@@ -495,7 +412,7 @@ class InteractionsView(EmbrecAPIView):
         for i, event in enumerate(events):
             rec = registry.get(event["type"])
             try:
-                pk = queries.clean_value(rec.model._meta.pk, rec.pk_from_string(event["pk"]))
+                pk = clean_value(rec.model._meta.pk, rec.pk_from_string(event["pk"]))
                 wanted[rec.label].append((i, pk))
             except (ValueError, TypeError, DjangoValidationError):
                 raise EmbrecAPIError(

@@ -17,8 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST, require_safe
 
 import embrec
-from embrec.interactions import InteractionError
-from embrec.queries import NotEmbedded, QueryError
+from embrec.exceptions import InteractionError, NotEmbedded, QueryError
 from project.catalog import browsing
 from project.catalog.models import Movie
 

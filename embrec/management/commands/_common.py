@@ -7,8 +7,9 @@ import time
 
 from django.core.management.base import CommandError, OutputWrapper
 
+from embrec.exceptions import NotRegistered
 from embrec.items import Recommendable
-from embrec.registry import NotRegistered, registry
+from embrec.registry import registry
 
 
 def resolve_labels(labels: list[str]) -> list[Recommendable]:

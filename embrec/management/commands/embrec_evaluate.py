@@ -48,8 +48,9 @@ from embrec.evaluation.site import (
     item_labels,
 )
 from embrec.evaluation.split import cold_items_protocol, global_time_protocol, leave_last_protocol
+from embrec.exceptions import NotRegistered
 from embrec.models import Interaction
-from embrec.registry import NotRegistered, registry
+from embrec.registry import registry
 
 PROTOCOLS = ("leave-last", "global-time", "cold-items")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from embrec.exceptions import NotRegistered
 from embrec.interactions import rebuild_user_vectors
-from embrec.registry import NotRegistered, registry
+from embrec.registry import registry
 
 
 class Command(BaseCommand):

@@ -1,0 +1,176 @@
+"""Results and explanations: ranked keys turned into host objects, in rank order.
+
+:func:`hydrate` loads the host objects of ranked candidates in one query through the
+registration's results queryset (``select_related``/``prefetch_related``), keeping the order and
+dropping objects the scope does not show. :func:`explain_results` attaches to personal results
+the interacted items that contributed most, computed by PostgreSQL in one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connections, models, router
+
+from embrec.interactions import interaction_weights
+from embrec.items import Recommendable
+from embrec.models import Embedding
+from embrec.read.retrieval import Candidate
+
+#: Result sources.
+SOURCE_SIMILAR = "similar"
+SOURCE_PERSONAL = "personal"
+SOURCE_SEARCH = "search"
+SOURCE_POPULAR = "popular"
+SOURCE_RECENT = "recent"
+
+#: How many interacted items an explanation lists.
+EXPLANATION_SIZE = 3
+
+
+@dataclass
+class Explanation:
+    """An interacted item that contributed to a personal result."""
+
+    object: Any
+    pk: str
+    kind: str
+    weight: float
+    contribution: float
+
+
+@dataclass
+class Result:
+    """One ranked object.
+
+    ``score`` is the final ranking score (the cosine ``similarity`` unless popularity or recency
+    were blended in; for popularity results, the normalised popularity). ``source`` is one of
+    ``"similar"``, ``"personal"``, ``"search"``, ``"popular"``, ``"recent"``.
+    """
+
+    object: Any
+    score: float
+    source: str
+    similarity: float | None = None
+    explanation: list[Explanation] | None = None
+
+    @property
+    def pk(self) -> str:
+        return str(self.object.pk)
+
+
+def hydrate(
+    rec: Recommendable,
+    candidates: Sequence[Candidate],
+    source: str,
+    visible: models.QuerySet | None = None,
+    *,
+    with_similarity: bool = True,
+) -> list[Result]:
+    """Load host objects for ``candidates`` in one query, in rank order, dropping invisible ones.
+
+    Without ``with_similarity`` (popularity and recency results) results carry no similarity.
+    """
+    qs = visible if visible is not None else rec.get_queryset()
+    objects = in_bulk(rec, qs, [c.pk for c in candidates])
+    return [
+        Result(
+            object=objects[c.pk],
+            score=c.score,
+            source=source,
+            similarity=c.similarity if with_similarity else None,
+        )
+        for c in candidates
+        if c.pk in objects
+    ]
+
+
+def in_bulk(rec: Recommendable, qs: models.QuerySet, pks: Sequence[str]) -> dict[str, Any]:
+    """The objects of ``qs`` with the given keys (as strings), by key; keys the model's primary
+    key cannot hold are skipped."""
+    values = []
+    for pk in pks:
+        try:
+            values.append(rec.pk_from_string(pk))
+        except (ValidationError, ValueError, TypeError):
+            continue
+    if not values:
+        return {}
+    return {str(obj.pk): obj for obj in rec.get_results_queryset(qs.filter(pk__in=values))}
+
+
+def explain_results(
+    rec: Recommendable,
+    results: list[Result],
+    user_id: Any,
+    content_type_id: int,
+    encoder: str,
+    visible: models.QuerySet,
+) -> None:
+    """Attach to each result the interacted items with the largest ``weight × cosine`` to it.
+
+    The similarities are computed by PostgreSQL in one statement (results × positively weighted
+    interacted items, top few per result); no item vector is loaded into Python. Only items in
+    ``visible`` are named.
+    """
+    if not results:
+        return
+    weights, kinds, _ = interaction_weights(user_id, content_type_id)
+    positive = {pk: w for pk, w in weights.items() if w > 0}
+    for r in results:
+        r.explanation = []
+    if not positive:
+        return
+    table = Embedding._meta.db_table
+    sql = f"""
+        SELECT pk, item_pk, contribution FROM (
+            SELECT r.object_pk AS pk, i.object_pk AS item_pk,
+                   w.weight * (1 - (r.vector <=> i.vector)) AS contribution,
+                   row_number() OVER (
+                       PARTITION BY r.object_pk
+                       ORDER BY w.weight * (1 - (r.vector <=> i.vector)) DESC, i.object_pk
+                   ) AS rank
+              FROM {table} r
+              JOIN {table} i
+                ON i.content_type_id = r.content_type_id AND i.encoder = r.encoder
+               AND i.dimensions = r.dimensions
+              JOIN unnest(%s::text[], %s::float8[]) AS w(pk, weight) ON w.pk = i.object_pk
+             WHERE r.content_type_id = %s AND r.encoder = %s AND r.object_pk = ANY(%s)
+        ) ranked
+        WHERE rank <= %s AND contribution > 0
+        ORDER BY pk, contribution DESC
+    """
+    params = [
+        list(positive),
+        list(positive.values()),
+        content_type_id,
+        encoder,
+        [r.pk for r in results],
+        # A few spare rows per result for items the request may not see.
+        EXPLANATION_SIZE * 3,
+    ]
+    using = router.db_for_read(Embedding)
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    objects = in_bulk(rec, visible, sorted({item for _, item, _ in rows}))
+    by_result: dict[str, list[Explanation]] = {}
+    for pk, item, contribution in rows:
+        if item not in objects:
+            continue
+        items = by_result.setdefault(pk, [])
+        if len(items) < EXPLANATION_SIZE:
+            items.append(
+                Explanation(
+                    object=objects[item],
+                    pk=item,
+                    kind=kinds.get(item, ""),
+                    weight=round(positive[item], 6),
+                    contribution=round(float(contribution), 6),
+                )
+            )
+    for r in results:
+        r.explanation = by_result.get(r.pk, [])
