@@ -99,7 +99,9 @@ def in_bulk(rec: Recommendable, qs: models.QuerySet, pks: Sequence[str]) -> dict
             continue
     if not values:
         return {}
-    return {str(obj.pk): obj for obj in rec.get_results_queryset(qs.filter(pk__in=values))}
+    # The rank decides the order: no ORDER BY (the model's Meta.ordering would sort for nothing).
+    objects = rec.get_results_queryset(qs.filter(pk__in=values)).order_by()
+    return {str(obj.pk): obj for obj in objects}
 
 
 def explain_results(

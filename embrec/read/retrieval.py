@@ -4,7 +4,14 @@ Every vector query runs one ordered ANN search over the partial HNSW index of it
 :class:`~embrec.storage.IndexSpec`, restricted in the same statement to the scope's visible
 objects (:func:`embrec.read.scope.visible_sql`) and exclusions. pgvector's iterative index scans
 (``hnsw.iterative_scan``, pgvector >= 0.8) keep scanning until ``limit`` rows pass those
-conditions; the scan settings are ``SET LOCAL`` in the query's transaction.
+conditions.
+
+One round trip per search: the scan settings travel in the same message as the query
+(``SET LOCAL …; SELECT …``, which PostgreSQL runs as one implicit transaction, so the settings
+last for that statement only: no transaction of our own, nothing left on the connection). A
+stored vector (an object's, for similar items; a user's, for recommendations) never leaves the
+database: it is selected inside the ANN statement (:class:`StoredVector`), and when that selects
+nothing the caller falls back to loading it (to say why: not embedded, hidden, stale).
 
 Also here: the stored vector of an object (:func:`get_vector`), the distance of given objects
 to a vector (:func:`candidates_for`), and the plan of a query (:func:`explain`).
@@ -18,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import psycopg
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
@@ -26,7 +34,7 @@ from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded
 from embrec.items import Recommendable
-from embrec.models import Embedding, OutboxEntry
+from embrec.models import Embedding, OutboxEntry, UserEmbedding
 from embrec.read.scope import Exclusions, visible_sql
 from embrec.registry import registry
 from embrec.storage import IndexSpec, _register_vector, parse_vector, vector_literal
@@ -45,6 +53,24 @@ class Candidate:
     @property
     def similarity(self) -> float:
         return 1.0 - self.distance
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """A query vector that stays in PostgreSQL: ``sql`` selects it (at most one row, one column
+    ``v`` of the index's vector type) inside the ANN statement.
+
+    When it selects no row (nothing stored, the object hidden, a stale user vector, other
+    dimensions, an all-zero vector) the search returns nothing and the caller takes the slow
+    path, which loads the vector and says why.
+    """
+
+    sql: str
+    params: tuple = ()
+
+
+#: A query vector: bound from Python, or selected in the statement.
+QueryVector = np.ndarray | StoredVector
 
 
 _pgvector_versions: dict[str, tuple[int, ...]] = {}
@@ -71,22 +97,65 @@ def _check_pgvector(using: str) -> None:
         )
 
 
-def _scan_settings(cursor: Any, limit: int, ef_search: int | None) -> None:
+def scan_settings(limit: int, ef_search: int | None) -> list[str]:
+    """The ``SET LOCAL`` statements of one search: ``hnsw.ef_search`` (at least ``limit``, at
+    most 1000), ``hnsw.iterative_scan`` and ``hnsw.max_scan_tuples``."""
     ef = max(int(ef_search or embrec_settings.EF_SEARCH), int(limit))
-    cursor.execute(f"SET LOCAL hnsw.ef_search = {min(ef, 1000)}")
     mode = str(embrec_settings.ITERATIVE_SCAN)
     if mode not in {"off", "strict_order", "relaxed_order"}:
         raise ImproperlyConfigured(
             "EMBREC['ITERATIVE_SCAN'] must be 'off', 'strict_order' or 'relaxed_order'."
         )
-    cursor.execute(f"SET LOCAL hnsw.iterative_scan = {mode}")
+    statements = [f"SET LOCAL hnsw.ef_search = {min(ef, 1000)}"]
+    statements.append(f"SET LOCAL hnsw.iterative_scan = {mode}")
     max_tuples = embrec_settings.MAX_SCAN_TUPLES
     if max_tuples:
-        cursor.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(max_tuples)}")
+        statements.append(f"SET LOCAL hnsw.max_scan_tuples = {int(max_tuples)}")
+    return statements
 
 
-def _columns(spec: IndexSpec, with_vectors: bool) -> str:
-    columns = f"e.object_pk, {spec.distance_sql('e')} AS distance, e.created_at"
+def _fetch_with_settings(
+    using: str, settings: list[str], sql: str, params: Sequence[Any], with_vectors: bool = False
+) -> list[tuple]:
+    """Rows of ``sql`` run with ``settings`` (``SET LOCAL`` statements) in force.
+
+    With Django's default client-side binding cursor the settings and the query go in one
+    message: PostgreSQL runs a multi-statement message as one implicit transaction, so the
+    settings hold for this query only and cost no round trip. With server-side binding
+    (``OPTIONS["server_side_binding"]``), which takes one statement per message, they run in a
+    transaction of their own, as ``SET LOCAL`` needs.
+    """
+    conn = connections[using]
+    if with_vectors:
+        conn.ensure_connection()
+        _register_vector(conn)
+    with conn.cursor() as cursor:
+        if isinstance(cursor.cursor, psycopg.ClientCursor):
+            cursor.execute("; ".join([*settings, sql]), params)
+            for _ in settings:
+                cursor.cursor.nextset()
+            return cursor.fetchall()
+    with transaction.atomic(using=using), conn.cursor() as cursor:
+        for statement in settings:
+            cursor.execute(statement)
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _query_vector_sql(spec: IndexSpec, vector: QueryVector) -> tuple[str, str, list, list]:
+    """``(with clause, distance expression, its parameters, condition)`` for a query vector."""
+    if isinstance(vector, StoredVector):
+        return (
+            f"WITH src AS MATERIALIZED ({vector.sql}) ",
+            f"(e.vector::{spec.vector_type}) <=> (SELECT src.v FROM src)",
+            list(vector.params),
+            "EXISTS (SELECT 1 FROM src)",
+        )
+    return "", spec.distance_sql("e"), [vector_literal(vector)], ""
+
+
+def _columns(distance: str, with_vectors: bool) -> str:
+    columns = f"e.object_pk, {distance} AS distance, e.created_at"
     return columns + ", e.vector" if with_vectors else columns
 
 
@@ -104,7 +173,7 @@ def _candidates(rows: Sequence[Sequence[Any]], with_vectors: bool) -> list[Candi
 
 def nearest_sql(
     spec: IndexSpec,
-    vector: np.ndarray,
+    vector: QueryVector,
     limit: int,
     *,
     exclusions: Exclusions | None = None,
@@ -112,8 +181,8 @@ def nearest_sql(
     with_vectors: bool = False,
 ) -> tuple[str, list]:
     """The SQL and parameters of one ANN query (see :func:`nearest`)."""
+    with_clause, distance, params, condition = _query_vector_sql(spec, vector)
     where = [spec.predicate_sql("e")]
-    params: list[Any] = []
     for sql, sql_params in (exclusions or Exclusions()).sql("e"):
         where.append(sql)
         params.extend(sql_params)
@@ -121,16 +190,19 @@ def nearest_sql(
     if restriction is not None:
         where.append(restriction[0])
         params.extend(restriction[1])
+    if condition:
+        where.append(condition)
     sql = (
-        f"SELECT {_columns(spec, with_vectors)} FROM {Embedding._meta.db_table} e "
+        f"{with_clause}SELECT {_columns(distance, with_vectors)} "
+        f"FROM {Embedding._meta.db_table} e "
         f"WHERE {' AND '.join(where)} ORDER BY distance LIMIT %s"
     )
-    return sql, [vector_literal(vector), *params, int(limit)]
+    return sql, [*params, int(limit)]
 
 
 def nearest(
     spec: IndexSpec,
-    vector: np.ndarray,
+    vector: QueryVector,
     limit: int,
     *,
     exclusions: Exclusions | None = None,
@@ -143,19 +215,18 @@ def nearest(
 
     ``visible`` (a queryset of the host model) and ``exclusions`` restrict the rows inside the
     same statement; iterative index scans keep the result full when they remove candidates.
+    One round trip (see the module docstring); a :class:`StoredVector` that selects nothing
+    gives no rows.
     """
     using = using or router.db_for_read(Embedding)
     _check_pgvector(using)
     sql, params = nearest_sql(
         spec, vector, limit, exclusions=exclusions, visible=visible, with_vectors=with_vectors
     )
-    conn = connections[using]
-    with transaction.atomic(using=using), conn.cursor() as cursor:
-        if with_vectors:
-            _register_vector(conn)
-        _scan_settings(cursor, limit, ef_search)
-        cursor.execute(sql, params)
-        candidates = _candidates(cursor.fetchall(), with_vectors)
+    rows = _fetch_with_settings(
+        using, scan_settings(limit, ef_search), sql, params, with_vectors=with_vectors
+    )
+    candidates = _candidates(rows, with_vectors)
     # relaxed_order may return rows slightly out of order; restore it.
     candidates.sort(key=lambda c: (c.distance, c.pk))
     return candidates
@@ -163,7 +234,7 @@ def nearest(
 
 def candidates_for(
     spec: IndexSpec,
-    vector: np.ndarray,
+    vector: QueryVector,
     pks: Sequence[str],
     *,
     with_vectors: bool = False,
@@ -176,21 +247,24 @@ def candidates_for(
     if not pks:
         return []
     using = using or router.db_for_read(Embedding)
+    with_clause, distance, params, condition = _query_vector_sql(spec, vector)
     sql = (
-        f"SELECT {_columns(spec, with_vectors)} FROM {Embedding._meta.db_table} e "
+        f"{with_clause}SELECT {_columns(distance, with_vectors)} "
+        f"FROM {Embedding._meta.db_table} e "
         f"WHERE {spec.predicate_sql('e')} AND e.object_pk = ANY(%s)"
+        + (f" AND {condition}" if condition else "")
     )
     conn = connections[using]
     with conn.cursor() as cursor:
         if with_vectors:
             _register_vector(conn)
-        cursor.execute(sql, [vector_literal(vector), list(pks)])
+        cursor.execute(sql, [*params, list(pks)])
         return _candidates(cursor.fetchall(), with_vectors)
 
 
 def explain(
     spec: IndexSpec,
-    vector: np.ndarray,
+    vector: QueryVector,
     limit: int,
     *,
     exclusions: Exclusions | None = None,
@@ -203,17 +277,64 @@ def explain(
     using = using or router.db_for_read(Embedding)
     sql, params = nearest_sql(spec, vector, limit, exclusions=exclusions, visible=visible)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        _scan_settings(cursor, limit, ef_search)
-        cursor.execute(prefix + sql, params)
-        return "\n".join(row[0] for row in cursor.fetchall())
+    rows = _fetch_with_settings(using, scan_settings(limit, ef_search), prefix + sql, params)
+    return "\n".join(row[0] for row in rows)
+
+
+#: The dimensions last seen per (content type, encoder): what :func:`known_spec` assumes.
+_dimensions: dict[tuple[int, str], int] = {}
 
 
 def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
     """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
     ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
     halfvec = bool(get_encoder(encoder).options.get("halfvec"))
+    _dimensions[(ct.id, encoder)] = int(dimensions)
     return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
+
+
+def known_spec(rec: Recommendable, encoder: str) -> IndexSpec | None:
+    """The :class:`IndexSpec` of the dimensions this process last saw for ``rec`` and
+    ``encoder`` (``None`` before the first query). A :class:`StoredVector` of other dimensions
+    selects nothing, so a wrong guess costs the slow path, never a wrong result."""
+    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    dimensions = _dimensions.get((ct.id, encoder))
+    if dimensions is None:
+        return None
+    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
+    return IndexSpec(ct.id, encoder, dimensions, halfvec)
+
+
+def stored_object_vector(
+    spec: IndexSpec, pk: Any, shown: models.QuerySet | None = None
+) -> StoredVector:
+    """The stored vector of object ``pk`` under ``spec``, selected in the ANN statement.
+
+    With ``shown``, only if that queryset holds the object (the request may see it). Selects
+    nothing for an all-zero vector (nothing to compare with).
+    """
+    table = Embedding._meta.db_table
+    where = [spec.predicate_sql("s"), "s.object_pk = %s", "vector_norm(s.vector) > 0"]
+    params: list[Any] = [str(pk)]
+    restriction = visible_sql(shown, "s")
+    if restriction is not None:
+        where.append(restriction[0])
+        params.extend(restriction[1])
+    sql = f"SELECT s.vector::{spec.vector_type} AS v FROM {table} s WHERE {' AND '.join(where)}"
+    return StoredVector(sql, tuple(params))
+
+
+def stored_user_vector(spec: IndexSpec, user_id: Any) -> StoredVector:
+    """A user's stored vector under ``spec``, selected in the ANN statement; nothing when it is
+    stale (recomputed on the slow path), of other dimensions or all zero."""
+    table = UserEmbedding._meta.db_table
+    sql = (
+        f"SELECT u.vector::{spec.vector_type} AS v FROM {table} u "
+        f"WHERE u.user_id = %s AND u.content_type_id = {int(spec.content_type_id)} "
+        f"AND u.encoder = %s AND u.dimensions = {int(spec.dimensions)} AND NOT u.is_stale "
+        f"AND vector_norm(u.vector) > 0"
+    )
+    return StoredVector(sql, (user_id, spec.encoder))
 
 
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
