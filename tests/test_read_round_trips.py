@@ -72,9 +72,10 @@ def test_similar_endpoint_is_two_statements_and_answers_as_the_full_path(catalog
     assert "ORDER BY" not in sqls[1]
     # Same with re-ranking options (popular candidates reuse the stored vector too).
     query = "limit=4&popularity=0.3&recency=0.2&mmr_lambda=0.7"
-    assert similar_json(client, source.pk, query) == run(
-        lambda: similar_json(client, source.pk, query)
-    )[0]
+    assert (
+        similar_json(client, source.pk, query)
+        == run(lambda: similar_json(client, source.pk, query))[0]
+    )
 
 
 def test_similar_endpoint_errors_are_unchanged_on_the_short_path(catalog, settings):
