@@ -18,7 +18,10 @@
   **embedding map** (``admin:embrec_embedding_map``): a 2-D PCA projection of the vectors computed
   by the ``embrec.embedding_map`` task and cached (:mod:`embrec.embedding_map`), drawn as SVG
   points coloured by a field or a k-means cluster; hovering names an object, a click opens it.
-  It needs the view permission on the model.
+  It needs the view permission on the model. The **clusters** and **duplicates** pages
+  (``admin:embrec_clusters``, ``admin:embrec_duplicates``, linked from the dashboard) show the
+  clusters of the vectors with their typical items and terms, and the near-duplicate pairs with
+  links to both objects (:mod:`embrec.analysis_pages`), computed by tasks and cached likewise.
 * The **evaluation report** (``admin:embrec_evaluation_report``, linked from the dashboard)
   shows the report ``embrec_tune`` wrote beside ``EMBREC["TUNED_CONFIG"]`` (or the file of
   ``EMBREC["EVALUATION_REPORT"]``): per protocol a table and an inline SVG bar chart of test
@@ -50,7 +53,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
-from embrec import embedding_map, indexing, queries, report_page, tasks
+from embrec import analysis_pages, embedding_map, indexing, queries, report_page, tasks
 from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded, NotRegistered, QueryError
 from embrec.models import Embedding, OutboxEntry
@@ -325,6 +328,16 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 name="embrec_embedding_map_json",
             ),
             path(
+                "clusters/<str:label>/",
+                self.admin_site.admin_view(self.clusters_view),
+                name="embrec_clusters",
+            ),
+            path(
+                "duplicates/<str:label>/",
+                self.admin_site.admin_view(self.duplicates_view),
+                name="embrec_duplicates",
+            ),
+            path(
                 "preview/user/",
                 self.admin_site.admin_view(self.preview_user_view),
                 name="embrec_preview_user",
@@ -408,6 +421,25 @@ class EmbeddingAdmin(admin.ModelAdmin):
             ),
         }
         return TemplateResponse(request, "admin/embrec/embedding_map.html", context)
+
+    def clusters_view(self, request: HttpRequest, label: str) -> HttpResponse:
+        """Clusters of a model's vectors with typical items, terms and outliers
+        (:mod:`embrec.analysis_pages`)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            **analysis_pages.clusters_context(request, label),
+        }
+        return TemplateResponse(request, "admin/embrec/clusters.html", context)
+
+    def duplicates_view(self, request: HttpRequest, label: str) -> HttpResponse:
+        """Near-duplicate pairs and isolated items of a model (:mod:`embrec.analysis_pages`)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            **analysis_pages.duplicates_context(request, label),
+        }
+        return TemplateResponse(request, "admin/embrec/duplicates.html", context)
 
     def preview_similar_view(self, request: HttpRequest, label: str, object_pk: str):
         """The similar items of one registered object, as the read path returns them."""

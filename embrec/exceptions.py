@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
     "AlreadyRegistered",
+    "AnalysisError",
     "EmbrecError",
     "InteractionError",
     "NotEmbedded",
@@ -64,6 +65,13 @@ class QueryError(EmbrecError, ValueError):
 
 class InteractionError(EmbrecError, ValueError):
     """An event that cannot be recorded (unknown kind, bad weight or time); the API answers 400."""
+
+    code = "invalid"
+
+
+class AnalysisError(EmbrecError, ValueError):
+    """A catalogue analysis (clusters, near-duplicates) cannot run: unknown model or encoder,
+    a bad parameter, no vectors yet, a missing index."""
 
     code = "invalid"
 

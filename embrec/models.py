@@ -9,6 +9,10 @@
   that a burst of saves queues one task instead of thousands.
 * :class:`Interaction` — a user's event on an object (view, like, purchase, dislike…).
 * :class:`UserEmbedding` — a user's taste vector per encoder, built from interactions.
+* :class:`PopularityUser`, :class:`PopularityCount`, :class:`PopularityState` — popularity
+  (distinct users with a positive interaction in the window) per object, kept up to date by
+  database triggers on the interaction table in the same transaction as each interaction write
+  (see :mod:`embrec.popularity`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
-from django.db.models.functions import Now
+from django.db.models.functions import Collate, Now
 from pgvector.django import VectorField
 
 
@@ -179,3 +183,101 @@ class UserEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} [{self.encoder}]"
+
+
+class PopularityUser(models.Model):
+    """A user who counts towards an object's popularity: the time of the user's latest positive
+    interaction on it, inside the popularity window.
+
+    Written only by the triggers on the interaction table (and by
+    :func:`embrec.popularity.rebuild_popularity`); a row leaves when the user has no positive
+    interaction on the object any more, or when that time falls out of the window
+    (:func:`embrec.popularity.expire_popularity`). The user and content type are plain columns
+    for Django (no constraint, no cascade): deleting interactions is what removes rows.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    content_type = models.ForeignKey(
+        ContentType,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    object_pk = models.CharField(max_length=64)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    # NULL only inside the trigger's transaction (a row locked before its time is known).
+    last_positive_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "embrec_popularity_user"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["content_type", "object_pk", "user"], name="embrec_popuser_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["last_positive_at"], name="embrec_popuser_at")]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} counts for {self.content_type_id}:{self.object_pk}"
+
+
+class PopularityCount(models.Model):
+    """An object's popularity: how many :class:`PopularityUser` rows it has (rows at 0 are
+    removed). Read by the ranking queries through the (content type, users, key) index."""
+
+    id = models.BigAutoField(primary_key=True)
+    content_type = models.ForeignKey(
+        ContentType,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    object_pk = models.CharField(max_length=64)
+    users = models.IntegerField()
+
+    class Meta:
+        db_table = "embrec_popularity_count"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["content_type", "object_pk"], name="embrec_popcount_unique"
+            )
+        ]
+        indexes = [
+            # Most users first, ties by key in code-point order (as Python sorts strings).
+            models.Index(
+                "content_type",
+                models.F("users").desc(),
+                Collate("object_pk", "C"),
+                name="embrec_popcount_rank",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.content_type_id}:{self.object_pk}: {self.users} users"
+
+
+class PopularityState(models.Model):
+    """The window the popularity tables count (a single row, ``id = 1``): ``window_days``
+    (``None``: all time) and ``cutoff``, the oldest positive interaction that still counts
+    (``None``: all). The triggers read ``cutoff``; :func:`embrec.popularity.expire_popularity`
+    moves it forward."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    window_days = models.FloatField(null=True)
+    cutoff = models.DateTimeField(null=True)
+    rebuilt_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "embrec_popularity_state"
+
+    def __str__(self) -> str:
+        window = "all time" if self.window_days is None else f"{self.window_days:g} days"
+        return f"popularity over {window} (since {self.cutoff})"

@@ -1,38 +1,67 @@
 """Popularity: distinct users with a positive interaction on an object.
 
-An object's popularity is the number of distinct users with a positive interaction on it
-(within ``EMBREC["POPULARITY_WINDOW_DAYS"]``). The read path uses it to blend popular items into
-vector results, to rank the popularity fallback (:func:`embrec.queries.popular`) and to normalise
-blended scores by the most popular object a query could return.
+An object's popularity is the number of distinct users with a positive interaction on it whose
+latest positive interaction is within ``EMBREC["POPULARITY_WINDOW_DAYS"]`` (``None``: all time).
+The read path uses it to blend popular items into vector results, to rank the popularity
+fallback (:func:`embrec.queries.popular`) and to normalise blended scores by the most popular
+object a query could return.
+
+The counts are stored, not counted per request. Triggers on the interaction table (migration
+``0007``) keep two tables current in the same transaction as every interaction insert, update or
+delete, whatever issues it (``record_interaction``, ``bulk_create``, ``QuerySet.update``, a
+cascade, raw SQL):
+
+* :class:`~embrec.models.PopularityUser` — one row per (object, user) that counts, with the time
+  of the user's latest positive interaction on the object;
+* :class:`~embrec.models.PopularityCount` — the number of those rows per object.
+
+A write recomputes only the (object, user) pairs it touched, from the interaction table (one
+index probe each): O(1) per event. The window moves forward in :func:`expire_popularity`, which
+drops the pairs whose latest positive interaction fell out of it; the sweep task runs it and
+every process runs it at most every ``POPULARITY_CACHE_SECONDS`` before it reads popularity, so
+a user leaves an object's count at most that long after the window passed them.
+:func:`rebuild_popularity` (``manage.py embrec_rebuild_popularity``) recounts everything from the
+interaction table: after ``TRUNCATE`` or writes with triggers disabled
+(``session_replication_role = replica``, ``pg_restore --disable-triggers``), or to check the
+stored counts (``--check``).
+
+A ranking is one SQL statement: the counts table in popularity order, joined to the visible
+queryset through the host table's primary-key index, with exclusions in the same statement.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from django.core.exceptions import ValidationError
-from django.db import models, router
-from django.db.models import Count, Max, Q
-from django.db.models.functions import Cast
+from django.db import DatabaseError, connections, models, router, transaction
+from django.db.models import Exists, F, Func, OuterRef, Q, Value
+from django.db.models.functions import Cast, Collate
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
-from embrec.models import Interaction
+from embrec.models import Interaction, PopularityCount, PopularityState, PopularityUser
+from embrec.scoring import popularity_prior
+
+logger = logging.getLogger("embrec")
 
 __all__ = [
     "Excluded",
     "PopularityRanking",
-    "PopularityTable",
+    "expire_popularity",
     "forget_popularity",
     "max_popularity",
+    "popularity_from_interactions",
+    "popularity_prior_users",
     "popularity_ranking",
     "popularity_scores",
-    "popularity_table",
+    "rebuild_popularity",
+    "stored_popularity",
     "visible_pks",
 ]
 
@@ -40,80 +69,213 @@ __all__ = [
 class Excluded(Protocol):
     """Objects a query leaves out (:class:`embrec.queries.Exclusions` is one)."""
 
-    def pk_set(self) -> set[str]:
-        """The excluded object keys, as strings."""
-        ...
-
     def q(self, field_name: str = "object_pk") -> Q:
         """A condition matching the excluded objects by their ``field_name`` column."""
         ...
 
 
-@dataclass
-class PopularityTable:
-    """Popularity of every object of one model: ``ranked`` most users first (ties by key) and
-    ``users`` per object key. Built by one aggregate query and cached per process."""
+# --------------------------------------------------------------------------- maintenance
 
-    ranked: list[tuple[str, float]]
-    users: dict[str, float]
-    expires: float
+_USERS = PopularityUser._meta.db_table
+_COUNTS = PopularityCount._meta.db_table
+_STATE = PopularityState._meta.db_table
+_INTERACTIONS = Interaction._meta.db_table
 
 
-_popularity_tables: dict[tuple, PopularityTable] = {}
-_popularity_lock = threading.Lock()
-
-
-def popularity_table(content_type_id: int, using: str | None = None) -> PopularityTable:
-    """The cached :class:`PopularityTable` of a content type.
-
-    Counting distinct users per object over the whole interaction table costs ~100 ms at 100k
-    interactions, too much for every request. The table is rebuilt when an interaction was added
-    since (the newest interaction id is part of the cache key: one index probe per call) and at
-    the latest every ``POPULARITY_CACHE_SECONDS`` (deletions, the sliding window).
-    """
-    using = using or router.db_for_read(Interaction)
-    newest = (
-        Interaction.objects.using(using)
-        .filter(content_type_id=content_type_id)
-        .aggregate(newest=Max("id"))["newest"]
-    )
+def _window() -> float | None:
     window = embrec_settings.POPULARITY_WINDOW_DAYS
-    key = (using, content_type_id, window, newest)
+    return float(window) if window else None
+
+
+def _cutoff(window: float | None, now: datetime) -> datetime | None:
+    return now - timedelta(days=window) if window else None
+
+
+def rebuild_popularity(using: str | None = None) -> dict:
+    """Recount every object's popularity from the interaction table, for the configured window.
+
+    Interaction writes wait while it runs (``LOCK ... IN SHARE MODE``); reads keep the previous
+    counts until it commits. Returns ``{"users": pairs counted, "objects": objects counted}``.
+    """
+    using = using or router.db_for_write(PopularityCount)
+    window = _window()
+    now = timezone.now()
+    cutoff = _cutoff(window, now)
+    having = "" if cutoff is None else "HAVING max(created_at) >= %s"
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {_INTERACTIONS} IN SHARE MODE")
+        cursor.execute(
+            f"INSERT INTO {_STATE} (id, window_days, cutoff, rebuilt_at) VALUES (1, %s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET window_days = EXCLUDED.window_days, "
+            "cutoff = EXCLUDED.cutoff, rebuilt_at = EXCLUDED.rebuilt_at",
+            [window, cutoff, now],
+        )
+        cursor.execute(f"DELETE FROM {_USERS}")
+        cursor.execute(f"DELETE FROM {_COUNTS}")
+        cursor.execute(
+            f"INSERT INTO {_USERS} (content_type_id, object_pk, user_id, last_positive_at) "
+            f"SELECT content_type_id, object_pk, user_id, max(created_at) FROM {_INTERACTIONS} "
+            f"WHERE weight > 0 GROUP BY content_type_id, object_pk, user_id {having}",
+            [] if cutoff is None else [cutoff],
+        )
+        users = cursor.rowcount
+        cursor.execute(
+            f"INSERT INTO {_COUNTS} (content_type_id, object_pk, users) "
+            f"SELECT content_type_id, object_pk, count(*) FROM {_USERS} "
+            "GROUP BY content_type_id, object_pk"
+        )
+        objects = cursor.rowcount
+    _forget_using(using)
+    return {"users": users, "objects": objects}
+
+
+def expire_popularity(using: str | None = None, *, now: datetime | None = None) -> int:
+    """Move the window forward to ``now`` (default: the current time): drop the (object, user)
+    pairs whose latest positive interaction is older than ``POPULARITY_WINDOW_DAYS`` and lower
+    their objects' counts. Returns how many pairs were dropped.
+
+    Recounts everything (:func:`rebuild_popularity`) when the stored counts are for another
+    window (the setting changed) or were never built. Returns 0 at once when another process is
+    moving the window right now.
+    """
+    using = using or router.db_for_write(PopularityCount)
+    window = _window()
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(
+            f"SELECT window_days, cutoff FROM {_STATE} WHERE id = 1 FOR UPDATE SKIP LOCKED"
+        )
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute(f"SELECT 1 FROM {_STATE} WHERE id = 1")
+            if cursor.fetchone() is not None:
+                return 0  # another process holds it
+        if row is None or row[0] != window:
+            rebuild_popularity(using)
+            return 0
+        cutoff = _cutoff(window, now or timezone.now())
+        if cutoff is None or (row[1] is not None and cutoff <= row[1]):
+            return 0
+        cursor.execute(
+            f"WITH gone AS (DELETE FROM {_USERS} WHERE last_positive_at < %s "
+            "RETURNING content_type_id, object_pk), "
+            "dropped AS (SELECT content_type_id, object_pk, count(*) AS n FROM gone "
+            "GROUP BY content_type_id, object_pk) "
+            f"UPDATE {_COUNTS} c SET users = c.users - d.n FROM dropped d "
+            "WHERE c.content_type_id = d.content_type_id AND c.object_pk = d.object_pk "
+            "RETURNING c.id, c.users, d.n",
+            [cutoff],
+        )
+        rows = cursor.fetchall()
+        empty = [row_id for row_id, users, _ in rows if users <= 0]
+        if empty:
+            cursor.execute(f"DELETE FROM {_COUNTS} WHERE id = ANY(%s)", [empty])
+        cursor.execute(f"UPDATE {_STATE} SET cutoff = %s WHERE id = 1", [cutoff])
+    return sum(n for _, _, n in rows)
+
+
+_window_checks: dict[str, tuple[float | None, float]] = {}
+_prior_cache: dict[tuple, tuple[float, float]] = {}
+_cache_lock = threading.Lock()
+
+
+def _keep_window_current() -> None:
+    """:func:`expire_popularity` on the write database, at most every
+    ``POPULARITY_CACHE_SECONDS`` per process (at once when the window setting changed)."""
+    using = router.db_for_write(PopularityCount)
+    window = _window()
     now = time.monotonic()
-    table = _popularity_tables.get(key)
-    if table is not None and table.expires > now:
-        return table
-    rows = list(_popularity_qs(content_type_id).using(using).values_list("object_pk", "popularity"))
-    ranked = sorted(((pk, float(p)) for pk, p in rows), key=lambda row: (-row[1], row[0]))
-    ttl = float(embrec_settings.POPULARITY_CACHE_SECONDS or 0)
-    table = PopularityTable(ranked=ranked, users=dict(ranked), expires=now + ttl)
-    with _popularity_lock:
-        for old in [k for k in _popularity_tables if k[:2] == key[:2]]:
-            del _popularity_tables[old]
-        if ttl > 0:
-            _popularity_tables[key] = table
-    return table
+    interval = float(embrec_settings.POPULARITY_CACHE_SECONDS or 0)
+    last = _window_checks.get(using)
+    if last is not None and last[0] == window and now - last[1] < interval:
+        return
+    with _cache_lock:
+        _window_checks[using] = (window, now)
+    try:
+        expire_popularity(using)
+    except DatabaseError as exc:  # counts stay as they are; the sweep moves the window later
+        logger.warning("embrec: could not move the popularity window (%s).", exc)
+
+
+def _forget_using(using: str) -> None:
+    with _cache_lock:
+        for key in [k for k in _prior_cache if k[0] == using]:
+            del _prior_cache[key]
 
 
 def forget_popularity() -> None:
-    """Drop cached popularity tables (tests, or after bulk-deleting interactions)."""
-    with _popularity_lock:
-        _popularity_tables.clear()
+    """Forget per-process popularity state (the last window check, the cached prior): tests,
+    or after writing the popularity tables directly."""
+    with _cache_lock:
+        _window_checks.clear()
+        _prior_cache.clear()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_db() -> str:
+    _keep_window_current()
+    return router.db_for_read(PopularityCount)
+
+
+def _counts(content_type_id: int, using: str) -> models.QuerySet:
+    return PopularityCount.objects.using(using).filter(content_type_id=content_type_id, users__gt=0)
+
+
+def _by_popularity(qs: models.QuerySet) -> models.QuerySet:
+    """Most users first, ties by key in code-point order (the ``embrec_popcount_rank`` index)."""
+    return qs.order_by(F("users").desc(), Collate("object_pk", "C").asc())
 
 
 def popularity_scores(content_type_id: int, pks: Iterable[str]) -> dict[str, float]:
     """Popularity per object: distinct users with a positive interaction on it (within
     ``POPULARITY_WINDOW_DAYS``). Objects nobody liked are absent."""
-    users = popularity_table(content_type_id).users
-    return {pk: users[pk] for pk in pks if pk in users}
+    keys = [str(pk) for pk in pks]
+    if not keys:
+        return {}
+    rows = _counts(content_type_id, _read_db()).filter(object_pk__in=keys)
+    return {pk: float(users) for pk, users in rows.values_list("object_pk", "users")}
 
 
-def _popularity_qs(content_type_id: int) -> models.QuerySet:
-    qs = Interaction.objects.filter(content_type_id=content_type_id, weight__gt=0)
-    window = embrec_settings.POPULARITY_WINDOW_DAYS
-    if window:
-        qs = qs.filter(created_at__gte=timezone.now() - timedelta(days=float(window)))
-    return qs.values("object_pk").annotate(popularity=Count("user_id", distinct=True))
+def stored_popularity(content_type_id: int, using: str | None = None) -> dict[str, int]:
+    """Every object's stored popularity (the counts table), for checks and reports."""
+    using = using or router.db_for_read(PopularityCount)
+    return dict(_counts(content_type_id, using).values_list("object_pk", "users"))
+
+
+def popularity_from_interactions(
+    content_type_id: int, using: str | None = None, *, now: datetime | None = None
+) -> dict[str, int]:
+    """Every object's popularity counted from the interaction table (``COUNT(DISTINCT user)``
+    over the window ending at ``now``): what the stored counts must equal."""
+    using = using or router.db_for_read(Interaction)
+    qs = Interaction.objects.using(using).filter(content_type_id=content_type_id, weight__gt=0)
+    cutoff = _cutoff(_window(), now or timezone.now())
+    latest = qs.values("object_pk", "user_id").annotate(latest=models.Max("created_at"))
+    if cutoff is not None:
+        latest = latest.filter(latest__gte=cutoff)
+    counted: dict[str, int] = {}
+    for row in latest:
+        counted[row["object_pk"]] = counted.get(row["object_pk"], 0) + 1
+    return counted
+
+
+def popularity_prior_users(content_type_id: int, quantile: float) -> float:
+    """The ``quantile`` of the objects' positive popularity (:func:`embrec.scoring.popularity_prior`),
+    cached per process for ``POPULARITY_CACHE_SECONDS``: a distribution changes slowly."""
+    using = _read_db()
+    key = (using, content_type_id, float(quantile), _window())
+    now = time.monotonic()
+    cached = _prior_cache.get(key)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    counts = list(_counts(content_type_id, using).values_list("users", flat=True))
+    value = popularity_prior(counts, float(quantile))
+    ttl = float(embrec_settings.POPULARITY_CACHE_SECONDS or 0)
+    if ttl > 0:
+        with _cache_lock:
+            _prior_cache[key] = (value, now + ttl)
+    return value
 
 
 def visible_pks(visible: models.QuerySet) -> models.QuerySet:
@@ -122,73 +284,70 @@ def visible_pks(visible: models.QuerySet) -> models.QuerySet:
     return qs.values("_pk_str")
 
 
-#: Popular objects checked for visibility per query while walking the cached ranking; a
-#: restriction that hides most of them switches to one aggregate query instead.
-_VISIBILITY_PROBE = 500
-_VISIBILITY_PROBES = 3
+_INTEGER_KEYS = {
+    "AutoField",
+    "BigAutoField",
+    "SmallAutoField",
+    "IntegerField",
+    "BigIntegerField",
+    "SmallIntegerField",
+    "PositiveIntegerField",
+    "PositiveBigIntegerField",
+    "PositiveSmallIntegerField",
+}
+_TEXT_KEYS = {"CharField", "SlugField", "TextField", "EmailField", "URLField"}
+_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
 
-def _popular_visible(
-    visible: models.QuerySet,
-    ranked: list[tuple[str, float]],
-    count: int,
-    excluded: set[str] = frozenset(),
-) -> tuple[float, list[tuple[str, float]]] | None:
-    """Walk ``ranked`` (most popular first), checking visibility a chunk at a time.
+class _KeyAs(Func):
+    """``object_pk`` in the host's primary-key type, NULL where the text is not such a value (a
+    stray key never makes the query fail)."""
 
-    Returns ``(maximum, top)``: the popularity of the first visible object (0.0 if none) and the
-    first ``count`` visible objects not in ``excluded``. ``None`` when the first
-    ``_VISIBILITY_PROBES`` chunks do not settle it (a restriction that hides most popular
-    objects): the caller then asks one aggregate query instead.
-    """
-    pk_field = visible.model._meta.pk
-    maximum: float | None = None
-    top: list[tuple[str, float]] = []
-    for start in range(0, _VISIBILITY_PROBES * _VISIBILITY_PROBE, _VISIBILITY_PROBE):
-        chunk = ranked[start : start + _VISIBILITY_PROBE]
-        if not chunk:
-            break
-        keys = []
-        for pk, _ in chunk:
-            try:
-                keys.append(pk_field.to_python(pk))
-            except ValidationError:
-                continue
-        shown = {str(pk) for pk in visible.filter(pk__in=keys).values_list("pk", flat=True)}
-        for pk, users in chunk:
-            if pk not in shown:
-                continue
-            if maximum is None:
-                maximum = users
-            if len(top) < count and pk not in excluded:
-                top.append((pk, users))
-            if len(top) >= count:
-                return maximum, top
-    else:
-        if len(ranked) > _VISIBILITY_PROBES * _VISIBILITY_PROBE:
-            return None
-    return maximum or 0.0, top
+    template = "(CASE WHEN %(expressions)s ~ '%(pattern)s' THEN (%(expressions)s)::%(db_type)s END)"
+
+
+def _key_of(visible: models.QuerySet) -> Func | OuterRef | None:
+    """The outer ``object_pk`` as a value of ``visible``'s primary key (so the host table's
+    primary-key index finds the row), or ``None`` for key types compared as text only."""
+    field = visible.model._meta.pk
+    while field.is_relation:
+        field = field.target_field
+    kind = field.get_internal_type()
+    key = OuterRef("object_pk")
+    if kind in _TEXT_KEYS:
+        return key
+    if kind in _INTEGER_KEYS:
+        return _KeyAs(
+            key, pattern="^-?[0-9]{1,18}$", db_type="bigint", output_field=models.BigIntegerField()
+        )
+    if kind == "UUIDField":
+        return _KeyAs(key, pattern=f"^{_UUID}$", db_type="uuid", output_field=models.UUIDField())
+    return None
+
+
+def _shown(visible: models.QuerySet) -> Q | Exists:
+    """A condition on counts rows: their object is in ``visible``. A correlated ``EXISTS`` probes
+    the host table's primary key for each row read in popularity order, so a ranking stops as
+    soon as it has its rows; other key types compare as text against all visible keys."""
+    key = _key_of(visible)
+    if key is None:
+        return Q(object_pk__in=visible_pks(visible))
+    return Exists(visible.order_by().filter(pk=key).values("pk"))
 
 
 def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
     """The popularity of the most popular object in ``visible``: what the blend normalises by,
     so that a score means the same whichever candidates a query happens to look at."""
-    head = _popular_visible(visible, popularity_table(content_type_id).ranked, 0)
-    if head is not None:
-        return head[0]
-    top = (
-        _popularity_qs(content_type_id)
-        .filter(object_pk__in=visible_pks(visible))
-        .aggregate(top=Max("popularity"))["top"]
-    )
-    return float(top or 0.0)
+    head = _by_popularity(_counts(content_type_id, _read_db()).filter(_shown(visible)))
+    return float(head.values_list("users", flat=True).first() or 0.0)
 
 
 @dataclass
 class PopularityRanking:
     """Popularity as one query sees it: the ``top`` visible objects by popularity that are not
-    excluded, the popularity of every object (``scores``), and the maximum over the visible
-    objects (what scores are normalised by)."""
+    excluded, the popularity of those and of the ``skip`` objects (``scores``; objects nobody
+    liked are absent), and the maximum over the visible objects (what scores are normalised
+    by)."""
 
     top: list[tuple[str, float]]
     scores: dict[str, float]
@@ -200,26 +359,38 @@ def popularity_ranking(
     visible: models.QuerySet,
     exclusions: Excluded,
     count: int,
-    skip: Iterable[str] = (),
+    skip: Sequence[str] = (),
 ) -> PopularityRanking:
     """The ``count`` most popular objects of ``visible`` not in ``exclusions`` nor ``skip``
-    (object keys as strings), most users first (ties by key), and the visible maximum.
+    (object keys as strings), most users first (ties by key), the visible maximum, and the
+    popularity of the ``skip`` objects (a blend's other candidates).
 
-    Walks the cached :func:`popularity_table` and checks visibility a few hundred objects at a
-    time; when the restriction hides most popular objects it falls back to one aggregate query.
+    One SQL statement: the three parts are a ``UNION ALL`` over the counts table.
     """
-    excluded = exclusions.pk_set() | {str(pk) for pk in skip}
-    table = popularity_table(content_type_id)
-    head = _popular_visible(visible, table.ranked, count, excluded)
-    if head is not None:
-        maximum, top = head
-    else:
-        rows = list(
-            _popularity_qs(content_type_id)
-            .filter(object_pk__in=visible_pks(visible))
-            .order_by("-popularity", "object_pk")
-            .values_list("object_pk", "popularity")[: max(count, 1) + len(excluded)]
-        )
-        top = [(pk, float(p)) for pk, p in rows if pk not in excluded][:count]
-        maximum = float(rows[0][1]) if rows else 0.0
-    return PopularityRanking(top=top, scores=table.users, maximum=float(maximum))
+    using = _read_db()
+    skip = [str(pk) for pk in skip]
+    shown = _counts(content_type_id, using).filter(_shown(visible))
+    columns = ("part", "object_pk", "users")
+    head = _by_popularity(shown.annotate(part=Value(0))).values_list(*columns)[:1]
+    parts = []
+    if count > 0:
+        top = shown.exclude(exclusions.q())
+        if skip:
+            top = top.exclude(object_pk__in=skip)
+        parts.append(_by_popularity(top.annotate(part=Value(1))).values_list(*columns)[:count])
+    if skip:
+        scores_qs = _counts(content_type_id, using).filter(object_pk__in=skip)
+        parts.append(scores_qs.annotate(part=Value(2)).order_by().values_list(*columns))
+    rows = list(head.union(*parts, all=True)) if parts else list(head)
+    maximum = 0.0
+    top_rows: list[tuple[str, float]] = []
+    scores: dict[str, float] = {}
+    for part, pk, users in rows:
+        if part == 0:
+            maximum = float(users)
+        elif part == 1:
+            top_rows.append((pk, float(users)))
+        scores[pk] = float(users)
+    # UNION ALL keeps each part's rows but not their order across parts.
+    top_rows.sort(key=lambda row: (-row[1], row[0]))
+    return PopularityRanking(top=top_rows, scores=scores, maximum=maximum)

@@ -19,9 +19,12 @@ from celery.app.routes import prepare as prepare_routes
 from celery.signals import celeryd_init
 from django.db import DatabaseError, InterfaceError, OperationalError
 
+from embrec import clusters as clustering
+from embrec import duplicates as near_duplicates
 from embrec import embedding_map as maps
-from embrec import indexing
+from embrec import indexing, popularity
 from embrec.conf import embrec_settings
+from embrec.exceptions import AnalysisError
 from embrec.models import OutboxEntry
 from embrec.registry import NotRegistered, registry
 
@@ -86,8 +89,24 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     ignore_result=True,
 )
 def sweep() -> int:
-    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds."""
-    return indexing.sweep()
+    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds, and move
+    the popularity window forward (:func:`embrec.popularity.expire_popularity`)."""
+    count = indexing.sweep()
+    popularity.expire_popularity()
+    return count
+
+
+@shared_task(
+    name="embrec.rebuild_popularity",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def rebuild_popularity() -> dict:
+    """Recount the popularity tables from the interaction table
+    (:func:`embrec.popularity.rebuild_popularity`). Idempotent."""
+    return popularity.rebuild_popularity()
 
 
 def publish(task, args: list | tuple = (), kwargs: dict | None = None) -> None:
@@ -237,3 +256,41 @@ def embedding_map(label: str, encoder: str, max_points: int = 5000, seed: int = 
         return {"points": 0}
     result = maps.build(rec, encoder, max_points=int(max_points), seed=int(seed))
     return {"points": result["sampled"], "total": result["total"]}
+
+
+@shared_task(
+    name="embrec.clusters",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def clusters(label: str, encoder: str, params: dict | None = None) -> dict:
+    """Cluster ``label``'s vectors under ``encoder`` and cache the result for the admin's clusters
+    page (:func:`embrec.clusters.build`). Returns the number of clusters; nothing to cluster (an
+    unknown model, no vectors) computes nothing."""
+    try:
+        result = clustering.build(label, encoder, **(params or {}))
+    except AnalysisError as exc:
+        logger.warning("embrec: clusters of %s [%s] not computed: %s", label, encoder, exc)
+        return {"clusters": 0}
+    return {"clusters": len(result.get("clusters", []))}
+
+
+@shared_task(
+    name="embrec.duplicates",
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def duplicates(label: str, encoder: str, params: dict | None = None) -> dict:
+    """Find the near-duplicate pairs and isolated items of ``label``'s vectors under ``encoder``
+    and cache them for the admin's duplicates page (:func:`embrec.duplicates.build`). Returns the
+    number of pairs; nothing to probe (an unknown model, no vectors) computes nothing."""
+    try:
+        result = near_duplicates.build(label, encoder, **(params or {}))
+    except AnalysisError as exc:
+        logger.warning("embrec: duplicates of %s [%s] not computed: %s", label, encoder, exc)
+        return {"pairs": 0}
+    return {"pairs": len(result.get("pairs", []))}

@@ -6,6 +6,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from django.contrib.contenttypes.models import ContentType
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import embrec
@@ -391,35 +393,30 @@ def test_blend_reaches_popular_items_outside_the_nearest_pool(settings, exact_se
     assert {r.pk for r in nearest_only} == {r.pk for r in plain[:3]}
 
 
-def test_cached_popularity_follows_new_interactions_and_matches_the_aggregate(monkeypatch):
+def test_popularity_follows_new_interactions_and_ranks_visible_objects_in_one_query():
     articles = make_catalog(per_category=3)
     ct = ContentType.objects.get_for_model(Article)
     for n, article in enumerate(articles[:4]):
         for u in range(n + 1):
             record_interaction(make_user(f"p{n}-{u}"), article, "view")
-    first = popularity.popularity_table(ct.id)
-    assert first.ranked[0] == (str(articles[3].pk), 4.0)
-    assert popularity.popularity_table(ct.id) is first  # served from the process cache
+    visible = Article.objects.all()
+    first = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
+    assert first.top[0] == (str(articles[3].pk), 4.0)
 
-    # A new interaction is visible at once: the newest interaction id is part of the key.
+    # A new interaction is counted at once (the counts are written with it).
     for u in range(5):
         record_interaction(make_user(f"late{u}"), articles[8], "like")
-    assert popularity.popularity_table(ct.id).ranked[0] == (str(articles[8].pk), 5.0)
+    assert popularity.popularity_ranking(ct.id, visible, Exclusions(), 1).top == [
+        (str(articles[8].pk), 5.0)
+    ]
 
-    # Walking the cached ranking with a visibility restriction gives what one aggregate query
-    # over the visible objects gives (the fallback used when few popular objects are visible).
-    visible = Article.objects.exclude(pk=articles[8].pk)
-    walked = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
-    monkeypatch.setattr(popularity, "_VISIBILITY_PROBE", 1)
-    monkeypatch.setattr(popularity, "_VISIBILITY_PROBES", 1)
-    aggregated = popularity.popularity_ranking(ct.id, visible, Exclusions(), 3)
-    assert (
-        walked.top
-        == aggregated.top
-        == [
-            (str(articles[3].pk), 4.0),
-            (str(articles[2].pk), 3.0),
-            (str(articles[1].pk), 2.0),
-        ]
-    )
-    assert walked.maximum == aggregated.maximum == 4.0
+    # Visibility, exclusions and the skipped candidates are applied in the same statement.
+    hidden = Article.objects.exclude(pk=articles[8].pk)
+    with CaptureQueriesContext(connection) as captured:
+        ranking = popularity.popularity_ranking(
+            ct.id, hidden, Exclusions(pks=[str(articles[2].pk)]), 3, skip=[str(articles[1].pk)]
+        )
+    assert len(captured) == 1
+    assert ranking.top == [(str(articles[3].pk), 4.0), (str(articles[0].pk), 1.0)]
+    assert ranking.maximum == 4.0
+    assert ranking.scores[str(articles[1].pk)] == 2.0

@@ -13,9 +13,9 @@ import numpy as np
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
-from embrec.popularity import PopularityRanking, popularity_scores, popularity_table
+from embrec.popularity import PopularityRanking, popularity_prior_users, popularity_scores
 from embrec.read.retrieval import Candidate
-from embrec.scoring import blend_scores, popularity_prior, smoothed_popularity
+from embrec.scoring import blend_scores, smoothed_popularity
 
 
 def blend(
@@ -34,7 +34,7 @@ def blend(
     pops: dict[str, float] = {}
     top = 0.0
     if popularity:
-        if ranking is not None:  # its scores cover every object already
+        if ranking is not None:  # its scores cover every candidate
             scores, top = ranking.scores, ranking.maximum
         else:
             scores = popularity_scores(content_type_id, [c.pk for c in candidates])
@@ -45,8 +45,7 @@ def blend(
     prior, strength = 0.0, 0.0
     quantile = embrec_settings.POPULARITY_PRIOR
     if popularity and quantile is not None:
-        users = ranking.scores if ranking is not None else popularity_table(content_type_id).users
-        prior = popularity_prior(list(users.values()), float(quantile))
+        prior = popularity_prior_users(content_type_id, float(quantile))
         strength = float(embrec_settings.POPULARITY_PRIOR_STRENGTH)
     half_life = float(embrec_settings.RECENCY_HALF_LIFE_DAYS or 0)
     now = timezone.now()

@@ -1,15 +1,16 @@
 """``manage.py embrec_sweep [--older-than SECONDS] [--retry-failed]``.
 
 Re-queues a drain task for outbox rows that have been pending too long (the broker was down when
-they were saved, or the worker that held them died). Celery beat runs the same sweep as the
-``embrec.sweep`` task; this command is for cron or for an operator.
+they were saved, or the worker that held them died), and moves the popularity window forward.
+Celery beat runs the same sweep as the ``embrec.sweep`` task; this command is for cron or for an
+operator.
 """
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec import indexing
+from embrec import indexing, popularity
 from embrec.conf import embrec_settings
 
 
@@ -38,6 +39,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{retried} failed row(s) put back to pending.")
         age = embrec_settings.SWEEP_AFTER if older_than is None else older_than
         count = indexing.sweep(older_than=age)
+        dropped = popularity.expire_popularity()
+        if dropped:
+            self.stdout.write(f"{dropped} user(s) left object popularity (out of the window).")
         if count:
             self.stdout.write(
                 self.style.SUCCESS(
