@@ -41,6 +41,7 @@ from typing import Protocol
 
 from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models import Exists, F, Func, OuterRef, Q, Value
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast, Collate
 from django.utils import timezone
 
@@ -367,21 +368,44 @@ def popularity_ranking(
 
     One SQL statement: the three parts are a ``UNION ALL`` over the counts table.
     """
-    using = _read_db()
     skip = [str(pk) for pk in skip]
+    ranking = popularity_ranking_query(content_type_id, visible, exclusions, count, skip)
+    return ranking_from_rows(list(ranking))
+
+
+def popularity_ranking_query(
+    content_type_id: int,
+    visible: models.QuerySet,
+    exclusions: Excluded,
+    count: int,
+    skip: Sequence[str] | RawSQL,
+) -> models.QuerySet:
+    """The statement of :func:`popularity_ranking` as a query of ``(part, object_pk, users)``
+    rows (part 0: the visible maximum, 1: the top, 2: the ``skip`` objects' popularity).
+
+    ``skip`` may be SQL (a :class:`~django.db.models.expressions.RawSQL` sub-select of keys):
+    the read path then runs this query inside its ANN statement, skipping that statement's own
+    nearest rows, and reads the rows with :func:`ranking_from_rows`.
+    """
+    using = _read_db()
+    skip_sql = isinstance(skip, RawSQL)
     shown = _counts(content_type_id, using).filter(_shown(visible))
     columns = ("part", "object_pk", "users")
     head = _by_popularity(shown.annotate(part=Value(0))).values_list(*columns)[:1]
     parts = []
     if count > 0:
         top = shown.exclude(exclusions.q())
-        if skip:
+        if skip_sql or skip:
             top = top.exclude(object_pk__in=skip)
         parts.append(_by_popularity(top.annotate(part=Value(1))).values_list(*columns)[:count])
-    if skip:
+    if skip_sql or skip:
         scores_qs = _counts(content_type_id, using).filter(object_pk__in=skip)
         parts.append(scores_qs.annotate(part=Value(2)).order_by().values_list(*columns))
-    rows = list(head.union(*parts, all=True)) if parts else list(head)
+    return head.union(*parts, all=True) if parts else head
+
+
+def ranking_from_rows(rows: Iterable[tuple[int, str, float]]) -> PopularityRanking:
+    """A :class:`PopularityRanking` from the rows of :func:`popularity_ranking_query`."""
     maximum = 0.0
     top_rows: list[tuple[str, float]] = []
     scores: dict[str, float] = {}

@@ -30,7 +30,12 @@ from embrec.encoders import get_encoder
 from embrec.exceptions import QueryError
 from embrec.interactions import user_vector
 from embrec.models import Embedding
-from embrec.popularity import popularity_ranking, visible_pks
+from embrec.popularity import (
+    popularity_ranking,
+    popularity_ranking_query,
+    ranking_from_rows,
+    visible_pks,
+)
 from embrec.read.options import QueryOptions
 from embrec.read.rerank import blend, order
 from embrec.read.results import (
@@ -47,11 +52,11 @@ from embrec.read.retrieval import (
     Candidate,
     QueryVector,
     StoredVector,
-    candidates_for,
     get_vector,
     index_spec,
     known_spec,
     nearest,
+    nearest_and_popular,
     stored_object_vector,
     stored_user_vector,
 )
@@ -82,31 +87,40 @@ def rank(
     limit = options.limit
     with_vectors = options.mmr_lambda is not None
     pool = limit * max(int(embrec_settings.RERANK_POOL_FACTOR), 1) if options.reranks else limit
-    candidates = nearest(
-        spec,
-        vector,
-        pool,
-        exclusions=scope.exclusions,
-        visible=scope.visible,
-        ef_search=options.ef_search,
-        with_vectors=with_vectors,
-    )
-    if stored and not candidates:
-        return []
     ranking = None
     if options.popularity:
         # The most popular visible items join the nearest (visibility, filters and exclusions
-        # hold for them too), and the blend normalises by the visible maximum.
-        ranking = popularity_ranking(
-            scope.content_type_id,
-            scope.visible,
-            scope.exclusions,
-            int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0),
-            skip=[c.pk for c in candidates],
+        # hold for them too), and the blend normalises by the visible maximum: all in the
+        # statement of the search.
+        count = int(embrec_settings.RERANK_POPULAR_CANDIDATES or 0)
+        candidates, rows, popular = nearest_and_popular(
+            spec,
+            vector,
+            pool,
+            lambda skip: popularity_ranking_query(
+                scope.content_type_id, scope.visible, scope.exclusions, count, skip
+            ),
+            exclusions=scope.exclusions,
+            visible=scope.visible,
+            ef_search=options.ef_search,
+            with_vectors=with_vectors,
         )
-        candidates += candidates_for(
-            spec, vector, [pk for pk, _ in ranking.top], with_vectors=with_vectors
+        if stored and not candidates:
+            return []
+        ranking = ranking_from_rows(rows)
+        candidates += popular
+    else:
+        candidates = nearest(
+            spec,
+            vector,
+            pool,
+            exclusions=scope.exclusions,
+            visible=scope.visible,
+            ef_search=options.ef_search,
+            with_vectors=with_vectors,
         )
+        if stored and not candidates:
+            return []
     blend(candidates, scope.content_type_id, options.popularity, options.recency, ranking)
     return order(candidates, limit, options.mmr_lambda)
 

@@ -19,7 +19,7 @@ to a vector (:func:`candidates_for`), and the plan of a query (:func:`explain`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,7 @@ import psycopg
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
+from django.db.models.expressions import RawSQL
 
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
@@ -142,16 +143,21 @@ def _fetch_with_settings(
         return cursor.fetchall()
 
 
-def _query_vector_sql(spec: IndexSpec, vector: QueryVector) -> tuple[str, str, list, list]:
-    """``(with clause, distance expression, its parameters, condition)`` for a query vector."""
+def _query_vector_sql(spec: IndexSpec, vector: QueryVector) -> tuple[list[str], str, list, str]:
+    """``(common table expressions, distance expression, their parameters, condition)`` of a
+    query vector; a stored vector is the CTE ``src``."""
     if isinstance(vector, StoredVector):
         return (
-            f"WITH src AS MATERIALIZED ({vector.sql}) ",
+            [f"src AS MATERIALIZED ({vector.sql})"],
             f"(e.vector::{spec.vector_type}) <=> (SELECT src.v FROM src)",
             list(vector.params),
             "EXISTS (SELECT 1 FROM src)",
         )
-    return "", spec.distance_sql("e"), [vector_literal(vector)], ""
+    return [], spec.distance_sql("e"), [vector_literal(vector)], ""
+
+
+def _with(ctes: Sequence[str]) -> str:
+    return f"WITH {', '.join(ctes)} " if ctes else ""
 
 
 def _columns(distance: str, with_vectors: bool) -> str:
@@ -181,7 +187,20 @@ def nearest_sql(
     with_vectors: bool = False,
 ) -> tuple[str, list]:
     """The SQL and parameters of one ANN query (see :func:`nearest`)."""
-    with_clause, distance, params, condition = _query_vector_sql(spec, vector)
+    ctes, sql, params = _nearest_parts(spec, vector, limit, exclusions, visible, with_vectors)
+    return _with(ctes) + sql, params
+
+
+def _nearest_parts(
+    spec: IndexSpec,
+    vector: QueryVector,
+    limit: int,
+    exclusions: Exclusions | None,
+    visible: models.QuerySet | None,
+    with_vectors: bool,
+) -> tuple[list[str], str, list]:
+    """``(CTEs, SELECT, parameters of both in order)`` of an ANN query."""
+    ctes, distance, params, condition = _query_vector_sql(spec, vector)
     where = [spec.predicate_sql("e")]
     for sql, sql_params in (exclusions or Exclusions()).sql("e"):
         where.append(sql)
@@ -193,11 +212,10 @@ def nearest_sql(
     if condition:
         where.append(condition)
     sql = (
-        f"{with_clause}SELECT {_columns(distance, with_vectors)} "
-        f"FROM {Embedding._meta.db_table} e "
+        f"SELECT {_columns(distance, with_vectors)} FROM {Embedding._meta.db_table} e "
         f"WHERE {' AND '.join(where)} ORDER BY distance LIMIT %s"
     )
-    return sql, [*params, int(limit)]
+    return ctes, sql, [*params, int(limit)]
 
 
 def nearest(
@@ -232,6 +250,69 @@ def nearest(
     return candidates
 
 
+def nearest_and_popular(
+    spec: IndexSpec,
+    vector: QueryVector,
+    limit: int,
+    ranking: Callable[[RawSQL], models.QuerySet],
+    *,
+    exclusions: Exclusions | None = None,
+    visible: models.QuerySet | None = None,
+    ef_search: int | None = None,
+    with_vectors: bool = False,
+    using: str | None = None,
+) -> tuple[list[Candidate], list[tuple], list[Candidate]]:
+    """:func:`nearest`, a popularity ranking and the popular objects' distances in one statement.
+
+    ``ranking(skip)`` returns the ranking's query of ``(part, object_pk, users)`` rows (part 1:
+    the popular objects that join the candidates), leaving out the keys of the SQL ``skip``:
+    the nearest rows of this same statement. Returns the nearest candidates (as
+    :func:`nearest`), the ranking's rows, and a candidate for each popular object with a vector
+    (as :func:`candidates_for`).
+    """
+    using = using or router.db_for_read(Embedding)
+    _check_pgvector(using)
+    ctes, near_sql, params = _nearest_parts(spec, vector, limit, exclusions, visible, with_vectors)
+    ranking_sql, ranking_params = ranking(
+        RawSQL("SELECT near.object_pk FROM near", [])
+    ).query.sql_with_params()
+    _, distance, distance_params, condition = _query_vector_sql(spec, vector)
+    if isinstance(vector, StoredVector):
+        distance_params = []  # the stored vector's parameters belong to its CTE
+    vector_column = ", {}.vector" if with_vectors else ""
+    sql = (
+        _with([*ctes, f"near AS MATERIALIZED ({near_sql})", f"ranking AS ({ranking_sql})"])
+        + "SELECT NULL::integer AS part, near.object_pk, near.distance, near.created_at, "
+        + f"NULL::float8 AS users{vector_column.format('near')} FROM near "
+        + "UNION ALL SELECT ranking.part, ranking.object_pk, p.distance, p.created_at, "
+        + f"ranking.users{vector_column.format('p')} FROM ranking LEFT JOIN LATERAL ("
+        + f"SELECT {_columns(distance, with_vectors)} FROM {Embedding._meta.db_table} e "
+        + f"WHERE ranking.part = 1 AND {spec.predicate_sql('e')} "
+        + "AND e.object_pk = ranking.object_pk"
+        + (f" AND {condition}" if condition else "")
+        + ") p ON TRUE"
+    )
+    rows = _fetch_with_settings(
+        using,
+        scan_settings(limit, ef_search),
+        sql,
+        [*params, *ranking_params, *distance_params],
+        with_vectors=with_vectors,
+    )
+    near, popular, ranked = [], [], []
+    for part, pk, dist, created_at, users, *vector_value in rows:
+        row = (pk, dist, created_at, *vector_value)
+        if part is None:
+            near.append(row)
+            continue
+        ranked.append((part, pk, users))
+        if part == 1 and dist is not None:
+            popular.append(row)
+    candidates = _candidates(near, with_vectors)
+    candidates.sort(key=lambda c: (c.distance, c.pk))
+    return candidates, ranked, _candidates(popular, with_vectors)
+
+
 def candidates_for(
     spec: IndexSpec,
     vector: QueryVector,
@@ -247,9 +328,9 @@ def candidates_for(
     if not pks:
         return []
     using = using or router.db_for_read(Embedding)
-    with_clause, distance, params, condition = _query_vector_sql(spec, vector)
+    ctes, distance, params, condition = _query_vector_sql(spec, vector)
     sql = (
-        f"{with_clause}SELECT {_columns(distance, with_vectors)} "
+        f"{_with(ctes)}SELECT {_columns(distance, with_vectors)} "
         f"FROM {Embedding._meta.db_table} e "
         f"WHERE {spec.predicate_sql('e')} AND e.object_pk = ANY(%s)"
         + (f" AND {condition}" if condition else "")
