@@ -135,11 +135,15 @@ def test_recommendations_are_at_most_six_statements_with_explanations(catalog, c
     assert full["results"][0]["explanation"]
     response, sqls = run(lambda: client.get(url))
     assert response.json() == full
-    # Search with the stored user vector, hydration, the user's recent events, the
-    # explanations' similarities and their objects (authentication adds one with a login).
-    assert len(sqls) <= 6, sqls
+    # The search with the stored user vector, the user's recent events, the explanations'
+    # similarities, and one load of the results and the items they name (authentication adds
+    # its own query with a login).
+    assert len(sqls) == 4, sqls
     assert no_transaction_commands(sqls)
     assert not bound_vector(sqls)
+    # With a filter the explanations' items (not filtered) are loaded apart from the results.
+    filtered, sqls = run(lambda: client.get(url + "&category=scifi"))
+    assert filtered.json()["results"][0]["explanation"] and len(sqls) == 5, sqls
     # A stale stored vector is not used: the vector is computed again, as before.
     UserEmbedding.objects.filter(user=user).update(is_stale=True)
     stale, sqls = run(lambda: client.get(url))

@@ -45,7 +45,7 @@ from embrec.read.results import (
     SOURCE_SEARCH,
     SOURCE_SIMILAR,
     Result,
-    explain_results,
+    explained_results,
     hydrate,
 )
 from embrec.read.retrieval import (
@@ -194,10 +194,20 @@ def recommend(scope: Scope, options: QueryOptions) -> list[Result]:
             return popular_results(scope, options.limit, encoder)
         spec = index_spec(rec, encoder, vector.shape[0])
         candidates = rank(scope, options, spec, vector)
-    results = hydrate(rec, candidates, SOURCE_PERSONAL, scope.visible)
     if options.explain:
         # Explanations may name items outside the filters, never items the request cannot see.
-        explain_results(rec, results, scope.user_id, scope.content_type_id, encoder, scope.shown)
+        results = explained_results(
+            rec,
+            candidates,
+            SOURCE_PERSONAL,
+            scope.user_id,
+            scope.content_type_id,
+            encoder,
+            scope.visible,
+            scope.shown,
+        )
+    else:
+        results = hydrate(rec, candidates, SOURCE_PERSONAL, scope.visible)
     if len(results) >= options.limit:
         return results
     taken = scope.excluding(r.pk for r in results)
