@@ -36,6 +36,7 @@ Actions only write outbox rows; workers do the encoding. Nothing here imports to
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -53,14 +54,19 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import ngettext
 
-from embrec import analysis_pages, embedding_map, indexing, queries, report_page, tasks
+from embrec import analysis_pages, dispatch, embedding_map, indexing, queries, report_page
 from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded, NotRegistered, QueryError
-from embrec.models import Embedding, OutboxEntry
+from embrec.models import Embedding, OutboxEntry, content_type_of
 from embrec.registry import registry
 
+if TYPE_CHECKING:
+    from django.contrib.admin import ModelAdmin as _ModelAdmin
+else:
+    _ModelAdmin = object
 
-class EmbeddingAdminMixin:
+
+class EmbeddingAdminMixin(_ModelAdmin):
     """Adds the "Recompute embeddings" action to a ``ModelAdmin`` of a registered model.
 
     The action is offered to users with the change permission on the model (override
@@ -105,7 +111,7 @@ class EmbeddingAdminMixin:
         if not self.has_recompute_embeddings_permission(request):  # direct POSTs too
             self.message_user(request, "You may not recompute embeddings.", messages.ERROR)
             return None
-        ct = ContentType.objects.get_for_model(self.model, for_concrete_model=False)
+        ct = content_type_of(self.model)
         after = OutboxEntry.objects.aggregate(last=Max("id"))["last"] or 0
         count = indexing.mark_dirty(queryset, force=True)
         self.message_user(
@@ -208,7 +214,7 @@ class EmbeddingChangeList(ChangeList):
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
-        self.result_list = list(self.result_list)
+        self.result_list: list[Any] = list(self.result_list)
         attach_host_objects(self.result_list)
 
 
@@ -386,7 +392,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
         if result is None:
             if cache.add(f"{key}:queued", True, 300):
                 try:
-                    tasks.publish(tasks.embedding_map, args=[rec.label, encoder])
+                    dispatch.publish(dispatch.EMBEDDING_MAP, [rec.label, encoder])
                 except Exception as exc:  # broker down: say so, let the next poll try again
                     cache.delete(f"{key}:queued")
                     return JsonResponse(
@@ -583,9 +589,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             raise PermissionDenied
         rows = []
         for row, error in indexing.status_rows(registry.all()):
-            ct = ContentType.objects.get_for_model(
-                registry.get(row["model"]).model, for_concrete_model=False
-            )
+            ct = content_type_of(registry.get(row["model"]).model)
             last = (
                 OutboxEntry.objects.filter(
                     content_type=ct, encoder__in=["", row["encoder"]], state=OutboxEntry.FAILED
@@ -633,7 +637,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             hosts = host_search_queryset(self, request, rec.model, term)
             if hosts is None:
                 continue
-            ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+            ct = content_type_of(rec.model)
             pks = (
                 hosts.order_by()
                 .annotate(embrec_pk=Cast("pk", output_field=models.CharField()))
@@ -662,8 +666,6 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-embed selected", permissions=["reembed"])
     def reembed_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from embrec.indexing import enqueue
-
         groups: dict[tuple[int, str], list[str]] = defaultdict(list)
         for ct_id, object_pk, encoder in queryset.values_list(
             "content_type_id", "object_pk", "encoder"
@@ -676,7 +678,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
             if model is None or not registry.is_registered(model):
                 skipped += len(pks)
                 continue
-            count += enqueue(model, pks, encoder=encoder, force=True)
+            count += indexing.enqueue(model, pks, encoder=encoder, force=True)
         self.message_user(
             request,
             ngettext(
@@ -716,9 +718,7 @@ class OutboxEntryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from embrec.indexing import schedule_kick
-
         count = queryset.update(state=OutboxEntry.PENDING, last_error="", attempts=0)
         if count:
-            schedule_kick()
+            indexing.schedule_kick()
         self.message_user(request, f"{count} outbox row(s) queued again.", messages.SUCCESS)

@@ -7,7 +7,8 @@ resolves a model and an encoder into a :class:`Target` and fails with
 :class:`~embrec.exceptions.AnalysisError` (a message for a command or a page) when the model is not registered, the encoder is not one of its
 encoders or there is no vector yet.
 
-Vectors are read in keyset batches (:func:`iter_vectors`: ``id > last ORDER BY id LIMIT n``), so
+Vectors are read in keyset batches (:func:`iter_vectors`: ``object_pk > last ORDER BY object_pk
+LIMIT n``), so
 memory holds one batch at a time whatever the size of the catalogue. Results are cached in
 Django's cache under :func:`cache_key`, which names the vectors' state (identity, count, latest
 update) and the parameters: when vectors change, the key changes and the analysis runs again.
@@ -22,18 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
 from django.db import models
 from django.db.models import Count, Max
 
-from embrec import queries
 from embrec.encoders import get_encoder
 from embrec.exceptions import AnalysisError
 from embrec.items import Recommendable
-from embrec.models import Embedding
+from embrec.models import Embedding, content_type_of
+from embrec.read import retrieval
 from embrec.registry import NotRegistered, registry
 from embrec.storage import IndexSpec, parse_vector
+from embrec.vectors import l2_normalize
 
 #: Vectors read per keyset batch.
 BATCH_SIZE = 1000
@@ -67,7 +68,7 @@ class Target:
     @property
     def spec(self) -> IndexSpec:
         """The HNSW index that holds these vectors (see :mod:`embrec.storage`)."""
-        return queries.index_spec(self.rec, self.encoder, self.dimensions)
+        return retrieval.index_spec(self.rec, self.encoder, self.dimensions)
 
     @property
     def uses_text(self) -> bool:
@@ -96,7 +97,7 @@ def target(model: Any, encoder: str | None = None) -> Target:
         raise AnalysisError(
             f"{rec.label} is embedded with {', '.join(encoders) or 'no encoder'}, not {alias!r}."
         )
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     newest = (
         Embedding.objects.filter(content_type=ct, encoder=alias)
         .order_by("-updated_at", "-id")
@@ -112,35 +113,35 @@ def target(model: Any, encoder: str | None = None) -> Target:
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero): dot products are cosine similarities."""
-    x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return l2_normalize(np.asarray(vectors, dtype=np.float32))
+
+
+def row_ids(tgt: Target) -> np.ndarray:
+    """The ids of the target's rows, sorted (one narrow query; 8 bytes per vector)."""
+    rows = tgt.rows().order_by("id").values_list("id", flat=True)
+    return np.fromiter(rows.iterator(chunk_size=10000), dtype=np.int64)
+
+
+def id_batches(ids: np.ndarray, batch_size: int) -> Iterator[list[int]]:
+    """``ids`` in consecutive batches of at most ``batch_size``."""
+    for start in range(0, len(ids), batch_size):
+        yield [int(i) for i in ids[start : start + batch_size]]
 
 
 def iter_vectors(
-    tgt: Target, batch_size: int = BATCH_SIZE, ids: Iterable[int] | None = None
+    tgt: Target, batch_size: int = BATCH_SIZE, ids: np.ndarray | None = None
 ) -> Iterator[tuple[list[int], list[str], np.ndarray]]:
     """``(row ids, object pks, unit vectors)`` batches of the target's vectors, in id order.
 
-    Without ``ids``: keyset pagination over all rows (``id > last``), one batch in memory. With
-    ``ids`` (sorted): those rows only, ``batch_size`` per query.
+    The rows' ids (or the given ``ids``) are read first; then each batch of ``batch_size`` is
+    read by primary key, so one batch of vectors is in memory at a time and no query reads more
+    than its batch, however the planner estimates the target's filters.
     """
     rows = tgt.rows().order_by("id")
-    if ids is not None:
-        wanted = [int(i) for i in ids]
-        for start in range(0, len(wanted), batch_size):
-            chunk = rows.filter(id__in=wanted[start : start + batch_size])
-            batch = list(chunk.values_list("id", "object_pk", "vector"))
-            if batch:
-                yield _unpack(batch)
-        return
-    last = 0
-    while True:
-        batch = list(rows.filter(id__gt=last).values_list("id", "object_pk", "vector")[:batch_size])
-        if not batch:
-            return
-        last = batch[-1][0]
-        yield _unpack(batch)
+    for chunk in id_batches(row_ids(tgt) if ids is None else ids, batch_size):
+        batch = list(rows.filter(id__in=chunk).values_list("id", "object_pk", "vector"))
+        if batch:
+            yield _unpack(batch)
 
 
 def _unpack(batch: list[tuple]) -> tuple[list[int], list[str], np.ndarray]:

@@ -20,7 +20,7 @@ from django.core.exceptions import BadRequest, PermissionDenied
 from django.http import Http404, HttpRequest
 from django.urls import NoReverseMatch, reverse
 
-from embrec import analysis, clusters, duplicates, tasks
+from embrec import analysis, clusters, dispatch, duplicates
 from embrec.exceptions import AnalysisError
 from embrec.items import Recommendable
 from embrec.registry import NotRegistered, registry
@@ -74,7 +74,7 @@ def change_url(rec: Recommendable, pk: str) -> str:
     return url.replace("__pk__", quote(str(pk), safe=""))
 
 
-def _result(kind: str, task, rec: Recommendable, encoder: str, params: dict) -> dict[str, Any]:
+def _result(kind: str, task: str, rec: Recommendable, encoder: str, params: dict) -> dict[str, Any]:
     """``result`` (or ``None`` while computing) and ``error`` for the page."""
     try:
         tgt = analysis.target(rec, encoder)
@@ -83,7 +83,7 @@ def _result(kind: str, task, rec: Recommendable, encoder: str, params: dict) -> 
     key, result = analysis.cached(kind, tgt, params)
     if result is None and cache.add(f"{key}:queued", True, QUEUED_FOR):
         try:
-            tasks.publish(task, args=[rec.label, encoder, params])
+            dispatch.publish(task, [rec.label, encoder, params])
         except Exception as exc:  # broker down: say so, let the next visit try again
             cache.delete(f"{key}:queued")
             return {"result": None, "error": f"Could not queue the computation: {exc}"}
@@ -109,10 +109,11 @@ def clusters_context(request: HttpRequest, label: str) -> dict[str, Any]:
         if params["selection"] not in clusters.SELECTIONS:
             raise BadRequest(f"selection must be one of {', '.join(clusters.SELECTIONS)}.")
     available = clusters.hdbscan_available()
+    state: dict[str, Any]
     if method == "hdbscan" and not available:
         state = {"result": None, "error": "HDBSCAN needs scikit-learn, which is not installed."}
     else:
-        state = _result("clusters", tasks.clusters, rec, encoder, params)
+        state = _result("clusters", dispatch.CLUSTERS, rec, encoder, params)
     result = state["result"]
     if result is not None:
         for cluster in result["clusters"]:
@@ -145,7 +146,7 @@ def duplicates_context(request: HttpRequest, label: str) -> dict[str, Any]:
         raise BadRequest(str(exc)) from None
     neighbours = _int(request, "neighbours", duplicates.NEIGHBOURS, 1, 100)
     params = {"threshold": threshold, "neighbours": neighbours}
-    state = _result("duplicates", tasks.duplicates, rec, encoder, params)
+    state = _result("duplicates", dispatch.DUPLICATES, rec, encoder, params)
     result = state["result"]
     if result is not None:
         items = [item for pair in result["pairs"] for item in (pair["a"], pair["b"])]

@@ -1,4 +1,4 @@
-"""App configuration: discover ``<app>/recommendables.py`` modules and register checks."""
+"""App configuration: wire embrec's receivers, tasks and checks, discover registrations."""
 
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
@@ -10,6 +10,9 @@ class EmbrecConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from embrec import checks  # noqa: F401  (registers system checks)
+        # Imported here, the one place in embrec: these modules use the models, which Django
+        # loads after this module.
+        from embrec import checks, signals, tasks  # noqa: F401  (system checks, Celery tasks)
 
+        signals.connect()
         autodiscover_modules("recommendables")

@@ -25,31 +25,27 @@ W001    the current Celery app's broker is not ``settings.CELERY_BROKER_URL``
 
 from __future__ import annotations
 
-from typing import Any
-
 import celery
 from celery import _state as celery_state
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
-from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+from django.db import connections
 
-from embrec.conf import DEFAULTS, SettingProblem, validate
-from embrec.encoders.base import BaseEncoder
+from embrec.conf import DEFAULTS, validate
+from embrec.migration_operations import missing_pgvector_message, pgvector_status
 from embrec.registry import registry
 
 
 @register()
 def check_settings(app_configs=None, **kwargs):
-    """Validate ``settings.EMBREC`` (every key, see :func:`embrec.conf.validate`), the encoder
-    configuration, every registration and the database engine."""
+    """Validate ``settings.EMBREC`` (every key and encoder entry: :func:`embrec.conf.validate`),
+    every registration and the database engine."""
     problems = validate()
     if any(p.id == "embrec.E001" for p in problems):
         # Reading any setting would raise until EMBREC is a dict of known keys.
         return [Error(p.message, hint=p.hint, id=p.id) for p in problems]
     user = getattr(settings, "EMBREC", {}) or {}
     encoders = user.get("ENCODERS", DEFAULTS["ENCODERS"])
-    problems += check_encoders(encoders, user.get("DEFAULT_ENCODERS", DEFAULTS["DEFAULT_ENCODERS"]))
     errors = [Error(p.message, hint=p.hint, id=p.id) for p in problems]
     if any(p.key == "ENCODERS" for p in problems) or not isinstance(encoders, dict):
         return errors
@@ -113,124 +109,6 @@ def check_settings(app_configs=None, **kwargs):
     return errors
 
 
-def check_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
-    """Problems with ``EMBREC["ENCODERS"]`` and ``["DEFAULT_ENCODERS"]``: classes that do not
-    import or are not encoders, unknown entry keys, ``OPTIONS`` the class does not read
-    (:attr:`~embrec.encoders.BaseEncoder.option_names`) or that its constructor rejects."""
-    problems: list[SettingProblem] = []
-    if not isinstance(encoders, dict) or not encoders:
-        return [
-            SettingProblem(
-                "embrec.E002",
-                "ENCODERS",
-                "EMBREC['ENCODERS'] must be a non-empty dict of alias -> "
-                "{'CLASS': ..., 'OPTIONS': {...}}.",
-                "See the EMBREC settings reference in docs/SETTINGS.md.",
-            )
-        ]
-    for alias, config in encoders.items():
-        where = f"EMBREC['ENCODERS'][{alias!r}]"
-        if not isinstance(config, dict) or not isinstance(config.get("CLASS"), str):
-            problems.append(
-                SettingProblem(
-                    "embrec.E003",
-                    "ENCODERS",
-                    f"{where} must be a dict with a 'CLASS' dotted path.",
-                    "e.g. {'CLASS': 'embrec.encoders.static.StaticWordEncoder'}.",
-                )
-            )
-            continue
-        extra = sorted(set(config) - {"CLASS", "OPTIONS"})
-        if extra:
-            problems.append(
-                SettingProblem(
-                    "embrec.E009",
-                    "ENCODERS",
-                    f"{where} has unknown key(s): {', '.join(map(str, extra))}.",
-                    "An encoder entry has 'CLASS' and 'OPTIONS' only.",
-                )
-            )
-        try:
-            cls = import_string(config["CLASS"])
-        except ImportError as exc:
-            problems.append(
-                SettingProblem(
-                    "embrec.E003",
-                    "ENCODERS",
-                    f"Encoder {alias!r}: CLASS {config['CLASS']!r} cannot be imported ({exc}).",
-                    "Point 'CLASS' at an importable embrec.encoders.BaseEncoder subclass.",
-                )
-            )
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseEncoder)):
-            problems.append(
-                SettingProblem(
-                    "embrec.E003",
-                    "ENCODERS",
-                    f"Encoder {alias!r}: CLASS {config['CLASS']!r} is not a BaseEncoder subclass.",
-                    "Subclass embrec.encoders.BaseEncoder.",
-                )
-            )
-            continue
-        options = config.get("OPTIONS", {})
-        if not isinstance(options, dict):
-            problems.append(
-                SettingProblem(
-                    "embrec.E009",
-                    "ENCODERS",
-                    f"{where}['OPTIONS'] must be a dict.",
-                    "Use {} for no options.",
-                )
-            )
-            continue
-        unknown = sorted(set(options) - cls.option_names) if cls.option_names is not None else []
-        if unknown:
-            problems.append(
-                SettingProblem(
-                    "embrec.E009",
-                    "ENCODERS",
-                    f"{where}['OPTIONS'] has unknown option(s) for {cls.__name__}: "
-                    f"{', '.join(map(str, unknown))}.",
-                    f"{cls.__name__} reads: {', '.join(sorted(cls.option_names))}.",
-                )
-            )
-            continue
-        try:
-            # Constructors validate their options and load nothing (models load on first use).
-            cls(alias, **options)
-        except (ImproperlyConfigured, TypeError, ValueError) as exc:
-            problems.append(
-                SettingProblem(
-                    "embrec.E009",
-                    "ENCODERS",
-                    f"{where}['OPTIONS'] rejected by {cls.__name__}: {exc}",
-                    f"See the docstring of {cls.__module__}.{cls.__name__}.",
-                )
-            )
-    if not isinstance(defaults, (list, tuple)) or not defaults:
-        problems.append(
-            SettingProblem(
-                "embrec.E006",
-                "DEFAULT_ENCODERS",
-                "EMBREC['DEFAULT_ENCODERS'] must be a non-empty list of encoder aliases.",
-                "e.g. ['default'].",
-            )
-        )
-    else:
-        for alias in defaults:
-            if alias not in encoders:
-                problems.append(
-                    SettingProblem(
-                        "embrec.E006",
-                        "DEFAULT_ENCODERS",
-                        f"EMBREC['DEFAULT_ENCODERS'] names {alias!r}, which is not in "
-                        "EMBREC['ENCODERS'].",
-                        f"Add {alias!r} to EMBREC['ENCODERS'] or remove it from DEFAULT_ENCODERS.",
-                    )
-                )
-    return problems
-
-
 CELERY_HINT = """Load your Celery app when Django starts, in your project package's __init__.py:
 
     from .celery import app as celery_app
@@ -274,10 +152,6 @@ def check_celery_app(app_configs=None, **kwargs):
 @register(Tags.database)
 def check_pgvector(app_configs=None, databases=None, **kwargs):
     """Only runs with ``check --database default`` and before ``migrate``."""
-    from django.db import connections
-
-    from embrec.migration_operations import missing_pgvector_message, pgvector_status
-
     errors = []
     for alias in databases or []:
         connection = connections[alias]

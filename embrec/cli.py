@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db.utils import OperationalError
 
 
 def describe_operational_error(exc: BaseException) -> str:
-    from django.conf import settings
-
+    """One sentence saying which PostgreSQL could not be reached, and why."""
     db = settings.DATABASES.get("default", {})
     where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db.get('NAME')}"
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -23,8 +24,6 @@ def describe_operational_error(exc: BaseException) -> str:
 @contextlib.contextmanager
 def friendly_errors():
     """Context manager for ``manage.py``: user-fixable errors exit 1 with one line on stderr."""
-    from django.db.utils import OperationalError
-
     try:
         yield
     except ImproperlyConfigured as exc:

@@ -5,20 +5,21 @@
 1. **Fit** on a seeded sample of at most ``sample`` vectors (all of them when fewer), read in
    batches: spherical k-means (``method="kmeans"``: cosine k-means, k-means++ seeding, the best of
    ``restarts`` runs; numpy only) or HDBSCAN (``method="hdbscan"``: scikit-learn's
-   :class:`~sklearn.cluster.HDBSCAN` on unit vectors, which finds the number of clusters itself
-   and leaves points of no dense region as noise).
-2. **Assign** every vector in keyset batches (one batch in memory) to its nearest centroid by
-   cosine similarity. With HDBSCAN, sampled vectors keep HDBSCAN's label and the others join the
-   nearest cluster when they are no farther from its centroid than its farthest sampled member,
-   else they are noise.
+   :class:`~sklearn.cluster.HDBSCAN` on the sample's first ``reduce`` principal components,
+   which finds the number of clusters itself and leaves points of no dense region as noise).
+2. **Assign** every vector, read in batches by primary key (one batch in memory), to its nearest
+   centroid by cosine similarity. With HDBSCAN, sampled vectors keep HDBSCAN's label and the
+   others join the nearest cluster when they are no farther from its centroid than its farthest
+   sampled member, else they are noise.
 3. **Name** each cluster by its ``typical`` items nearest to the centroid and, for encoders that
    embed text, its most distinctive ``terms``: words of :meth:`~embrec.Recommendable.get_text`
    scored by their frequency in the cluster's items times their inverse document frequency over
    all items (a class-based tf-idf), among words more frequent inside the cluster than outside.
 
 **Outliers** are the ``outliers`` items least similar to their nearest centroid: far from every
-cluster. Memory holds the sample, one batch, the per-cluster term counts and the reported items.
-Clusters are numbered by decreasing size; noise is cluster ``-1``.
+cluster (none when HDBSCAN found no cluster). Memory holds the rows' ids (8 bytes per vector),
+the sample, one batch, the per-cluster term counts and the reported items. Clusters are
+numbered by decreasing size; noise is cluster ``-1``.
 
 ``manage.py embrec_clusters`` prints the result; the admin's clusters page shows it (computed by the
 ``embrec.clusters`` task and cached, see :func:`build`).
@@ -46,10 +47,12 @@ SELECTIONS = ("eom", "leaf")
 CLUSTERS = 8
 #: Default bound on the vectors the clustering is fitted on.
 SAMPLE = 20000
+#: Default number of principal components HDBSCAN runs on.
+REDUCE = 10
 #: Largest accepted number of clusters.
 MAX_CLUSTERS = 500
 
-_TOKEN = re.compile(r"[^\W\d_][\w'-]*[^\W_]|[^\W\d_]", re.UNICODE)
+_TOKEN = re.compile(r"[^\W_][\w'-]*[^\W_]", re.UNICODE)
 STOP_WORDS = frozenset(
     """a an and are as at be but by for from has have in into is it its of on or that the their
     this to was were which with not no s""".split()
@@ -117,8 +120,9 @@ def hdbscan_available() -> bool:
 
 
 def tokens(text: str) -> set[str]:
-    """The distinct lower-cased words of ``text`` (letters first, stop words left out)."""
-    return {t for t in _TOKEN.findall(text.lower()) if t not in STOP_WORDS and len(t) > 1}
+    """The distinct lower-cased words and numbers of ``text`` of two characters or more, stop
+    words left out (a year such as ``1995`` is a term)."""
+    return {t for t in _TOKEN.findall(text.lower()) if t not in STOP_WORDS}
 
 
 def spherical_kmeans(
@@ -165,6 +169,7 @@ def spherical_kmeans(
         score = float((x @ c.T)[np.arange(n), labels].sum())
         if best is None or score > best[0]:
             best = (score, c, labels)
+    assert best is not None  # at least one restart ran
     return best[1], best[2]
 
 
@@ -181,7 +186,7 @@ def _sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 def hdbscan_labels(
     x: np.ndarray, min_cluster_size: int, min_samples: int | None = None, selection: str = "eom"
 ) -> np.ndarray:
-    """scikit-learn's HDBSCAN labels of the unit rows of ``x`` (``-1``: noise).
+    """scikit-learn's HDBSCAN labels of the points ``x`` (Euclidean; ``-1``: noise).
 
     ``min_samples`` (default: ``min_cluster_size``) sets how conservative the density estimate
     is; ``selection`` is ``"eom"`` (the most persistent clusters: fewer, larger) or ``"leaf"``
@@ -195,7 +200,16 @@ def hdbscan_labels(
         cluster_selection_method=selection,
         copy=True,
     )
-    return model.fit_predict(analysis.normalize(x).astype(np.float64))
+    return model.fit_predict(np.asarray(x, dtype=np.float64))
+
+
+def principal_components(x: np.ndarray, n: int) -> np.ndarray:
+    """The coordinates of the rows of ``x`` on their first ``n`` principal components (numpy;
+    the SVD of the ``d × d`` scatter matrix, so the cost grows with the rows only linearly)."""
+    centred = np.asarray(x, dtype=np.float64)
+    centred = centred - centred.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred.T @ centred)
+    return centred @ vt[: max(1, min(int(n), vt.shape[0]))].T
 
 
 def _clean(
@@ -224,12 +238,10 @@ def _clean(
         raise AnalysisError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}.")
 
 
-def _sample_ids(tgt: Target, sample: int, seed: int) -> tuple[np.ndarray, int]:
-    ids = np.fromiter(tgt.rows().order_by("id").values_list("id", flat=True), dtype=np.int64)
-    total = len(ids)
-    if total > sample:
-        ids = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
-    return ids, total
+def _sample_ids(ids: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    if len(ids) <= sample:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
 
 
 def find(
@@ -241,6 +253,7 @@ def find(
     min_cluster_size: int | None = None,
     min_samples: int | None = None,
     selection: str = "eom",
+    reduce: int = REDUCE,
     sample: int = SAMPLE,
     seed: int = 0,
     typical: int = 5,
@@ -253,13 +266,18 @@ def find(
     ``model`` is a model class, an ``"app_label.model"`` label or a registration; ``clusters`` is
     k for k-means; ``min_cluster_size`` HDBSCAN's smallest cluster (default: 1 % of the sample,
     at least 5), ``min_samples`` and ``selection`` its other parameters (see
-    :func:`hdbscan_labels`). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
+    :func:`hdbscan_labels`); HDBSCAN runs on the sample's first ``reduce`` principal components
+    (``0``: on the unit vectors themselves; densities are hard to tell apart in hundreds of
+    dimensions, where most items come out as noise). ``terms=0`` skips naming by terms (and loading the objects' text). Raises
     :class:`~embrec.exceptions.AnalysisError` for bad input or when there are no vectors.
     """
     _clean(method, clusters, sample, min_cluster_size, min_samples, selection)
+    if int(reduce) < 0:
+        raise AnalysisError(f"reduce must not be negative (got {reduce}).")
     tgt = analysis.target(model, encoder)
-    ids, total = _sample_ids(tgt, int(sample), seed)
-    batches = list(analysis.iter_vectors(tgt, batch_size, ids=ids))
+    all_ids = analysis.row_ids(tgt)
+    total = len(all_ids)
+    batches = list(analysis.iter_vectors(tgt, batch_size, ids=_sample_ids(all_ids, sample, seed)))
     sample_ids = [i for batch in batches for i in batch[0]]
     x = np.vstack([batch[2] for batch in batches])
     del batches
@@ -267,10 +285,12 @@ def find(
         centroids, _ = spherical_kmeans(x, clusters, seed=seed)
         fitted: dict[int, int] = {}
         radius = None
-        params = {"clusters": int(clusters)}
+        params: dict[str, Any] = {"clusters": int(clusters)}
     else:
         size = int(min_cluster_size or max(5, len(x) // 100))
-        labels = hdbscan_labels(x, size, min_samples, selection)
+        points = principal_components(x, reduce) if reduce else x
+        labels = hdbscan_labels(points, size, min_samples, selection)
+        del points
         found = sorted(set(labels.tolist()) - {-1})
         relabel = {old: new for new, old in enumerate(found)}
         labels = np.array([relabel.get(int(v), -1) for v in labels])
@@ -283,10 +303,15 @@ def find(
             radius = np.array([sims[labels == j, j].min() for j in range(len(found))])
         else:
             centroids, radius = np.zeros((0, x.shape[1]), dtype=np.float32), np.zeros(0)
-        params = {"min_cluster_size": size, "min_samples": min_samples, "selection": selection}
+        params = {
+            "min_cluster_size": size,
+            "min_samples": min_samples,
+            "selection": selection,
+            "reduce": int(reduce),
+        }
     sampled = len(x)
     del x
-    result = _assign(tgt, centroids, fitted, radius, typical, terms, outliers, batch_size)
+    result = _assign(tgt, all_ids, centroids, fitted, radius, typical, terms, outliers, batch_size)
     return Clustering(
         model=tgt.label,
         encoder=tgt.encoder,
@@ -301,6 +326,7 @@ def find(
 
 def _assign(
     tgt: Target,
+    ids: np.ndarray,
     centroids: np.ndarray,
     fitted: dict[int, int],
     radius: np.ndarray | None,
@@ -311,13 +337,13 @@ def _assign(
 ) -> dict[str, Any]:
     """One keyset pass over all vectors: sizes, typical items, outliers and term counts."""
     k = len(centroids)
-    sizes = Counter()
+    sizes: Counter[int] = Counter()
     typical: dict[int, list[tuple[float, str]]] = {j: [] for j in range(k)}
     far: list[tuple[float, str, int]] = []  # min-heap of (-similarity, pk, cluster)
     want_terms = n_terms > 0 and tgt.uses_text
     df_cluster: dict[int, Counter] = {j: Counter() for j in range(-1, k)}
-    docs = Counter()
-    for ids, pks, vectors in analysis.iter_vectors(tgt, batch_size):
+    docs: Counter[int] = Counter()
+    for row_ids, pks, vectors in analysis.iter_vectors(tgt, batch_size, ids=ids):
         if k:
             sims = vectors @ centroids.T
             nearest = sims.argmax(axis=1)
@@ -326,7 +352,7 @@ def _assign(
             nearest = np.full(len(pks), -1)
             best = np.zeros(len(pks))
         labels = []
-        for row_id, pk, j, sim in zip(ids, pks, nearest.tolist(), best.tolist(), strict=True):
+        for row_id, pk, j, sim in zip(row_ids, pks, nearest.tolist(), best.tolist(), strict=True):
             if radius is not None:  # HDBSCAN: keep the fitted label, else join when close enough
                 label = fitted.get(row_id, j if j >= 0 and sim >= radius[j] else -1)
             else:
@@ -336,7 +362,7 @@ def _assign(
             if label >= 0:
                 heap = typical[label]
                 (heapq.heappush if len(heap) < n_typical else heapq.heappushpop)(heap, (sim, pk))
-            if n_outliers:
+            if n_outliers and k:  # without clusters, no item is far from one
                 entry = (-sim, pk, label)
                 (heapq.heappush if len(far) < n_outliers else heapq.heappushpop)(far, entry)
         if want_terms:
@@ -384,7 +410,7 @@ def _term_scores(
     cluster's items, or not more frequent inside the cluster than outside it, are left out.
     """
     total_docs = sum(docs.values())
-    overall = Counter()
+    overall: Counter[str] = Counter()
     for counts in df_cluster.values():
         overall.update(counts)
     out: dict[int, list[tuple[str, float]]] = {}

@@ -3,7 +3,8 @@
 Read settings through ``embrec_settings.NAME``; values come from ``settings.EMBREC`` merged over
 the tuned configuration of ``EMBREC["TUNED_CONFIG"]`` (:mod:`embrec.tuning`, for the few tunable
 keys) and :data:`DEFAULTS` and are re-read whenever Django's ``setting_changed`` signal fires for
-``EMBREC`` (``override_settings`` in tests). Nothing is read at import time.
+``EMBREC`` (``override_settings`` in tests; :mod:`embrec.encoders.loading` then forgets its
+loaded encoders). Nothing is read at import time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -21,6 +22,9 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from embrec.tuning import TUNABLE, tuned_settings
+
+if TYPE_CHECKING:
+    from embrec.encoders.base import BaseEncoder
 
 _MISSING = object()
 
@@ -158,14 +162,9 @@ class EmbrecSettings:
     def user_settings(self) -> dict[str, Any]:
         if self._user is None:
             value = getattr(settings, "EMBREC", {}) or {}
-            if not isinstance(value, dict):
-                raise ImproperlyConfigured("settings.EMBREC must be a dict.")
-            unknown = sorted(set(value) - set(DEFAULTS))
-            if unknown:
-                raise ImproperlyConfigured(
-                    f"Unknown key(s) in settings.EMBREC: {', '.join(unknown)}. "
-                    f"Known keys: {', '.join(sorted(DEFAULTS))}."
-                )
+            problems = _shape_problems(value)
+            if problems:
+                raise ImproperlyConfigured(f"{problems[0].message} {problems[0].hint}")
             self._user = value
         return self._user
 
@@ -177,7 +176,7 @@ class EmbrecSettings:
             # re-read when embrec_tune rewrites it); then the default.
             tuned = tuned_settings(self.user_settings.get("TUNED_CONFIG"))
             if name in tuned:
-                return tuned[name]
+                return _checked_choice(name, tuned[name])
         if name not in self._cache:
             if name in self.user_settings:
                 value = self.user_settings[name]
@@ -192,7 +191,7 @@ class EmbrecSettings:
                     raise ImproperlyConfigured(
                         f"EMBREC[{name!r}] names a class that cannot be imported: {exc}"
                     ) from exc
-            self._cache[name] = value
+            self._cache[name] = _checked_choice(name, value)
         return self._cache[name]
 
     def reload(self) -> None:
@@ -206,9 +205,6 @@ embrec_settings = EmbrecSettings()
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "EMBREC":
         embrec_settings.reload()
-        from embrec.encoders.loading import reset_encoders
-
-        reset_encoders()
 
 
 setting_changed.connect(_on_setting_changed)
@@ -277,8 +273,42 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _shape_problems(user: Any) -> list[SettingProblem]:
+    """``embrec.E001``: ``settings.EMBREC`` is not a dict, or has keys embrec does not know."""
+    if not isinstance(user, dict):
+        return [
+            SettingProblem(
+                "embrec.E001", "", "settings.EMBREC must be a dict.", "EMBREC = {'ENCODERS': {...}}"
+            )
+        ]
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        return [
+            SettingProblem(
+                "embrec.E001",
+                unknown[0],
+                f"Unknown key(s) in settings.EMBREC: {', '.join(unknown)}.",
+                f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            )
+        ]
+    return []
+
+
+def _checked_choice(name: str, value: Any) -> Any:
+    """``value``, unless ``name`` is a setting with choices and ``value`` is none of them: a
+    mistake that reaches the code (no system check ran, or ``override_settings``) must not be
+    read as some other mode."""
+    choices = _CHOICES.get(name)
+    if choices is not None and value not in choices:
+        raise ImproperlyConfigured(
+            f"EMBREC[{name!r}] must be {' or '.join(repr(c) for c in choices)}, got {value!r}."
+        )
+    return value
+
+
 def validate(user: Any = _MISSING) -> list[SettingProblem]:
-    """Every problem with ``settings.EMBREC`` (or ``user``), checked key by key.
+    """Every problem with ``settings.EMBREC`` (or ``user``), checked key by key, encoder entries
+    included: the one place settings are validated.
 
     Called by the system checks (``manage.py check``, ``runserver``, ``migrate``), so a bad value
     stops a deployment with an id and a hint instead of failing the first request that reads it.
@@ -291,24 +321,13 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
     if user is _MISSING:
         user = getattr(settings, "EMBREC", {})
     user = user or {}
+    problems.extend(_shape_problems(user))
     if not isinstance(user, dict):
-        add("embrec.E001", "", "settings.EMBREC must be a dict.", "EMBREC = {'ENCODERS': {...}}")
         return problems
-    unknown = sorted(set(user) - set(DEFAULTS))
-    if unknown:
-        add(
-            "embrec.E001",
-            unknown[0],
-            f"Unknown key(s) in settings.EMBREC: {', '.join(unknown)}.",
-            f"Known keys: {', '.join(sorted(DEFAULTS))}.",
-        )
     values = {**copy.deepcopy(DEFAULTS), **user}
     for name in _MERGED:
         if isinstance(user.get(name), dict):
             values[name] = {**DEFAULTS[name], **user[name]}
-
-    # The encoder entries are checked by embrec.checks.check_encoders (it imports the encoder
-    # classes, which read these settings).
 
     for key in _POSITIVE_INTS:
         value = values[key]
@@ -434,6 +453,9 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
                     f"EMBREC['THROTTLE_RATES'][{scope!r}] is not a rate: {rate!r}.",
                     "Write '<requests>/<s|min|hour|day>', e.g. '30/min', or None for no limit.",
                 )
+    if not any(p.id == "embrec.E001" for p in problems):
+        # Last: it imports the encoder classes and builds each one from its OPTIONS.
+        problems.extend(_validate_encoders(values["ENCODERS"], values["DEFAULT_ENCODERS"]))
     return problems
 
 
@@ -464,4 +486,141 @@ def _validate_classes(key: str, paths: Any, base_path: str) -> list[SettingProbl
                     "embrec.E013", key, f"EMBREC[{key!r}]: {path!r} is not a {base.__name__}.", hint
                 )
             )
+    return problems
+
+
+def _is_encoder_entry(config: Any) -> bool:
+    return isinstance(config, dict) and isinstance(config.get("CLASS"), str)
+
+
+def encoder_class(alias: str, config: Any) -> tuple[type[BaseEncoder] | None, list[SettingProblem]]:
+    """The encoder class of the entry ``EMBREC["ENCODERS"][alias]``, or ``None`` and why not: the
+    entry is not a dict with a ``CLASS`` dotted path, or the class does not import or is not a
+    :class:`~embrec.encoders.BaseEncoder` (``embrec.E003``). Used by :func:`validate` and by the
+    encoder loader, so both report one problem the same way."""
+    if not _is_encoder_entry(config):
+        return None, [
+            SettingProblem(
+                "embrec.E003",
+                "ENCODERS",
+                f"EMBREC['ENCODERS'][{alias!r}] must be a dict with a 'CLASS' dotted path.",
+                "e.g. {'CLASS': 'embrec.encoders.static.StaticWordEncoder'}.",
+            )
+        ]
+    try:
+        cls = import_string(config["CLASS"])
+    except ImportError as exc:
+        return None, [
+            SettingProblem(
+                "embrec.E003",
+                "ENCODERS",
+                f"Encoder {alias!r}: CLASS {config['CLASS']!r} cannot be imported ({exc}).",
+                "Point 'CLASS' at an importable embrec.encoders.BaseEncoder subclass.",
+            )
+        ]
+    # By path, like the DRF bases below: the encoders package loads encoders through this module.
+    base = import_string("embrec.encoders.base.BaseEncoder")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return None, [
+            SettingProblem(
+                "embrec.E003",
+                "ENCODERS",
+                f"Encoder {alias!r}: CLASS {config['CLASS']!r} must be a BaseEncoder subclass.",
+                "Subclass embrec.encoders.BaseEncoder.",
+            )
+        ]
+    return cls, []
+
+
+def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
+    """Problems with ``EMBREC["ENCODERS"]`` and ``["DEFAULT_ENCODERS"]``: classes that do not
+    import or are not encoders, unknown entry keys, ``OPTIONS`` the class does not read
+    (:attr:`~embrec.encoders.BaseEncoder.option_names`) or that its constructor rejects."""
+    problems: list[SettingProblem] = []
+    if not isinstance(encoders, dict) or not encoders:
+        return [
+            SettingProblem(
+                "embrec.E002",
+                "ENCODERS",
+                "EMBREC['ENCODERS'] must be a non-empty dict of alias -> "
+                "{'CLASS': ..., 'OPTIONS': {...}}.",
+                "See the EMBREC settings reference in docs/SETTINGS.md.",
+            )
+        ]
+    for alias, config in encoders.items():
+        where = f"EMBREC['ENCODERS'][{alias!r}]"
+        if not _is_encoder_entry(config):
+            problems.extend(encoder_class(alias, config)[1])
+            continue
+        extra = sorted(set(config) - {"CLASS", "OPTIONS"})
+        if extra:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where} has unknown key(s): {', '.join(map(str, extra))}.",
+                    "An encoder entry has 'CLASS' and 'OPTIONS' only.",
+                )
+            )
+        cls, found = encoder_class(alias, config)
+        problems.extend(found)
+        if cls is None:
+            continue
+        options = config.get("OPTIONS", {})
+        if not isinstance(options, dict):
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] must be a dict.",
+                    "Use {} for no options.",
+                )
+            )
+            continue
+        readable = cls.option_names
+        unknown = sorted(set(options) - readable) if readable is not None else []
+        if unknown:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] has unknown option(s) for {cls.__name__}: "
+                    f"{', '.join(map(str, unknown))}.",
+                    f"{cls.__name__} reads: {', '.join(sorted(readable or ()))}.",
+                )
+            )
+            continue
+        try:
+            # Constructors validate their options and load nothing (models load on first use).
+            cls(alias, **options)
+        except (ImproperlyConfigured, TypeError, ValueError) as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] rejected by {cls.__name__}: {exc}",
+                    f"See the docstring of {cls.__module__}.{cls.__name__}.",
+                )
+            )
+    if not isinstance(defaults, (list, tuple)) or not defaults:
+        problems.append(
+            SettingProblem(
+                "embrec.E006",
+                "DEFAULT_ENCODERS",
+                "EMBREC['DEFAULT_ENCODERS'] must be a non-empty list of encoder aliases.",
+                "e.g. ['default'].",
+            )
+        )
+    else:
+        for alias in defaults:
+            if alias not in encoders:
+                problems.append(
+                    SettingProblem(
+                        "embrec.E006",
+                        "DEFAULT_ENCODERS",
+                        f"EMBREC['DEFAULT_ENCODERS'] names {alias!r}, which is not in "
+                        "EMBREC['ENCODERS'].",
+                        f"Add {alias!r} to EMBREC['ENCODERS'] or remove it from DEFAULT_ENCODERS.",
+                    )
+                )
     return problems

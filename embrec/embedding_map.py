@@ -21,13 +21,12 @@ import hashlib
 import re
 
 import numpy as np
-from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import Count, Max
 
 from embrec.items import Recommendable, resolve_field_path
-from embrec.models import Embedding
+from embrec.models import Embedding, content_type_of
 
 #: Default bound on the points of one map.
 MAX_POINTS = 5000
@@ -82,15 +81,15 @@ def kmeans(vectors: np.ndarray, k: int = CLUSTERS, seed: int = 0, iterations: in
     if n == 0:
         return np.zeros(0, dtype=int)
     rng = np.random.default_rng(seed)
-    centres = [x[rng.integers(n)]]
-    d2 = ((x - centres[0]) ** 2).sum(1)
+    seeds = [x[rng.integers(n)]]
+    d2 = ((x - seeds[0]) ** 2).sum(1)
     for _ in range(1, k):
         total = d2.sum()
         if total <= 0:
             break
-        centres.append(x[rng.choice(n, p=d2 / total)])
-        d2 = np.minimum(d2, ((x - centres[-1]) ** 2).sum(1))
-    centres = np.array(centres)
+        seeds.append(x[rng.choice(n, p=d2 / total)])
+        d2 = np.minimum(d2, ((x - seeds[-1]) ** 2).sum(1))
+    centres = np.array(seeds)
     labels = np.zeros(n, dtype=int)
     for _ in range(iterations):
         dist = (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None]
@@ -106,7 +105,7 @@ def kmeans(vectors: np.ndarray, k: int = CLUSTERS, seed: int = 0, iterations: in
 
 
 def _vectors(rec: Recommendable, encoder: str):
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     rows = Embedding.objects.filter(content_type=ct, encoder=encoder)
     identity = rows.order_by("-updated_at", "-id").values_list("identity", flat=True).first()
     return rows.filter(identity=identity or ""), identity or ""

@@ -41,12 +41,16 @@ from django.db import (
     models,
     transaction,
 )
+from django.db.models.functions import Cast
 from django.utils import timezone
 
+from embrec import dispatch
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
+from embrec.interactions import on_items_embedded
 from embrec.items import Recommendable
-from embrec.models import DrainSignal, Embedding, OutboxEntry
+from embrec.models import DrainSignal, Embedding, OutboxEntry, content_type_of
+from embrec.paging import keyset_pages
 from embrec.registry import registry
 from embrec.storage import (
     IndexSpec,
@@ -75,7 +79,7 @@ def enqueue(
     kick: bool = True,
 ) -> int:
     """Write one outbox row per pk; kick a drain task after the transaction commits."""
-    ct = ContentType.objects.get_for_model(model, for_concrete_model=False)
+    ct = content_type_of(model)
     rows = [
         OutboxEntry(
             content_type_id=ct.id,
@@ -138,15 +142,7 @@ def check_encoder(recommendable: Recommendable, encoder: str | None) -> None:
 
 def iter_pk_chunks(queryset: models.QuerySet, size: int) -> Iterable[list]:
     """Yield lists of pks by keyset pagination (``pk > last``), never by offset."""
-    qs = queryset.order_by("pk").values_list("pk", flat=True)
-    last = None
-    while True:
-        page = qs.filter(pk__gt=last) if last is not None else qs
-        chunk = list(page[:size])
-        if not chunk:
-            return
-        yield chunk
-        last = chunk[-1]
+    return keyset_pages(queryset, "pk", size)
 
 
 def reindex(
@@ -165,7 +161,7 @@ def reindex(
     drain task is sent (the caller drains in the foreground). Returns the number queued.
     """
     check_encoder(recommendable, encoder)
-    ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
+    ct = content_type_of(recommendable.model)
     total = 0
     for chunk in iter_pk_chunks(recommendable.get_queryset(), batch_size):
         with transaction.atomic():
@@ -187,9 +183,7 @@ def reindex(
     return total
 
 
-def _pk_strings(queryset: models.QuerySet):
-    from django.db.models.functions import Cast
-
+def _pk_strings(queryset: models.QuerySet) -> models.QuerySet:
     return queryset.annotate(_pk_str=Cast("pk", models.CharField())).values("_pk_str")
 
 
@@ -254,8 +248,6 @@ def kick(*, force: bool = False) -> bool:
     wait in the outbox, and workers kick a drain when they (re)connect to the broker. Returns
     whether a task was sent.
     """
-    from embrec.tasks import send_drain
-
     try:
         if not _reserve_kick() and not force:
             return False
@@ -263,20 +255,17 @@ def kick(*, force: bool = False) -> bool:
         # Called after commit: the save itself already succeeded; the sweeper catches up.
         logger.warning("embrec: could not reserve a drain task (%s).", exc)
         return False
-    try:
-        # Bounded by EMBREC["KICK_TIMEOUT"]: with the broker down a save costs that much at most.
-        send_drain()
-    except Exception as exc:  # broker down or misconfigured: the outbox keeps the work
-        logger.warning(
-            "embrec: could not queue a drain task (%s); workers drain the outbox when they "
-            "reconnect, the sweeper otherwise.",
-            exc,
-        )
+    # Bounded by EMBREC["KICK_TIMEOUT"]: with the broker down a save costs that much at most.
+    sent = dispatch.send(
+        dispatch.DRAIN,
+        what="a drain task",
+        meanwhile="workers drain the outbox when they reconnect, the sweeper otherwise",
+    )
+    if not sent:
         # No task is queued: the next save (or a worker reconnecting) must be free to kick.
         with contextlib.suppress(DatabaseError):
             release_kick()
-        return False
-    return True
+    return sent
 
 
 # --------------------------------------------------------------------------- drain side
@@ -491,7 +480,7 @@ def build_deferred_indexes(specs: Iterable[IndexSpec]) -> list[str]:
 
 def index_specs(recommendable: Recommendable, encoder: str | None = None) -> list[IndexSpec]:
     """The HNSW index specs of a registered model (all its encoders, or one); loads encoders."""
-    ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
+    ct = content_type_of(recommendable.model)
     aliases = [encoder] if encoder else recommendable.get_encoders()
     return [_index_spec(ct.id, alias) for alias in aliases]
 
@@ -514,7 +503,7 @@ def build_missing_indexes() -> list[str]:
     """
     specs = set()
     for rec in registry.all():
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         for alias in rec.get_encoders():
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -739,8 +728,6 @@ def _encode_and_write(
         # Read path hook: user vectors built from these items are now stale. Marked after commit:
         # the marking can wait on row locks held by a running user-vector refresh, and the new
         # item vectors (what an edit in the admin waits for) must not wait with it.
-        from embrec.interactions import on_items_embedded
-
         pks = [row.object_pk for row in rows]
         transaction.on_commit(lambda: on_items_embedded(ct_id, alias, pks), robust=True)
 
@@ -831,7 +818,7 @@ def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -
     model files without loading the model or importing torch (``identity=False`` skips it and
     reports ``None``).
     """
-    ct = ContentType.objects.get_for_model(recommendable.model, for_concrete_model=False)
+    ct = content_type_of(recommendable.model)
     vectors = Embedding.objects.filter(content_type=ct, encoder=alias)
     outbox = OutboxEntry.objects.filter(content_type=ct, encoder__in=["", alias])
     stale = None

@@ -38,19 +38,22 @@ from typing import Any
 
 import numpy as np
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import ImproperlyConfigured
 from django.db import models, transaction
 from django.db.models import Max
 from django.db.models.functions import Collate
 from django.utils import timezone
 
+from embrec import dispatch
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.exceptions import InteractionError
 from embrec.items import Recommendable
-from embrec.models import Embedding, Interaction, UserEmbedding
+from embrec.models import Embedding, Interaction, UserEmbedding, content_type_of
+from embrec.paging import keyset_pages
 from embrec.registry import registry
+from embrec.scoring import half_life_decay
 from embrec.storage import parse_vector
+from embrec.vectors import unit_vector
 
 logger = logging.getLogger("embrec")
 
@@ -113,7 +116,7 @@ def record_interactions(user, events: Iterable[Event]) -> list[Interaction]:
         at = event.at or now
         if timezone.is_naive(at):
             at = timezone.make_aware(at)
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         rows.append(
             Interaction(
                 user_id=user.pk,
@@ -142,22 +145,21 @@ def _after_commit(func, *args) -> None:
 
 
 def _queue_user_refresh(user_id: Any, content_type_id: int) -> None:
-    from embrec.tasks import publish, refresh_user_vectors
-
-    try:
-        # Bounded by EMBREC["KICK_TIMEOUT"]: a down broker must not hold the request.
-        publish(refresh_user_vectors, args=[user_id, content_type_id])
-    except Exception as exc:  # broker down: the vector stays stale and reads compute it
-        logger.warning("embrec: could not queue a user-vector refresh (%s).", exc)
+    # Bounded by EMBREC["KICK_TIMEOUT"]: a down broker must not hold the request. With the broker
+    # down the vector stays stale and reads compute it.
+    dispatch.send(
+        dispatch.REFRESH_USER_VECTORS,
+        [user_id, content_type_id],
+        what="a user-vector refresh",
+    )
 
 
 def _queue_items_refresh(content_type_id: int, encoder: str, object_pks: list[str]) -> None:
-    from embrec.tasks import publish, refresh_user_vectors_for_items
-
-    try:
-        publish(refresh_user_vectors_for_items, args=[content_type_id, encoder, object_pks])
-    except Exception as exc:
-        logger.warning("embrec: could not queue user-vector refreshes (%s).", exc)
+    dispatch.send(
+        dispatch.REFRESH_USER_VECTORS_FOR_ITEMS,
+        [content_type_id, encoder, object_pks],
+        what="user-vector refreshes",
+    )
 
 
 # --------------------------------------------------------------------------- user vectors
@@ -178,24 +180,8 @@ class UserProfile:
 
 def _decay(at: datetime, reference: datetime) -> float:
     """``0.5 ** (age / USER_VECTOR_HALF_LIFE_DAYS)``, age in days before ``reference``."""
-    half_life = embrec_settings.USER_VECTOR_HALF_LIFE_DAYS
-    if not half_life:
-        return 1.0
     age_days = max((reference - at).total_seconds(), 0.0) / 86400.0
-    return 0.5 ** (age_days / float(half_life))
-
-
-WEIGHTING_MODES = ("weighted", "uniform")
-
-
-def _weighting() -> str:
-    mode = embrec_settings.USER_VECTOR_WEIGHTING
-    if mode not in WEIGHTING_MODES:
-        raise ImproperlyConfigured(
-            f"EMBREC['USER_VECTOR_WEIGHTING'] must be one of {', '.join(WEIGHTING_MODES)}; "
-            f"got {mode!r}."
-        )
-    return mode
+    return half_life_decay(age_days, embrec_settings.USER_VECTOR_HALF_LIFE_DAYS)
 
 
 def profile_weight(weight: float, mode: str) -> float:
@@ -240,7 +226,7 @@ def interaction_weights(
     interaction, see the module docstring) and follow ``USER_VECTOR_WEIGHTING``. ``all_items``:
     every item of the user counts (encoders that fold users in, such as ALS).
     """
-    mode = _weighting()
+    mode = embrec_settings.USER_VECTOR_WEIGHTING
     events_qs = Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
     if not all_items:
         # One statement: the recent items are a subquery of the events' query.
@@ -270,7 +256,7 @@ def user_profile(
     Items without a vector under ``encoder`` (not embedded yet) are skipped; when vectors of
     several encoder identities coexist (a model change in progress) the newest one wins.
     """
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     model = get_encoder(encoder)
     weights, kinds, count = interaction_weights(
         user_id, ct.id, now=now, all_items=model.profile_uses_all_items
@@ -304,15 +290,13 @@ def user_profile(
     w = np.array([profile.weights[pk] for pk in pks])
     total = np.abs(w).sum()
     mean = (w[:, None] * matrix).sum(axis=0) / total
-    norm = float(np.linalg.norm(mean))
-    if norm > 1e-9:
-        profile.vector = (mean / norm).astype(np.float32)
+    profile.vector = unit_vector(mean, min_norm=1e-9)
     return profile
 
 
 def user_vector(user_id: Any, rec: Recommendable, encoder: str) -> np.ndarray | None:
     """The user's current vector: the stored one when fresh, otherwise computed now."""
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     stored = (
         UserEmbedding.objects.filter(
             user_id=user_id, content_type_id=ct.id, encoder=encoder, is_stale=False
@@ -334,7 +318,7 @@ def refresh_user_vector(user_id: Any, model_or_label: Any = None) -> int:
     recs = [registry.get(model_or_label)] if model_or_label is not None else registry.all()
     written = 0
     for rec in recs:
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         for encoder in rec.get_encoders():
             profile = user_profile(user_id, rec, encoder)
             if profile.vector is None:
@@ -387,14 +371,7 @@ def users_with_interactions(
         qs = qs.filter(content_type_id=content_type_id)
     if object_pks is not None:
         qs = qs.filter(object_pk__in=list(object_pks))
-    qs = qs.order_by("user_id").values_list("user_id", flat=True).distinct()
-    last = None
-    while True:
-        page = list((qs.filter(user_id__gt=last) if last is not None else qs)[:batch_size])
-        if not page:
-            return
-        yield page
-        last = page[-1]
+    return keyset_pages(qs.distinct(), "user_id", batch_size)
 
 
 def rebuild_user_vectors(
@@ -411,7 +388,7 @@ def rebuild_user_vectors(
     recs = [registry.get(model_or_label)] if model_or_label is not None else registry.all()
     written = 0
     for rec in recs:
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         if user_ids is not None:
             pages: Iterable[list[Any]] = [list(user_ids)]
         else:

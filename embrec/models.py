@@ -281,3 +281,13 @@ class PopularityState(models.Model):
     def __str__(self) -> str:
         window = "all time" if self.window_days is None else f"{self.window_days:g} days"
         return f"popularity over {window} (since {self.cutoff})"
+
+
+def content_type_of(model: type[models.Model] | models.Model) -> ContentType:
+    """The content type embrec stores for ``model`` (a model class or instance).
+
+    That of the model itself, a proxy included (``for_concrete_model=False``): two registered
+    proxies of one table keep separate vectors. Django's content-type manager caches it per
+    process, so this costs no query after the first call.
+    """
+    return ContentType.objects.get_for_model(model, for_concrete_model=False)

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DatabaseError, connections, models, router, transaction
-from django.db.models import Exists, F, Func, OuterRef, Q, Value
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Cast, Collate
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from embrec.conf import embrec_settings
@@ -68,10 +68,11 @@ __all__ = [
 
 
 class Excluded(Protocol):
-    """Objects a query leaves out (:class:`embrec.queries.Exclusions` is one)."""
+    """Objects a query leaves out (:class:`embrec.read.scope.Exclusions` is one)."""
 
-    def q(self, field_name: str = "object_pk") -> Q:
-        """A condition matching the excluded objects by their ``field_name`` column."""
+    def sql(self, alias: str = "e") -> list[tuple[str, list]]:
+        """``(condition, params)`` pairs on ``alias.object_pk``, all true for an object that is
+        not excluded."""
         ...
 
 
@@ -223,11 +224,6 @@ def _counts(content_type_id: int, using: str) -> models.QuerySet:
     return PopularityCount.objects.using(using).filter(content_type_id=content_type_id, users__gt=0)
 
 
-def _by_popularity(qs: models.QuerySet) -> models.QuerySet:
-    """Most users first, ties by key in code-point order (the ``embrec_popcount_rank`` index)."""
-    return qs.order_by(F("users").desc(), Collate("object_pk", "C").asc())
-
-
 def popularity_scores(content_type_id: int, pks: Iterable[str]) -> dict[str, float]:
     """Popularity per object: distinct users with a positive interaction on it (within
     ``POPULARITY_WINDOW_DAYS``). Objects nobody liked are absent."""
@@ -297,50 +293,73 @@ _INTEGER_KEYS = {
     "PositiveSmallIntegerField",
 }
 _TEXT_KEYS = {"CharField", "SlugField", "TextField", "EmailField", "URLField"}
-_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+_PATTERNS = {
+    "bigint": "^-?[0-9]{1,18}$",
+    "uuid": "^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$",
+}
 
 
-class _KeyAs(Func):
-    """``object_pk`` in the host's primary-key type, NULL where the text is not such a value (a
-    stray key never makes the query fail)."""
+def _key_sql(visible: models.QuerySet, column: str) -> str | None:
+    """``column`` (an ``object_pk``) as a value of ``visible``'s primary key, so the host table's
+    primary-key index finds the row; NULL where the text is no such value (a stray key never
+    makes the query fail). ``None`` for key types compared as text only.
 
-    template = "(CASE WHEN %(expressions)s ~ '%(pattern)s' THEN (%(expressions)s)::%(db_type)s END)"
-
-
-def _key_of(visible: models.QuerySet) -> Func | OuterRef | None:
-    """The outer ``object_pk`` as a value of ``visible``'s primary key (so the host table's
-    primary-key index finds the row), or ``None`` for key types compared as text only."""
+    PostgreSQL 16+ checks the text with ``pg_input_is_valid``; older servers with a regular
+    expression, which costs ~10× more per row.
+    """
     field = visible.model._meta.pk
     while field.is_relation:
         field = field.target_field
     kind = field.get_internal_type()
-    key = OuterRef("object_pk")
     if kind in _TEXT_KEYS:
-        return key
-    if kind in _INTEGER_KEYS:
-        return _KeyAs(
-            key, pattern="^-?[0-9]{1,18}$", db_type="bigint", output_field=models.BigIntegerField()
-        )
-    if kind == "UUIDField":
-        return _KeyAs(key, pattern=f"^{_UUID}$", db_type="uuid", output_field=models.UUIDField())
-    return None
+        return column
+    db_type = "bigint" if kind in _INTEGER_KEYS else "uuid" if kind == "UUIDField" else None
+    if db_type is None:
+        return None
+    if (getattr(connections[visible.db], "pg_version", None) or 0) >= 160000:
+        check = f"pg_input_is_valid({column}, '{db_type}')"
+    else:
+        check = f"{column} ~ '{_PATTERNS[db_type]}'"
+    return f"(CASE WHEN {check} THEN {column}::{db_type} END)"
 
 
-def _shown(visible: models.QuerySet) -> Q | Exists:
-    """A condition on counts rows: their object is in ``visible``. A correlated ``EXISTS`` probes
-    the host table's primary key for each row read in popularity order, so a ranking stops as
-    soon as it has its rows; other key types compare as text against all visible keys."""
-    key = _key_of(visible)
-    if key is None:
-        return Q(object_pk__in=visible_pks(visible))
-    return Exists(visible.order_by().filter(pk=key).values("pk"))
+def _shown_sql(visible: models.QuerySet, alias: str = "c") -> tuple[str, list]:
+    """A condition on counts rows ``alias``: their object is in ``visible``.
+
+    A correlated ``EXISTS`` probes the host table's primary key for each counts row read in
+    popularity order, so a ranking stops as soon as it has its rows (PostgreSQL turns it into a
+    hash join instead when ``visible`` is a small part of the table). Key types without a cast
+    compare as text against all visible keys.
+    """
+    key = _key_sql(visible, f"{alias}.object_pk")
+    try:
+        if key is None:
+            sub_sql, params = visible_pks(visible).query.sql_with_params()
+            return f"{alias}.object_pk IN ({sub_sql})", list(params)
+        rows = visible.order_by().filter(pk=RawSQL(key, [])).values("pk")
+        sub_sql, params = rows.query.sql_with_params()
+    except EmptyResultSet:  # Django proved ``visible`` empty
+        return "FALSE", []
+    return f"EXISTS ({sub_sql})", list(params)
+
+
+#: Most users first, ties by key in code-point order: the ``embrec_popcount_rank`` index order.
+_ORDER = 'ORDER BY c.users DESC, c.object_pk COLLATE "C"'
 
 
 def max_popularity(content_type_id: int, visible: models.QuerySet) -> float:
     """The popularity of the most popular object in ``visible``: what the blend normalises by,
     so that a score means the same whichever candidates a query happens to look at."""
-    head = _by_popularity(_counts(content_type_id, _read_db()).filter(_shown(visible)))
-    return float(head.values_list("users", flat=True).first() or 0.0)
+    using = _read_db()
+    shown, params = _shown_sql(visible)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.users FROM {_COUNTS} c WHERE c.content_type_id = %s AND c.users > 0 "
+            f"AND {shown} {_ORDER} LIMIT 1",
+            [content_type_id, *params],
+        )
+        row = cursor.fetchone()
+    return float(row[0]) if row else 0.0
 
 
 @dataclass
@@ -366,55 +385,68 @@ def popularity_ranking(
     (object keys as strings), most users first (ties by key), the visible maximum, and the
     popularity of the ``skip`` objects (a blend's other candidates).
 
-    One SQL statement: the three parts are a ``UNION ALL`` over the counts table.
+    One SQL statement: a ``UNION ALL`` of the three over the counts table.
     """
-    skip = [str(pk) for pk in skip]
-    ranking = popularity_ranking_query(content_type_id, visible, exclusions, count, skip)
-    return ranking_from_rows(list(ranking))
+    using = router.db_for_read(PopularityCount)
+    sql, params = popularity_ranking_sql(
+        content_type_id, visible, exclusions, count, [str(pk) for pk in skip]
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return ranking_from_rows(cursor.fetchall())
 
 
-def popularity_ranking_query(
+def popularity_ranking_sql(
     content_type_id: int,
     visible: models.QuerySet,
     exclusions: Excluded,
     count: int,
-    skip: Sequence[str] | RawSQL,
-) -> models.QuerySet:
-    """The statement of :func:`popularity_ranking` as a query of ``(part, object_pk, users)``
-    rows (part 0: the visible maximum, 1: the top, 2: the ``skip`` objects' popularity).
+    skip: Sequence[str] | str,
+) -> tuple[str, list]:
+    """The statement of :func:`popularity_ranking`: ``(part, object_pk, users)`` rows (part 0:
+    the visible maximum, 1: the top, 2: the ``skip`` objects' popularity) and its parameters.
 
-    ``skip`` may be SQL (a :class:`~django.db.models.expressions.RawSQL` sub-select of keys):
-    the read path then runs this query inside its ANN statement, skipping that statement's own
-    nearest rows, and reads the rows with :func:`ranking_from_rows`.
+    ``skip`` may be SQL (a string: a sub-select of keys): the read path then runs this statement
+    inside its ANN statement, skipping that statement's own nearest rows, and reads the rows
+    with :func:`ranking_from_rows`.
     """
-    using = _read_db()
-    skip_sql = isinstance(skip, RawSQL)
-    shown = _counts(content_type_id, using).filter(_shown(visible))
-    columns = ("part", "object_pk", "users")
-    head = _by_popularity(shown.annotate(part=Value(0))).values_list(*columns)[:1]
-    parts = []
+    _keep_window_current()
+    skip_sql = isinstance(skip, str)
+    shown, shown_params = _shown_sql(visible)
+    base = f"FROM {_COUNTS} c WHERE c.content_type_id = %s AND c.users > 0"
+    parts = [f"(SELECT 0, c.object_pk, c.users {base} AND {shown} {_ORDER} LIMIT 1)"]
+    params: list = [content_type_id, *shown_params]
+    skipped = f"c.object_pk IN ({skip})" if skip_sql else "c.object_pk = ANY(%s)"
+    skip_params = [] if skip_sql else [list(skip)]
     if count > 0:
-        top = shown.exclude(exclusions.q())
-        if skip_sql or skip:
-            top = top.exclude(object_pk__in=skip)
-        parts.append(_by_popularity(top.annotate(part=Value(1))).values_list(*columns)[:count])
-    if skip_sql or skip:
-        scores_qs = _counts(content_type_id, using).filter(object_pk__in=skip)
-        parts.append(scores_qs.annotate(part=Value(2)).order_by().values_list(*columns))
-    return head.union(*parts, all=True) if parts else head
+        where, where_params = [shown], list(shown_params)
+        for sql, sql_params in exclusions.sql("c"):
+            where.append(sql)
+            where_params += sql_params
+        if skip:
+            where.append(f"NOT ({skipped})")
+            where_params += skip_params
+        parts.append(
+            f"(SELECT 1, c.object_pk, c.users {base} AND {' AND '.join(where)} {_ORDER} LIMIT %s)"
+        )
+        params += [content_type_id, *where_params, int(count)]
+    if skip:
+        parts.append(f"(SELECT 2, c.object_pk, c.users {base} AND {skipped})")
+        params += [content_type_id, *skip_params]
+    return " UNION ALL ".join(parts), params
 
 
 def ranking_from_rows(rows: Iterable[tuple[int, str, float]]) -> PopularityRanking:
-    """A :class:`PopularityRanking` from the rows of :func:`popularity_ranking_query`."""
+    """A :class:`PopularityRanking` from the rows of :func:`popularity_ranking_sql`."""
     maximum = 0.0
-    top_rows: list[tuple[str, float]] = []
+    top: list[tuple[str, float]] = []
     scores: dict[str, float] = {}
     for part, pk, users in rows:
         if part == 0:
             maximum = float(users)
         elif part == 1:
-            top_rows.append((pk, float(users)))
+            top.append((pk, float(users)))
         scores[pk] = float(users)
     # UNION ALL keeps each part's rows but not their order across parts.
-    top_rows.sort(key=lambda row: (-row[1], row[0]))
-    return PopularityRanking(top=top_rows, scores=scores, maximum=maximum)
+    top.sort(key=lambda row: (-row[1], row[0]))
+    return PopularityRanking(top=top, scores=scores, maximum=maximum)

@@ -1,4 +1,9 @@
-"""Which models are registered with embrec, keyed ``"app_label.model_name"``."""
+"""Which models are registered with embrec, keyed ``"app_label.model_name"``.
+
+The registry is passive: it records registrations and answers lookups. What happens on a save or
+a delete of a registered model is :mod:`embrec.signals`' job (connected by
+:meth:`embrec.apps.EmbrecConfig.ready`), which asks the registry.
+"""
 
 from __future__ import annotations
 
@@ -38,9 +43,6 @@ class Registry:
         instance = recommendable_class(model)
         self._validate(instance)
         self._by_label[label] = instance
-        from embrec.signals import connect_model
-
-        connect_model(model)
         return instance
 
     def _validate(self, instance: Recommendable) -> None:
@@ -96,9 +98,6 @@ class Registry:
         if label not in self._by_label:
             raise NotRegistered(f"{label} is not registered with embrec.")
         del self._by_label[label]
-        from embrec.signals import disconnect_model
-
-        disconnect_model(model)
 
     def get(self, model_or_label: type[models.Model] | models.Model | str) -> Recommendable:
         """Return the registration for a model class, instance or ``"app_label.model"`` label."""
@@ -114,12 +113,12 @@ class Registry:
                 f"{label} is not registered with embrec (registered: {known})."
             ) from None
 
-    def is_registered(self, model_or_label) -> bool:
-        try:
-            self.get(model_or_label)
-        except NotRegistered:
-            return False
-        return True
+    def is_registered(self, model_or_label: type[models.Model] | models.Model | str) -> bool:
+        """Whether a model class, instance or ``"app_label.model"`` label is registered."""
+        if isinstance(model_or_label, str):
+            return model_or_label.lower() in self._by_label
+        meta = getattr(model_or_label, "_meta", None)
+        return meta is not None and meta.label_lower in self._by_label
 
     def all(self) -> list[Recommendable]:
         return list(self._by_label.values())

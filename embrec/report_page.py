@@ -65,7 +65,11 @@ def load_report() -> dict[str, Any]:
             config = tuning.load(config_path)
         except ImproperlyConfigured as exc:
             config_error = str(exc)
-    path = Path(explicit) if explicit else report_path(config_path, config)
+    if explicit:
+        path = Path(explicit)
+    else:
+        assert config_path is not None  # one of the two is set (checked above)
+        path = report_path(config_path, config)
     try:
         text = path.read_text()
     except FileNotFoundError as exc:

@@ -1,8 +1,8 @@
 """The re-ranking formula, shared by the read path and the evaluation.
 
-Pure functions over numbers or numpy arrays (no Django): :mod:`embrec.queries` scores candidates
-with them, and :class:`embrec.evaluation.methods.EmbeddingMethod` scores whole catalogs with the
-same code, so an evaluated configuration is the one a site deploys.
+Pure functions over numbers or numpy arrays (no Django): :mod:`embrec.read.rerank` scores
+candidates with them, and :class:`embrec.evaluation.methods.EmbeddingMethod` scores whole catalogs
+with the same code, so an evaluated configuration is the one a site deploys.
 """
 
 from __future__ import annotations
@@ -11,6 +11,21 @@ import math
 from typing import Any
 
 import numpy as np
+
+
+def half_life_decay(age_days: Any, half_life_days: float | None) -> Any:
+    """``0.5 ** (age_days / half_life_days)``: the share of a weight left after ``age_days``
+    (numbers or arrays); 1 when ``half_life_days`` is None or 0 (no decay).
+
+    User vectors decay interactions with it (``USER_VECTOR_HALF_LIFE_DAYS``), the recency blend
+    decays items' freshness (``RECENCY_HALF_LIFE_DAYS``), and the evaluation does the same.
+    """
+    if np.ndim(age_days) == 0:
+        return 0.5 ** (float(age_days) / float(half_life_days)) if half_life_days else 1.0
+    age_days = np.asarray(age_days, dtype=np.float64)
+    if not half_life_days:
+        return np.ones_like(age_days)
+    return 0.5 ** (age_days / float(half_life_days))
 
 
 def normalized_popularity(users: Any, top: float) -> Any:

@@ -1,34 +1,47 @@
-"""Save/delete handlers: write an outbox row in the same transaction as the change."""
+"""Save/delete receivers: write an outbox row in the same transaction as the change.
+
+:meth:`embrec.apps.EmbrecConfig.ready` connects them once, for every sender; they act on the
+models of the :data:`~embrec.registry.registry` (one dict lookup for any other model's save).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.db import models
 from django.db.models.signals import post_delete, post_save
 
+from embrec import indexing
+from embrec.models import OutboxEntry
+from embrec.registry import registry
 
-def _on_save(sender, instance, raw=False, **kwargs) -> None:
+_SAVE_UID = "embrec:save"
+_DELETE_UID = "embrec:delete"
+
+
+def on_save(
+    sender: type[models.Model], instance: models.Model, raw: bool = False, **kwargs: Any
+) -> None:
+    """``post_save``: queue a registered object for (re)embedding."""
     if raw:  # loaddata: fixtures are indexed by embrec_reindex, not row by row
         return
-    from embrec.indexing import enqueue
-
-    enqueue(sender, [instance.pk])
-
-
-def _on_delete(sender, instance, **kwargs) -> None:
-    from embrec.indexing import enqueue
-    from embrec.models import OutboxEntry
-
-    enqueue(sender, [instance.pk], action=OutboxEntry.DELETE)
+    if registry.is_registered(sender):
+        indexing.enqueue(sender, [instance.pk])
 
 
-def _uid(model, kind: str) -> str:
-    return f"embrec:{kind}:{model._meta.label_lower}"
+def on_delete(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    """``post_delete``: queue the removal of a registered object's vectors."""
+    if registry.is_registered(sender):
+        indexing.enqueue(sender, [instance.pk], action=OutboxEntry.DELETE)
 
 
-def connect_model(model) -> None:
-    post_save.connect(_on_save, sender=model, dispatch_uid=_uid(model, "save"), weak=False)
-    post_delete.connect(_on_delete, sender=model, dispatch_uid=_uid(model, "delete"), weak=False)
+def connect() -> None:
+    """Connect the receivers (idempotent)."""
+    post_save.connect(on_save, dispatch_uid=_SAVE_UID, weak=False)
+    post_delete.connect(on_delete, dispatch_uid=_DELETE_UID, weak=False)
 
 
-def disconnect_model(model) -> None:
-    post_save.disconnect(sender=model, dispatch_uid=_uid(model, "save"))
-    post_delete.disconnect(sender=model, dispatch_uid=_uid(model, "delete"))
+def disconnect() -> None:
+    """Disconnect the receivers: saves no longer write outbox rows (until :func:`connect`)."""
+    post_save.disconnect(dispatch_uid=_SAVE_UID)
+    post_delete.disconnect(dispatch_uid=_DELETE_UID)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.db import IntegrityError, transaction
 from django.db import connection as default_connection
+from pgvector.psycopg import register_vector
 from psycopg.copy import QueuedLibpqWriter
 
 from embrec.conf import embrec_settings
@@ -98,6 +99,31 @@ def _create_index_sql(spec: IndexSpec) -> str:
     )
 
 
+def _relation_exists(cursor, spec: IndexSpec) -> bool:
+    cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
+    return cursor.fetchone() is not None
+
+
+def _lock_index(cursor, spec: IndexSpec) -> bool:
+    """Serialise DDL on ``spec``'s index (a transaction-scoped advisory lock on its name: two
+    workers never build or drop one index at once); returns whether the index exists now."""
+    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
+    return _relation_exists(cursor, spec)
+
+
+def _create_index(cursor, spec: IndexSpec) -> None:
+    # CREATE INDEX refuses to run while deferred foreign-key checks of earlier writes in this
+    # transaction are queued on the table: run those checks now.
+    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    cursor.execute(_create_index_sql(spec))
+    cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+
+
+def _remember_after_commit(conn, key: tuple[str, str]) -> None:
+    # A rolled-back transaction takes the index with it: only remember it once committed.
+    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+
+
 def index_exists(spec: IndexSpec, using=None) -> bool:
     """Whether the HNSW index of ``spec`` exists, asked of the database (not the cache).
 
@@ -129,20 +155,15 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
         return False
     with _lock:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
-            if cursor.fetchone():
+            if _relation_exists(cursor, spec):
                 _known_indexes.add(key)
                 return False
             with transaction.atomic(using=conn.alias):
-                # Serialise creators: two workers must not build the same index at once.
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
-                # CREATE INDEX refuses to run while deferred foreign-key checks of earlier writes
-                # in this transaction are queued on the table: run those checks now.
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                cursor.execute(_create_index_sql(spec))
-                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-    # A rolled-back transaction takes the index with it: only remember it once committed.
-    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+                if _lock_index(cursor, spec):
+                    _known_indexes.add(key)
+                    return False
+                _create_index(cursor, spec)
+    _remember_after_commit(conn, key)
     return True
 
 
@@ -161,9 +182,7 @@ def build_index(spec: IndexSpec, using=None) -> bool:
     conn = using or default_connection
     key = (conn.alias, spec.name)
     with _lock, transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
-        if cursor.fetchone():
+        if _lock_index(cursor, spec):
             _known_indexes.add(key)
             return False
         memory = embrec_settings.INDEX_BUILD_MAINTENANCE_WORK_MEM
@@ -176,10 +195,8 @@ def build_index(spec: IndexSpec, using=None) -> bool:
                 [str(int(workers))],
             )
         _warn_if_graph_exceeds_memory(cursor, spec)
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(_create_index_sql(spec))
-        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-    transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
+        _create_index(cursor, spec)
+    _remember_after_commit(conn, key)
     return True
 
 
@@ -222,9 +239,7 @@ def drop_index(spec: IndexSpec, using=None) -> bool:
     """Drop the HNSW index of ``spec`` (before a full re-embed); True when it existed."""
     conn = using or default_connection
     with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [spec.name])
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
-        existed = cursor.fetchone() is not None
+        existed = _lock_index(cursor, spec)
         cursor.execute(f"DROP INDEX IF EXISTS {spec.name}")
     _known_indexes.discard((conn.alias, spec.name))
     return existed
@@ -239,8 +254,6 @@ def _register_vector(conn) -> None:
     raw = conn.connection
     if getattr(raw, "_embrec_vector_registered", False):
         return
-    from pgvector.psycopg import register_vector
-
     register_vector(raw)
     raw._embrec_vector_registered = True
 

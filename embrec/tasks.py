@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 
 from celery import bootsteps, shared_task
-from celery.app.routes import prepare as prepare_routes
 from celery.signals import celeryd_init
+from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from embrec import clusters as clustering
+from embrec import dispatch, indexing, interactions, popularity, training
 from embrec import duplicates as near_duplicates
 from embrec import embedding_map as maps
-from embrec import indexing, popularity
 from embrec.conf import embrec_settings
 from embrec.exceptions import AnalysisError
 from embrec.models import OutboxEntry
@@ -34,18 +34,8 @@ logger = logging.getLogger("embrec")
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 
-def queue_options(task) -> dict:
-    """``apply_async`` options for an embrec task: Celery's ``task_routes`` decide when they name
-    the task (e.g. ``CELERY_TASK_ROUTES = {"embrec.drain": {"queue": "embrec.encode"}}``),
-    otherwise it goes to ``EMBREC["QUEUE"]``."""
-    for router in prepare_routes(task.app.conf.task_routes):
-        if router(task.name, (), {}, {}, task=task) is not None:
-            return {}
-    return {"queue": embrec_settings.QUEUE}
-
-
 @shared_task(
-    name="embrec.drain",
+    name=dispatch.DRAIN,
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=TRANSIENT,
@@ -62,7 +52,7 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     workers join in on a large backlog; they stop as soon as the outbox is empty.
     """
     indexing.release_kick()
-    size = int(batch_size or indexing.embrec_settings.BATCH_SIZE)
+    size = int(batch_size or embrec_settings.BATCH_SIZE)
 
     def fan_out(batch: indexing.DrainResult) -> None:
         if batch.claimed >= size and not drain_outbox.app.conf.task_always_eager:
@@ -80,7 +70,7 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
 
 
 @shared_task(
-    name="embrec.sweep",
+    name=dispatch.SWEEP,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     retry_backoff_max=60,
@@ -97,7 +87,7 @@ def sweep() -> int:
 
 
 @shared_task(
-    name="embrec.rebuild_popularity",
+    name=dispatch.REBUILD_POPULARITY,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=3,
@@ -107,39 +97,6 @@ def rebuild_popularity() -> dict:
     """Recount the popularity tables from the interaction table
     (:func:`embrec.popularity.rebuild_popularity`). Idempotent."""
     return popularity.rebuild_popularity()
-
-
-def publish(task, args: list | tuple = (), kwargs: dict | None = None) -> None:
-    """Queue ``task`` (on the queue :func:`queue_options` picks), waiting for the broker at most
-    ``EMBREC["KICK_TIMEOUT"]`` seconds; raises when it cannot.
-
-    Saves and interactions publish after commit, so a publish must not hold a request while the
-    broker is down: kombu's usual publish retries the connection for several seconds. Here one
-    connection is opened without retries and with short socket timeouts (the app's other broker
-    settings are kept). Eager mode (``task_always_eager``) runs the task in-process.
-    """
-    app = task.app
-    if app.conf.task_always_eager:
-        task.apply_async(args=args, kwargs=kwargs, **queue_options(task))
-        return
-    timeout = float(embrec_settings.KICK_TIMEOUT)
-    options = {
-        **(app.conf.broker_transport_options or {}),
-        "max_retries": 0,
-        # Redis; AMQP uses connect_timeout below.
-        "socket_connect_timeout": timeout,
-        "socket_timeout": timeout,
-    }
-    with app.connection_for_write(transport_options=options, connect_timeout=timeout) as conn:
-        task.apply_async(
-            args=args, kwargs=kwargs, retry=False, connection=conn, **queue_options(task)
-        )
-
-
-def send_drain() -> None:
-    """Queue one :func:`drain_outbox` task (see :func:`publish`). Kicks are deduplicated
-    (:func:`embrec.indexing.kick`), so this costs one connection per queued task, not per save."""
-    publish(drain_outbox)
 
 
 class DrainOnConnect(bootsteps.StartStopStep):
@@ -170,7 +127,7 @@ def _add_drain_on_connect(sender=None, instance=None, **kwargs) -> None:
 
 
 @shared_task(
-    name="embrec.refresh_user_vectors",
+    name=dispatch.REFRESH_USER_VECTORS,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
@@ -178,20 +135,16 @@ def _add_drain_on_connect(sender=None, instance=None, **kwargs) -> None:
 )
 def refresh_user_vectors(user_id, content_type_id: int | None = None) -> int:
     """Recompute one user's vectors (after new interactions). Idempotent."""
-    from django.contrib.contenttypes.models import ContentType
-
-    from embrec import interactions
-
     model = None
     if content_type_id is not None:
         model = ContentType.objects.get_for_id(content_type_id).model_class()
-        if model is None or not interactions.registry.is_registered(model):
+        if model is None or not registry.is_registered(model):
             return 0
     return interactions.refresh_user_vector(user_id, model)
 
 
 @shared_task(
-    name="embrec.refresh_user_vectors_for_items",
+    name=dispatch.REFRESH_USER_VECTORS_FOR_ITEMS,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
@@ -199,13 +152,11 @@ def refresh_user_vectors(user_id, content_type_id: int | None = None) -> int:
 )
 def refresh_user_vectors_for_items(content_type_id: int, encoder: str, object_pks: list) -> int:
     """Recompute the vectors of users who interacted with re-embedded items. Idempotent."""
-    from embrec import interactions
-
     return interactions.refresh_for_items(content_type_id, encoder, object_pks)
 
 
 @shared_task(
-    name="embrec.train_item2vec",
+    name=dispatch.TRAIN_ITEM2VEC,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=3,
@@ -216,13 +167,11 @@ def train_item2vec(alias: str = "item2vec", reindex: bool = True) -> dict:
     the items of every registration using it (directly or through a hybrid) when the model
     changed. Run it on a beat schedule or on demand. Idempotent: the same interactions give the
     same revision and queue nothing."""
-    from embrec.encoders.item2vec import train_and_reindex
-
-    return train_and_reindex(alias, reindex=reindex)
+    return training.train_and_reindex(alias, reindex=reindex)
 
 
 @shared_task(
-    name="embrec.finetune",
+    name=dispatch.FINETUNE,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=3,
@@ -235,13 +184,11 @@ def finetune(alias: str = "finetuned", reindex: bool = True, params: dict | None
     override training parameters (``epochs``, ``train_batch_size``, ``max_pairs``,
     ``learning_rate``…). Idempotent: the same interactions and parameters give the same revision
     and queue nothing."""
-    from embrec.encoders.finetune import finetune_and_reindex
-
-    return finetune_and_reindex(alias, params, reindex=reindex)
+    return training.finetune_and_reindex(alias, params, reindex=reindex)
 
 
 @shared_task(
-    name="embrec.embedding_map",
+    name=dispatch.EMBEDDING_MAP,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=3,
@@ -259,7 +206,7 @@ def embedding_map(label: str, encoder: str, max_points: int = 5000, seed: int = 
 
 
 @shared_task(
-    name="embrec.clusters",
+    name=dispatch.CLUSTERS,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=3,
@@ -278,7 +225,7 @@ def clusters(label: str, encoder: str, params: dict | None = None) -> dict:
 
 
 @shared_task(
-    name="embrec.duplicates",
+    name=dispatch.DUPLICATES,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=3,

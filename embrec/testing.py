@@ -43,7 +43,7 @@ from embrec.storage import forget_indexes
 try:
     import pytest
 except ImportError:  # Django's test runner: the helpers work, the fixtures are not defined.
-    pytest = None
+    pytest = None  # type: ignore[assignment]
 
 #: The encoder :func:`hashing_settings` uses for every alias.
 HASHING_ENCODER: dict[str, Any] = {

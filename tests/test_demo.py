@@ -284,7 +284,8 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
 
     import redis
 
-    from embrec.tasks import queue_options, refresh_user_vectors
+    from embrec.dispatch import REFRESH_USER_VECTORS, queue_options
+    from embrec.tasks import refresh_user_vectors
     from project import settings as demo_settings
     from project.catalog.management.commands.demo import worker_commands
     from project.celery import app
@@ -325,7 +326,7 @@ def test_a_drain_is_not_stuck_behind_user_vector_refreshes(tmp_path, settings):
                     refresh_user_vectors.apply_async(
                         args=[user_id, None],
                         producer=producer,
-                        **queue_options(refresh_user_vectors),
+                        **queue_options(REFRESH_USER_VECTORS),
                     )
             assert broker.llen(users_queue) == backlog
             Note.objects.create(slug="edited", text="an edit made in the admin")

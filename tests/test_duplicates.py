@@ -14,7 +14,7 @@ from django.db import connection, transaction
 
 from embrec import analysis, duplicates
 from embrec.exceptions import AnalysisError, EmbrecError
-from embrec.queries import index_spec
+from embrec.read.retrieval import index_spec
 from embrec.registry import registry
 from embrec.storage import VectorRow, ensure_index, write_vectors
 from tests import planted
@@ -107,6 +107,8 @@ def test_probes_use_the_hnsw_index():
     inner = plan.split("Nested Loop Left Join", 1)[1]
     assert f"Index Scan using {spec.name}" in inner, plan
     assert "Seq Scan on embrec_embedding b" not in plan, plan
+    # The batch of probed items is read by primary key, not by scanning the table.
+    assert "Index Scan using embrec_embedding_pkey" in plan.split("Nested Loop Left Join", 1)[1]
     analyzed = duplicates.explain(Article, analyze=True)
     assert f"Index Scan using {spec.name}" in analyzed
     report = duplicates.find(Article, threshold=0.99, isolated=0)
@@ -161,7 +163,10 @@ def test_command_text_and_json(catalogue):
     assert "isolated" in text and "misc" in text
     data = json.loads(run("testapp.article", "--threshold", "0.9", "--json"))
     assert len(data["pairs"]) == 2 and data["isolated"][0]["item"]["name"] == "misc"
-    assert "Index Scan using embrec_hnsw_" in run("testapp.article", "--explain")
+    # The plan itself (index use on a planner-sized table: test_probes_use_the_hnsw_index; on
+    # this ten-row catalogue the planner may rightly prefer a sequential scan).
+    plan = run("testapp.article", "--explain")
+    assert "Nested Loop Left Join" in plan and "embrec_embedding" in plan, plan
 
 
 @pytest.mark.parametrize(

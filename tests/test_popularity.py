@@ -284,3 +284,14 @@ def test_concurrent_writes_of_one_pair_count_the_user_once():
     assert not errors
     assert popularity.stored_popularity(ct.id) == {}
     assert not PopularityUser.objects.exists()
+
+
+def test_sweep_moves_the_window(settings, window):
+    article = make_catalog(per_category=1, embed=False)[0]
+    ct = ContentType.objects.get_for_model(Article)
+    record_interaction(make_user("old"), article, "like", at=timezone.now() - timedelta(days=20))
+    assert popularity.stored_popularity(ct.id) == {str(article.pk): 1}
+    settings.EMBREC = {**settings.EMBREC, "POPULARITY_WINDOW_DAYS": 10}
+    call_command("embrec_sweep", stdout=StringIO())
+    assert popularity.stored_popularity(ct.id) == {}
+    assert_counts_match(ct.id)

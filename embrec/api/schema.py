@@ -12,7 +12,7 @@ database column).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from django.db import connections, models, router
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
@@ -53,7 +53,7 @@ class InteractionKindFieldExtension(OpenApiSerializerFieldExtension):
         return {"type": "string", "enum": sorted(embrec_settings.INTERACTION_WEIGHTS)}
 
 
-def type_parameter(location: str) -> OpenApiParameter:
+def type_parameter(location: Literal["query", "path"]) -> OpenApiParameter:
     """``type``: one of the registered model labels."""
     in_path = location == OpenApiParameter.PATH
     return OpenApiParameter(

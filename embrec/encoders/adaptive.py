@@ -63,12 +63,17 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 
 from embrec.encoders.base import BaseEncoder, EncoderIdentity, l2_normalize
+from embrec.encoders.loading import get_encoder
 from embrec.encoders.trained import UNTRAINED, TrainedEncoder, atomic_write
+from embrec.models import Embedding, content_type_of
+from embrec.registry import registry
+from embrec.storage import parse_vector
 
 DEFAULTS = {
     "shrinkage": 20.0,
@@ -212,7 +217,7 @@ def _private_direction(key: str) -> np.ndarray:
     """A unit vector in the uncertainty dimensions, the same for ``key`` in every process."""
     rng = np.random.default_rng(zlib.crc32(key.encode("utf-8")))
     vector = rng.normal(size=UNCERTAINTY_DIMS)
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
+    return l2_normalize(vector[None, :])[0]
 
 
 class AdaptiveHybridEncoder(BaseEncoder):
@@ -233,7 +238,7 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 )
             if options[key] == alias:
                 raise ImproperlyConfigured(f"Adaptive hybrid {alias!r} cannot include itself.")
-        self.params = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
+        self.params: dict[str, Any] = {k: float(options.get(k, v)) for k, v in DEFAULTS.items()}
         self.params["center"] = bool(options.get("center", False))
         self.params["rescale"] = bool(options.get("rescale", True))
         if not 0.0 <= self.params["uncertainty"] < 1.0:
@@ -243,13 +248,11 @@ class AdaptiveHybridEncoder(BaseEncoder):
                 f"Adaptive hybrid {alias!r}: shrinkage and ridge must not be negative."
             )
         self._lock = threading.Lock()
-        self._maps: dict[tuple[str, int], np.ndarray] = {}
+        self._maps: dict[tuple[str, int], ContentMap] = {}
 
     # -- parts ------------------------------------------------------------------------------
 
     def behaviour_encoder(self) -> TrainedEncoder:
-        from embrec.encoders.loading import get_encoder
-
         encoder = get_encoder(self.options["behaviour"])
         if not isinstance(encoder, TrainedEncoder):
             raise ImproperlyConfigured(
@@ -259,8 +262,6 @@ class AdaptiveHybridEncoder(BaseEncoder):
         return encoder
 
     def content_encoder(self) -> BaseEncoder:
-        from embrec.encoders.loading import get_encoder
-
         encoder = get_encoder(self.options["content"])
         if not encoder.uses_text:
             raise ImproperlyConfigured(
@@ -295,12 +296,10 @@ class AdaptiveHybridEncoder(BaseEncoder):
     def content_map(self, rec) -> ContentMap | None:
         """``W`` for registration ``rec`` under the current revision (fitted when missing);
         ``None`` while the behavioural encoder is untrained."""
-        from django.contrib.contenttypes.models import ContentType
-
         revision = self.identity.revision
         if revision == UNTRAINED:
             return None
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         key = (revision, ct.id)
         cached = self._maps.get(key)
         if cached is not None:
@@ -323,6 +322,10 @@ class AdaptiveHybridEncoder(BaseEncoder):
         """Fit ``W`` on the items of ``rec`` with at least ``fit_support`` users."""
         behaviour = self.behaviour_encoder()
         model = behaviour.model_arrays()
+        if model is None:
+            raise ValueError(
+                f"Adaptive hybrid {self.alias!r}: its behavioural encoder is untrained."
+            )
         prefix = f"{content_type_id}:"
         threshold = max(self.params["fit_support"], 1.0)
         rows = [
@@ -358,13 +361,8 @@ class AdaptiveHybridEncoder(BaseEncoder):
     def stored_content(self, rec, pks: Sequence[str]) -> tuple[dict[str, np.ndarray], set[str]]:
         """Content vectors of ``pks``: stored ones under the content encoder's identity, the rest
         encoded now from :meth:`~embrec.Recommendable.get_text`."""
-        from django.contrib.contenttypes.models import ContentType
-
-        from embrec.models import Embedding
-        from embrec.storage import parse_vector
-
         encoder = self.content_encoder()
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         wanted = set(pks)
         out: dict[str, np.ndarray] = {}
         stored = Embedding.objects.filter(
@@ -427,8 +425,6 @@ class AdaptiveHybridEncoder(BaseEncoder):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Search queries: the mapped content vector of the text (needs a fitted map)."""
-        from embrec.registry import registry
-
         users = [r for r in registry.all() if self.alias in r.get_encoders()]
         w = self.content_map(users[0]) if users else None
         if w is None:

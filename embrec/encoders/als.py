@@ -53,6 +53,8 @@ from embrec.encoders.trained import (
     item_token,
     split_history,
 )
+from embrec.models import content_type_of
+from embrec.vectors import l2_normalize, unit_vector
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "factors": 64,
@@ -196,17 +198,15 @@ class ALSEncoder(TrainedEncoder):
         """Stored vectors of item ``factors`` and the largest factor norm."""
         if self.params["similarity"] == "exact":
             return exact_item_vectors(factors)
-        norms = np.linalg.norm(factors, axis=1, keepdims=True)
+        norms = np.linalg.norm(factors, axis=1)
         top = float(norms.max()) if norms.size else 1.0
-        norms[norms == 0] = 1.0
-        return (factors / norms).astype(np.float32), top
+        return l2_normalize(factors), top
 
     def user_vector_from_factor(self, factor: np.ndarray) -> np.ndarray | None:
         """The stored form of a user factor: unit, plus a zero for the extra exact dimension."""
-        norm = float(np.linalg.norm(factor))
-        if norm <= 1e-12:
+        unit = unit_vector(factor, min_norm=1e-12)
+        if unit is None:
             return None
-        unit = (factor / norm).astype(np.float32)
         if self.params["similarity"] == "exact":
             unit = np.append(unit, np.float32(0.0))
         return unit
@@ -239,8 +239,6 @@ class ALSEncoder(TrainedEncoder):
 
     def fold_in_user(self, rec, weights: Mapping[str, float]) -> np.ndarray | None:
         """A user's vector from ``{object pk: effective weight}`` of their interactions."""
-        from django.contrib.contenttypes.models import ContentType
-
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         factor = self.fold_in_tokens({item_token(ct.id, pk): w for pk, w in weights.items()})
         return None if factor is None else self.user_vector_from_factor(factor)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from embrec.vectors import l2_normalize as l2_normalize  # re-exported for encoder modules
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,9 @@ class BaseEncoder:
             )
         return vectors
 
-    def encode_objects(self, rec, objects: Sequence, texts: Sequence[str]) -> Sequence:
+    def encode_objects(
+        self, rec: Any, objects: Sequence[Any], texts: Sequence[str]
+    ) -> Sequence[np.ndarray | None] | np.ndarray:
         """Vectors for ``objects`` of registration ``rec``; the write path calls this hook.
 
         ``texts`` are the objects' :meth:`~embrec.Recommendable.get_text` values, in order.
@@ -107,10 +112,3 @@ class BaseEncoder:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} alias={self.alias!r}>"
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Scale each row to unit length; all-zero rows stay zero."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32, copy=False)

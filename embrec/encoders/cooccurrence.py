@@ -39,6 +39,7 @@ from scipy import sparse
 
 from embrec.encoders.als import interaction_matrix
 from embrec.encoders.trained import FittedModel, History, TrainedEncoder
+from embrec.vectors import l2_normalize
 
 DEFAULT_PARAMS: dict[str, Any] = {"dimensions": 128, "seed": 1}
 
@@ -71,9 +72,7 @@ def cooccurrence_vectors(matrix: sparse.csr_matrix, dimensions: int, seed: int =
         u, s, _ = svds(items, k=keep, v0=rng.standard_normal(rank))
     vectors = np.zeros((n_items, int(dimensions)), dtype=np.float64)
     vectors[:, : len(s)] = u * s
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32)
+    return l2_normalize(vectors)
 
 
 class CooccurrenceEncoder(TrainedEncoder):

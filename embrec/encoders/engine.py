@@ -28,6 +28,7 @@ raise :class:`UnsupportedModel`; callers fall back to ``SentenceTransformer.enco
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -142,7 +143,7 @@ def describe_pipeline(model) -> dict:
     return {
         "tokenizer": tokenizer,
         "transformer": transformer,
-        "max_length": int(max_length),
+        "max_length": int(max_length or 512),
         "pooling": mode,
         "normalize": normalize,
     }
@@ -243,8 +244,6 @@ class EncodingEngine:
         weights_dtype = next(transformer.parameters()).dtype
         weights_device = next(transformer.parameters()).device
         if weights_dtype != self.dtype or weights_device != self.device:
-            import copy
-
             transformer = copy.deepcopy(transformer).to(device=self.device, dtype=self.dtype)
         self.transformer = transformer.eval()
         get_dims = getattr(model, "get_embedding_dimension", None) or (

@@ -67,7 +67,9 @@ from embrec.encoders.sentence_transformer import (
     _model_revision,
     default_model_path,
 )
-from embrec.encoders.trained import alias_model_dir, training_interactions
+from embrec.encoders.trained import alias_model_dir, registrations_using, training_interactions
+from embrec.models import content_type_of
+from embrec.registry import registry
 
 logger = logging.getLogger("embrec")
 
@@ -305,7 +307,9 @@ def fit_pairs(
                 if step >= total:
                     break
                 features = [
-                    batch_to_device(model.preprocess([pair[col] for pair in batch]), device)
+                    batch_to_device(
+                        model.preprocess([pair[col] for pair in batch]), torch.device(device)
+                    )
                     for col in (0, 1)
                 ]
                 loss = loss_fn(features, None)
@@ -657,23 +661,15 @@ class FinetunedEncoder(SentenceTransformerEncoder):
         ``registrations`` (default: those using this alias) limit which models' interactions and
         texts are used. Raises ``ValueError`` when there are no usable pairs.
         """
-        from django.contrib.contenttypes.models import ContentType
-
-        from embrec.registry import registry
-
         p = validate_params({**self.params, **(params or {})})
-        recs = list(registrations) if registrations is not None else using_alias(self.alias)
-        by_ct = {
-            ContentType.objects.get_for_model(rec.model, for_concrete_model=False).id: rec
-            for rec in recs
-        } or {
-            ContentType.objects.get_for_model(rec.model, for_concrete_model=False).id: rec
-            for rec in registry.all()
+        recs = list(registrations) if registrations is not None else registrations_using(self.alias)
+        by_ct = {content_type_of(rec.model).id: rec for rec in recs} or {
+            content_type_of(rec.model).id: rec for rec in registry.all()
         }
         sequences, interactions = self.sequences_from_database(by_ct)
         if not interactions:
             raise ValueError("there are no positive interactions to learn from.")
-        token = {}
+        token: dict[Any, str] = {}
         keyed = []
         for seq in sequences:
             keyed.append([token.setdefault(item, f"{item[0]}:{item[1]}") for item in seq])
@@ -710,15 +706,15 @@ def _texts_for_tokens(tokens: Iterable[str], by_ct: dict) -> dict[str, str]:
         ct, _, pk = t.partition(":")
         wanted.setdefault(int(ct), []).append(pk)
     texts: dict[str, str] = {}
-    for ct, pks in wanted.items():
-        rec = by_ct.get(ct)
+    for ct_id, pks in wanted.items():
+        rec = by_ct.get(ct_id)
         if rec is None:
             continue
         for lo in range(0, len(pks), 1000):
             chunk = pks[lo : lo + 1000]
             objects = rec.get_queryset().in_bulk([rec.pk_from_string(pk) for pk in chunk])
             for pk, obj in objects.items():
-                texts[f"{ct}:{pk}"] = rec.get_text(obj)
+                texts[f"{ct_id}:{pk}"] = rec.get_text(obj)
     return texts
 
 
@@ -732,41 +728,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def using_alias(alias: str) -> list:
-    """Registrations that use ``alias`` directly or through a hybrid encoder."""
-    from embrec.encoders.item2vec import dependent_aliases
-    from embrec.registry import registry
-
-    aliases = dependent_aliases(alias)
-    return [rec for rec in registry.all() if aliases & set(rec.get_encoders())]
-
-
-def finetune_and_reindex(
-    alias: str,
-    params: dict[str, Any] | None = None,
-    *,
-    reindex: bool = True,
-    on_step: Callable[[int, int, float], None] | None = None,
-) -> dict:
-    """Fine-tune the encoder ``alias`` on the ``Interaction`` table; when its revision changed,
-    queue every object of the registrations using it (directly or in a hybrid) for re-embedding
-    under those aliases. Returns a summary dict."""
-    from embrec import indexing
-    from embrec.encoders.item2vec import dependent_aliases
-    from embrec.encoders.loading import get_encoder
-
-    encoder = get_encoder(alias)
-    if not isinstance(encoder, FinetunedEncoder):
-        raise ImproperlyConfigured(f"Encoder {alias!r} is not a fine-tuned text encoder.")
-    aliases = dependent_aliases(alias)
-    recs = using_alias(alias)
-    result = encoder.train(params, registrations=recs or None, on_step=on_step)
-    queued = 0
-    if reindex and result.revision != result.previous_revision:
-        for rec in recs:
-            for name in rec.get_encoders():
-                if name in aliases:
-                    queued += indexing.reindex(rec, encoder=name)
-    return {**result.as_dict(), "queued": queued}

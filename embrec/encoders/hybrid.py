@@ -36,6 +36,8 @@ import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 
 from embrec.encoders.base import BaseEncoder, EncoderIdentity
+from embrec.encoders.loading import get_encoder
+from embrec.vectors import l2_normalize, unit_vector
 
 MODES = ("concat", "sum")
 
@@ -55,7 +57,7 @@ def combine(
     n = len(parts[0]) if parts else 0
     out: list[np.ndarray | None] = []
     for i in range(n):
-        blocks = []
+        blocks: list[np.ndarray] = []
         present = False
         for part, weight, dim in zip(parts, weights, dims, strict=True):
             vector = part[i]
@@ -73,8 +75,7 @@ def combine(
             out.append(None)
             continue
         merged = np.concatenate(blocks) if mode == "concat" else np.sum(blocks, axis=0)
-        norm = float(np.linalg.norm(merged))
-        out.append((merged / norm).astype(np.float32) if norm else None)
+        out.append(unit_vector(merged))
     return out
 
 
@@ -89,17 +90,12 @@ def combine_matrices(
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     blocks = []
     for matrix, mask, weight in zip(matrices, masks, weights, strict=True):
-        m = np.asarray(matrix, dtype=np.float32).copy()
-        norms = np.linalg.norm(m, axis=1, keepdims=True)
-        norms[norms == 0] = 1.0
-        m = m / norms * float(weight)
+        m = l2_normalize(np.asarray(matrix, dtype=np.float32)) * float(weight)
         m[~np.asarray(mask, dtype=bool)] = 0.0
         blocks.append(m)
     merged = np.concatenate(blocks, axis=1) if mode == "concat" else np.sum(blocks, axis=0)
-    norms = np.linalg.norm(merged, axis=1, keepdims=True)
-    has = norms[:, 0] > 0
-    norms[norms == 0] = 1.0
-    return (merged / norms).astype(np.float32), has
+    has = np.linalg.norm(merged, axis=1) > 0
+    return l2_normalize(merged), has
 
 
 class HybridEncoder(BaseEncoder):
@@ -136,8 +132,6 @@ class HybridEncoder(BaseEncoder):
             )
 
     def part_encoders(self) -> list[BaseEncoder]:
-        from embrec.encoders.loading import get_encoder
-
         return [get_encoder(name) for name, _ in self.parts]
 
     @property

@@ -48,8 +48,8 @@ from embrec.encoders.trained import (
     item_token,
     split_history,
     support_counts,
-    train_and_reindex,
 )
+from embrec.vectors import l2_normalize
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -58,7 +58,6 @@ __all__ = [
     "TrainingResult",
     "dependent_aliases",
     "item_token",
-    "train_and_reindex",
     "train_keyed_vectors",
 ]
 
@@ -143,12 +142,10 @@ class Item2VecEncoder(TrainedEncoder):
             # Subtracting the mean vector removes the direction every item shares, which is what
             # makes a few items (hubs) the nearest neighbour of many others.
             vectors = vectors - vectors.mean(axis=0, keepdims=True)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        norms[norms == 0] = 1.0
         tokens = [str(k) for k in wv.index_to_key]
         counts = support_counts(sequences)
         support = np.array([counts.get(t, 0) for t in tokens], dtype=np.float32)
-        return FittedModel(tokens, (vectors / norms).astype(np.float32), support)
+        return FittedModel(tokens, l2_normalize(vectors), support)
 
     def sequences_from_database(
         self, content_type_ids: Iterable[int] | None = None

@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+from django.core.signals import setting_changed
 
-from embrec.conf import embrec_settings
+from embrec.conf import embrec_settings, encoder_class
 from embrec.encoders.base import BaseEncoder
 
 _lock = threading.Lock()
 _encoders: dict[str, BaseEncoder] = {}
 
 
-def encoder_config(alias: str) -> dict:
+def encoder_config(alias: str) -> dict[str, Any]:
+    """The entry ``EMBREC["ENCODERS"][alias]``; ``ImproperlyConfigured`` for an unknown alias."""
     encoders = embrec_settings.ENCODERS
     if alias not in encoders:
         known = ", ".join(sorted(encoders)) or "(none)"
         raise ImproperlyConfigured(
             f"Unknown encoder alias {alias!r}: add it to EMBREC['ENCODERS'] (configured: {known})."
         )
-    config = encoders[alias]
-    if not isinstance(config, dict) or "CLASS" not in config:
-        raise ImproperlyConfigured(
-            f"EMBREC['ENCODERS'][{alias!r}] must be a dict with a 'CLASS' dotted path."
-        )
-    return config
+    return encoders[alias]
 
 
 def get_encoder(alias: str) -> BaseEncoder:
@@ -38,16 +35,9 @@ def get_encoder(alias: str) -> BaseEncoder:
         encoder = _encoders.get(alias)
         if encoder is None:
             config = encoder_config(alias)
-            try:
-                cls = import_string(config["CLASS"])
-            except ImportError as exc:
-                raise ImproperlyConfigured(
-                    f"EMBREC['ENCODERS'][{alias!r}]['CLASS'] cannot be imported: {exc}"
-                ) from exc
-            if not (isinstance(cls, type) and issubclass(cls, BaseEncoder)):
-                raise ImproperlyConfigured(
-                    f"EMBREC['ENCODERS'][{alias!r}]['CLASS'] must be a BaseEncoder subclass."
-                )
+            cls, problems = encoder_class(alias, config)
+            if cls is None:
+                raise ImproperlyConfigured(problems[0].message)
             encoder = cls(alias, **config.get("OPTIONS", {}))
             _encoders[alias] = encoder
     return encoder
@@ -57,3 +47,11 @@ def reset_encoders() -> None:
     """Forget loaded encoders (settings changed, or tests)."""
     with _lock:
         _encoders.clear()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EMBREC":
+        reset_encoders()
+
+
+setting_changed.connect(_on_setting_changed)

@@ -36,6 +36,7 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
@@ -135,8 +136,9 @@ class SentenceTransformerEncoder(BaseEncoder):
 
     def __init__(self, alias: str, **options):
         super().__init__(alias, **options)
-        self._model = None
-        self._engine = None
+        # A SentenceTransformer and an EncodingEngine once loaded (torch: imported on first use).
+        self._model: Any = None
+        self._engine: Any = None
         self._engine_failed = False
         self._model_lock = threading.Lock()
 

@@ -102,6 +102,7 @@ class StaticWordEncoder(BaseEncoder):
                         vocab.setdefault(word, row)  # keep the first (most frequent) row
                     self._vocab = vocab
                     self._vectors = vectors
+        assert self._vectors is not None and self._vocab is not None  # loaded above
         return self._vectors, self._vocab
 
     def get_identity(self) -> EncoderIdentity:

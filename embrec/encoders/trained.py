@@ -33,8 +33,13 @@ import numpy as np
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.utils.module_loading import import_string
 
+from embrec.conf import embrec_settings
 from embrec.encoders.base import BaseEncoder, EncoderIdentity
+from embrec.items import Recommendable
+from embrec.models import Interaction, content_type_of
+from embrec.registry import registry
 
 UNTRAINED = "untrained"
 
@@ -51,9 +56,6 @@ def training_interactions(
     """The ``Interaction`` rows an encoder learns from, in each user's time order: weight above
     ``OPTIONS["min_weight"]`` (0), of ``OPTIONS["kinds"]`` when given, of the given content types
     (ties at one time ordered by content type and pk)."""
-    # Imported here: encoder modules load with the settings, before Django's apps are ready.
-    from embrec.models import Interaction
-
     qs = Interaction.objects.filter(weight__gt=float(options.get("min_weight", 0.0)))
     if content_type_ids is not None:
         qs = qs.filter(content_type_id__in=list(content_type_ids))
@@ -283,9 +285,7 @@ class TrainedEncoder(BaseEncoder):
         return out
 
     def tokens_for(self, rec, objects: Sequence) -> list[str]:
-        from django.contrib.contenttypes.models import ContentType
-
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         return [item_token(ct.id, obj.pk) if obj is not None else "" for obj in objects]
 
     def encode_objects(self, rec, objects: Sequence, texts: Sequence[str]) -> list:
@@ -373,7 +373,7 @@ class TrainedEncoder(BaseEncoder):
         """Write the model (vectors first, then meta: readers key on meta's mtime)."""
         folder = self.model_dir
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {
+        arrays: dict[str, Any] = {
             "keys": np.array(fitted.tokens, dtype=str),
             "vectors": np.asarray(fitted.vectors, dtype=np.float32),
             "support": np.asarray(fitted.support, dtype=np.float32),
@@ -406,8 +406,6 @@ def atomic_write(path: Path, write) -> None:
 def dependent_aliases(alias: str) -> set[str]:
     """``alias`` and every configured encoder that (directly or not) builds on it: hybrids that
     list it in ``parts``, adaptive hybrids that name it as ``behaviour`` or ``content``."""
-    from embrec.conf import embrec_settings
-
     found = {alias}
     changed = True
     while changed:
@@ -425,13 +423,15 @@ def dependent_aliases(alias: str) -> set[str]:
     return found
 
 
+def registrations_using(alias: str) -> list[Recommendable]:
+    """Registrations that use ``alias`` directly or through a hybrid encoder."""
+    aliases = dependent_aliases(alias)
+    return [rec for rec in registry.all() if aliases & set(rec.get_encoders())]
+
+
 def trained_aliases() -> list[str]:
     """Configured aliases whose class is a :class:`TrainedEncoder`, behaviour before the encoders
     built on them (an adaptive hybrid trains after its behavioural part)."""
-    from django.utils.module_loading import import_string
-
-    from embrec.conf import embrec_settings
-
     found = []
     for name, config in embrec_settings.ENCODERS.items():
         try:
@@ -456,35 +456,3 @@ def trained_aliases() -> list[str]:
             ordered.extend(pending)  # a cycle: the hybrid checks report it
             break
     return ordered
-
-
-def train_and_reindex(alias: str, *, reindex: bool = True) -> dict:
-    """Train the trained encoder ``alias`` (item2vec, ALS, adaptive hybrid) on the
-    ``Interaction`` table; when its revision changed, queue every object of the registrations
-    using it (directly or in a hybrid) for re-embedding under those aliases. Returns a summary."""
-    from django.contrib.contenttypes.models import ContentType
-
-    from embrec.encoders.loading import get_encoder
-    from embrec.registry import registry
-
-    encoder = get_encoder(alias)
-    if not isinstance(encoder, TrainedEncoder):
-        raise ImproperlyConfigured(
-            f"Encoder {alias!r} is not trained on interactions (item2vec, ALS, co-occurrence, adaptive hybrid)."
-        )
-    aliases = dependent_aliases(alias)
-    users = [rec for rec in registry.all() if aliases & set(rec.get_encoders())]
-    ct_ids = [
-        ContentType.objects.get_for_model(r.model, for_concrete_model=False).id for r in users
-    ]
-    before = encoder.identity.revision
-    result = encoder.train(content_type_ids=ct_ids or None, recs=users)
-    queued = 0
-    if reindex and result.revision != before:
-        from embrec import indexing
-
-        for rec in users:
-            for name in rec.get_encoders():
-                if name in aliases:
-                    queued += indexing.reindex(rec, encoder=name)
-    return {**result.as_dict(), "previous_revision": before, "queued": queued}

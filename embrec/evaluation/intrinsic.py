@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from embrec.encoders.sentence_transformer import SentenceTransformerEncoder
+from embrec.encoders.static import StaticWordEncoder
+
 #: An encoder for intrinsic tests: texts → (n, d) vectors, with ``None`` rows for unknown words.
 TextVectors = Callable[[Sequence[str]], list]
 
@@ -79,7 +82,8 @@ def read_analogies(path: str | Path) -> list[tuple[str, str, str, str, str]]:
             continue
         words = line.lower().split()
         if len(words) == 4:
-            out.append((section, *words))
+            a, b, c, d = words
+            out.append((section, a, b, c, d))
     return out
 
 
@@ -113,8 +117,6 @@ class GloVeVectors:
 
     def __init__(self, encoder=None):
         if encoder is None:
-            from embrec.encoders.static import StaticWordEncoder
-
             encoder = StaticWordEncoder("intrinsic-glove")
         self.encoder = encoder
 
@@ -137,8 +139,6 @@ class SentenceEncoderVectors:
 
     def __init__(self, encoder=None):
         if encoder is None:
-            from embrec.encoders.sentence_transformer import SentenceTransformerEncoder
-
             encoder = SentenceTransformerEncoder("intrinsic-minilm")
         self.encoder = encoder
 
@@ -188,7 +188,7 @@ def analogies(
     pos = {w: i for i, w in enumerate(known)}
     if not known:
         return float("nan"), 0, {}
-    m = np.stack([vectors[w] for w in known]).astype(np.float32)
+    m = np.stack([v for w in known if (v := vectors[w]) is not None]).astype(np.float32)
     m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-9)
     usable = [q for q in questions if all(w in pos for w in q[1:])]
     if not usable:

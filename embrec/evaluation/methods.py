@@ -28,6 +28,7 @@ Held-out interactions are never used: not to train item2vec, not in profiles, no
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -39,10 +40,12 @@ from embrec.evaluation.baselines import Method
 from embrec.evaluation.split import InteractionLog, Split, _key_rank
 from embrec.scoring import (
     blend_scores,
+    half_life_decay,
     normalized_popularity,
     popularity_prior,
     smoothed_popularity,
 )
+from embrec.vectors import l2_normalize
 
 
 class ItemVectors:
@@ -53,6 +56,8 @@ class ItemVectors:
     """
 
     name: str = "vectors"
+    #: A trained source's model of the split last computed (set by trained sources).
+    fitted: Any
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -62,7 +67,7 @@ class FixedItemVectors(ItemVectors):
     """Precomputed vectors (content encoders: they do not depend on interactions)."""
 
     def __init__(self, matrix: np.ndarray, mask: np.ndarray | None = None, name: str = "fixed"):
-        self.matrix = _unit_rows(np.asarray(matrix, dtype=np.float32))
+        self.matrix = l2_normalize(np.asarray(matrix, dtype=np.float32))
         self.mask = (
             np.asarray(mask, dtype=bool)
             if mask is not None
@@ -227,6 +232,7 @@ class EmbeddingMethod(Method):
     ) -> np.ndarray:
         """Keep only the read path's re-rank candidates: the ``pool`` nearest unseen items plus,
         with a popularity blend, the ``popular_pool`` most popular unseen items not among them."""
+        pool = int(self.pool or 0)
         n = cosine.shape[1]
         keep = np.zeros_like(scores, dtype=bool)
         for row, user in enumerate(users):
@@ -237,8 +243,8 @@ class EmbeddingMethod(Method):
                 # A filter on the query (e.g. only new items): the pools are drawn within it.
                 valid &= self.candidates
             candidates = np.flatnonzero(valid)
-            if candidates.size > self.pool:
-                nearest = np.argpartition(-cosine[row, candidates], self.pool - 1)[: self.pool]
+            if candidates.size > pool:
+                nearest = np.argpartition(-cosine[row, candidates], pool - 1)[:pool]
                 candidates = candidates[nearest]
             keep[row, candidates] = True
             if self.popularity and self.popular_pool:
@@ -299,7 +305,7 @@ def user_profiles(
         reference = np.full(train.n_users, -np.inf)
         np.maximum.at(reference, users, times)
         age_days = (reference[users] - times) / 86400.0
-        weights = weights * 0.5 ** (age_days / float(half_life_days))
+        weights = weights * half_life_decay(age_days, half_life_days)
     keep = mask[items]
     users, items, weights = users[keep], items[keep], weights[keep]
     profiles = np.zeros((train.n_users, matrix.shape[1]), dtype=np.float64)
@@ -312,13 +318,7 @@ def user_profiles(
     positive = np.zeros(train.n_users, dtype=bool)
     positive[(pairs[summed > 0] // n_items).astype(np.int64)] = True
     profiles[~positive] = 0.0
-    return _unit_rows(profiles.astype(np.float32))
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (matrix / norms).astype(np.float32)
+    return l2_normalize(profiles.astype(np.float32))
 
 
 class CachedItemVectors(ItemVectors):
@@ -388,7 +388,7 @@ class TrainedItemVectors(ItemVectors):
     def __init__(self, encoder, name: str | None = None):
         self.encoder = encoder
         self.name = name or encoder.alias
-        self.fitted = None
+        self.fitted: Any = None
 
     def vectors(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         train = split.train
@@ -551,7 +551,10 @@ class FinetunedItemVectors(ItemVectors):
             if texts[position[a]] and texts[position[b]]
         ]
         model, self.stats = finetune_texts(
-            self.encoder.base_model, pairs, p, device=self.encoder.train_device
+            self.encoder.base_model,
+            cast("list[tuple[str, str]]", pairs),  # texts of both items are set (filtered above)
+            p,
+            device=self.encoder.train_device,
         )
         rows = [n for n, text in enumerate(texts) if text]
         encoded = model.encode(

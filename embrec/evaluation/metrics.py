@@ -56,7 +56,7 @@ def coverage(recommended: Sequence[Sequence[int]], n_items: int) -> float:
 
 
 def summarize(
-    recommended: Sequence[Sequence[int]],
+    recommended: Sequence[Sequence[int] | np.ndarray],
     relevant: Sequence[set[int]],
     k: int,
     n_items: int,
@@ -100,7 +100,7 @@ def top_k(
 
 
 def per_user(
-    recommended: Sequence[Sequence[int]], relevant: Sequence[set[int]], k: int
+    recommended: Sequence[Sequence[int] | np.ndarray], relevant: Sequence[set[int]], k: int
 ) -> dict[str, np.ndarray]:
     """Each user's NDCG@K, Recall@K and HitRate@K (arrays aligned with the users), for paired
     comparisons."""

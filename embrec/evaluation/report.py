@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 def bar_chart(
     path: str | Path,
     labels: Sequence[str],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float]],
     *,
     title: str = "",
     ylabel: str = "",
@@ -78,7 +78,7 @@ def bar_chart(
 
 def results_chart(
     path: str | Path,
-    results: dict[str, Sequence[Any]],
+    results: Mapping[str, Sequence[Any]],
     *,
     metric: str,
     title: str = "",

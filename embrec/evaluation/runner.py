@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def compare_with_best(
     if not pool:
         return {}
     best = max(pool, key=lambda r: r.test.metrics[metric])
-    out = {"reference": best.name, "metric": metric, "methods": {}}
+    out: dict[str, Any] = {"reference": best.name, "metric": metric, "methods": {}}
     for r in results:
         if r is best or r.baseline:
             continue
@@ -273,7 +274,7 @@ def similar_items_report(
         for u, items in zip(split.test_users, split.test_items, strict=True)
         if sequences[u] and len(items)
     ]
-    out = {
+    out: dict[str, Any] = {
         f"next_item_hit@{k}": next_item_hit_rate(lists, pairs),
         f"hub_share_top{hubs}": hub_share(list(lists.values()), top=hubs),
         "popularity_ratio": popularity_ratio(lists, popularity),

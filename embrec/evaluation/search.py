@@ -94,6 +94,7 @@ def embrec_family(
     def make(params: dict) -> EmbeddingMethod:
         src = source
         if "weights" in params:
+            assert isinstance(source, HybridItemVectors)  # only hybrids have part weights
             src = HybridItemVectors(source.parts, params["weights"], source.mode, source.name)
         pool = k * params["pool_factor"] if "pool_factor" in params else serving["pool"]
         return EmbeddingMethod(

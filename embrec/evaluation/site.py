@@ -25,7 +25,6 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 
 from embrec.conf import embrec_settings
@@ -56,7 +55,7 @@ from embrec.evaluation.methods import (
 )
 from embrec.evaluation.split import InteractionLog
 from embrec.items import Recommendable
-from embrec.models import Embedding, Interaction
+from embrec.models import Embedding, Interaction, content_type_of
 from embrec.storage import parse_vector
 
 BASELINES: dict[str, Callable[[], Method]] = {
@@ -112,7 +111,7 @@ def interactions_from_database(
     outside it are ignored. Timestamps are ``created_at``.
     """
 
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     catalog = [str(pk) for pk in rec.get_queryset().order_by("pk").values_list("pk", flat=True)]
     qs = Interaction.objects.filter(content_type=ct)
     if kinds:
@@ -134,7 +133,7 @@ def content_vectors(rec: Recommendable, alias: str, items: Sequence[str]) -> Ite
     if isinstance(encoder, FinetunedEncoder):
         # Its stored vectors come from a fine-tune on all interactions, held-out ones included.
         return finetuned_item_vectors(rec, alias)
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     position = {key: n for n, key in enumerate(items)}
     matrix = np.zeros((len(items), encoder.dimensions), dtype=np.float32)
     mask = np.zeros(len(items), dtype=bool)

@@ -43,7 +43,7 @@ BEGIN
     -- while this one waited for their locks.
     WITH pairs AS (
         SELECT DISTINCT k.content_type_id, k.object_pk, k.user_id FROM unnest(keys) k
-    ), fresh AS (
+    ), fresh AS MATERIALIZED (
         SELECT p.content_type_id, p.object_pk, p.user_id,
                (SELECT max(i.created_at) FROM embrec_interaction i
                 WHERE i.user_id = p.user_id AND i.content_type_id = p.content_type_id
@@ -84,14 +84,38 @@ END
 $fn$;
 """
 
-#: One trigger function per event; each hands the rows it saw to the shared body.
+#: One trigger function per event: inserts upsert the pairs directly, updates and deletes hand
+#: the pairs they touched to the shared body.
 TRIGGERS = """
 CREATE FUNCTION embrec_popularity_on_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_cutoff timestamptz;
 BEGIN
-    PERFORM embrec_popularity_apply(ARRAY(
-        SELECT ROW(r.content_type_id, r.object_pk, r.user_id)::embrec_popularity_key
+    SELECT s.cutoff INTO v_cutoff FROM embrec_popularity_state s WHERE s.id = 1;
+    -- New events can only move a pair's latest positive interaction later: no recount. The
+    -- upsert waits for a concurrent writer of the same pair and then sees its row; a row it
+    -- creates (xmax = 0) is a user the object did not count yet.
+    WITH fresh AS (
+        SELECT r.content_type_id, r.object_pk, r.user_id, max(r.created_at) AS last_at
         FROM embrec_popularity_new r
-    ));
+        WHERE r.weight > 0 AND (v_cutoff IS NULL OR r.created_at >= v_cutoff)
+        GROUP BY r.content_type_id, r.object_pk, r.user_id
+        ORDER BY 1, 2, 3
+    ), upserted AS (
+        INSERT INTO embrec_popularity_user AS u
+            (content_type_id, object_pk, user_id, last_positive_at)
+        SELECT f.content_type_id, f.object_pk, f.user_id, f.last_at FROM fresh f
+        ON CONFLICT (content_type_id, object_pk, user_id) DO UPDATE
+            SET last_positive_at = GREATEST(u.last_positive_at, EXCLUDED.last_positive_at)
+        RETURNING u.content_type_id, u.object_pk, (u.xmax = 0) AS added
+    ), delta AS (
+        SELECT d.content_type_id, d.object_pk, count(*) AS users
+        FROM upserted d WHERE d.added
+        GROUP BY d.content_type_id, d.object_pk
+    )
+    INSERT INTO embrec_popularity_count AS n (content_type_id, object_pk, users)
+    SELECT d.content_type_id, d.object_pk, d.users FROM delta d ORDER BY 1, 2
+    ON CONFLICT (content_type_id, object_pk) DO UPDATE SET users = n.users + EXCLUDED.users;
     RETURN NULL;
 END
 $fn$;

@@ -32,7 +32,7 @@ from embrec.interactions import user_vector
 from embrec.models import Embedding
 from embrec.popularity import (
     popularity_ranking,
-    popularity_ranking_query,
+    popularity_ranking_sql,
     ranking_from_rows,
     visible_pks,
 )
@@ -97,7 +97,7 @@ def rank(
             spec,
             vector,
             pool,
-            lambda skip: popularity_ranking_query(
+            lambda skip: popularity_ranking_sql(
                 scope.content_type_id, scope.visible, scope.exclusions, count, skip
             ),
             exclusions=scope.exclusions,

@@ -16,6 +16,7 @@ from embrec.conf import embrec_settings
 from embrec.popularity import PopularityRanking, popularity_prior_users, popularity_scores
 from embrec.read.retrieval import Candidate
 from embrec.scoring import blend_scores, smoothed_popularity
+from embrec.vectors import l2_normalize
 
 
 def blend(
@@ -66,10 +67,10 @@ def mmr(candidates: Sequence[Candidate], limit: int, lambda_: float) -> list[Can
     """
     if not candidates:
         return []
-    vectors = np.stack([c.vector for c in candidates]).astype(np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    vectors /= norms
+    rows = [c.vector for c in candidates if c.vector is not None]
+    if len(rows) != len(candidates):
+        raise ValueError("mmr() needs the candidates' vectors (nearest(..., with_vectors=True)).")
+    vectors = l2_normalize(np.stack(rows).astype(np.float64), dtype=np.float64)
     relevance = np.array([c.score for c in candidates])
     chosen: list[int] = []
     max_sim = np.full(len(candidates), -np.inf)

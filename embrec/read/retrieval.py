@@ -26,16 +26,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
-from django.db.models.expressions import RawSQL
 
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded
 from embrec.items import Recommendable
-from embrec.models import Embedding, OutboxEntry, UserEmbedding
+from embrec.models import Embedding, OutboxEntry, UserEmbedding, content_type_of
 from embrec.read.scope import Exclusions, visible_sql
 from embrec.registry import registry
 from embrec.storage import IndexSpec, _register_vector, parse_vector, vector_literal
@@ -254,7 +252,7 @@ def nearest_and_popular(
     spec: IndexSpec,
     vector: QueryVector,
     limit: int,
-    ranking: Callable[[RawSQL], models.QuerySet],
+    ranking: Callable[[str], tuple[str, list]],
     *,
     exclusions: Exclusions | None = None,
     visible: models.QuerySet | None = None,
@@ -264,8 +262,9 @@ def nearest_and_popular(
 ) -> tuple[list[Candidate], list[tuple], list[Candidate]]:
     """:func:`nearest`, a popularity ranking and the popular objects' distances in one statement.
 
-    ``ranking(skip)`` returns the ranking's query of ``(part, object_pk, users)`` rows (part 1:
-    the popular objects that join the candidates), leaving out the keys of the SQL ``skip``:
+    ``ranking(skip)`` returns the ranking's SQL and parameters: ``(part, object_pk, users)``
+    rows (part 1: the popular objects that join the candidates), leaving out the keys of the SQL
+    ``skip``:
     the nearest rows of this same statement. Returns the nearest candidates (as
     :func:`nearest`), the ranking's rows, and a candidate for each popular object with a vector
     (as :func:`candidates_for`).
@@ -273,15 +272,19 @@ def nearest_and_popular(
     using = using or router.db_for_read(Embedding)
     _check_pgvector(using)
     ctes, near_sql, params = _nearest_parts(spec, vector, limit, exclusions, visible, with_vectors)
-    ranking_sql, ranking_params = ranking(
-        RawSQL("SELECT near.object_pk FROM near", [])
-    ).query.sql_with_params()
+    ranking_sql, ranking_params = ranking("SELECT near.object_pk FROM near")
     _, distance, distance_params, condition = _query_vector_sql(spec, vector)
     if isinstance(vector, StoredVector):
         distance_params = []  # the stored vector's parameters belong to its CTE
     vector_column = ", {}.vector" if with_vectors else ""
     sql = (
-        _with([*ctes, f"near AS MATERIALIZED ({near_sql})", f"ranking AS ({ranking_sql})"])
+        _with(
+            [
+                *ctes,
+                f"near AS MATERIALIZED ({near_sql})",
+                f"ranking (part, object_pk, users) AS ({ranking_sql})",
+            ]
+        )
         + "SELECT NULL::integer AS part, near.object_pk, near.distance, near.created_at, "
         + f"NULL::float8 AS users{vector_column.format('near')} FROM near "
         + "UNION ALL SELECT ranking.part, ranking.object_pk, p.distance, p.created_at, "
@@ -368,7 +371,7 @@ _dimensions: dict[tuple[int, str], int] = {}
 
 def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
     """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     halfvec = bool(get_encoder(encoder).options.get("halfvec"))
     _dimensions[(ct.id, encoder)] = int(dimensions)
     return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
@@ -378,7 +381,7 @@ def known_spec(rec: Recommendable, encoder: str) -> IndexSpec | None:
     """The :class:`IndexSpec` of the dimensions this process last saw for ``rec`` and
     ``encoder`` (``None`` before the first query). A :class:`StoredVector` of other dimensions
     selects nothing, so a wrong guess costs the slow path, never a wrong result."""
-    ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+    ct = content_type_of(rec.model)
     dimensions = _dimensions.get((ct.id, encoder))
     if dimensions is None:
         return None
@@ -421,7 +424,7 @@ def stored_user_vector(spec: IndexSpec, user_id: Any) -> StoredVector:
 def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
     """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
     rec = registry.get(obj)
-    ct = ContentType.objects.get_for_model(obj, for_concrete_model=False)
+    ct = content_type_of(obj)
     row = (
         Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
         .values_list("vector", "dimensions")

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
 from django.db.models import Q
@@ -25,7 +24,7 @@ from django.db.models.expressions import RawSQL
 from embrec.encoders import get_encoder
 from embrec.exceptions import QueryError
 from embrec.items import Recommendable
-from embrec.models import Interaction
+from embrec.models import Interaction, content_type_of
 from embrec.read.options import QueryOptions
 from embrec.registry import registry
 
@@ -192,7 +191,7 @@ class Scope:
 
         ``shown`` is ``rec.get_visible_queryset(request)`` when the caller has it already.
         """
-        ct = ContentType.objects.get_for_model(rec.model, for_concrete_model=False)
+        ct = content_type_of(rec.model)
         if shown is None:
             shown = rec.get_visible_queryset(request)
         visible = shown.filter(options.filters) if options.filters else shown

@@ -44,6 +44,12 @@ class Command(BaseCommand):
             help="HDBSCAN: eom (fewer, larger clusters) or leaf (the finest ones).",
         )
         parser.add_argument(
+            "--reduce",
+            type=int,
+            default=clusters.REDUCE,
+            help="HDBSCAN runs on this many principal components (0: all dimensions).",
+        )
+        parser.add_argument(
             "--sample",
             type=int,
             default=clusters.SAMPLE,
@@ -68,6 +74,7 @@ class Command(BaseCommand):
                 min_cluster_size=options["min_cluster_size"],
                 min_samples=options["min_samples"],
                 selection=options["selection"],
+                reduce=options["reduce"],
                 sample=options["sample"],
                 seed=options["seed"],
                 typical=options["typical"],

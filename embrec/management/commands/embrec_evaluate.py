@@ -19,8 +19,10 @@ import dataclasses
 import math
 import platform
 from datetime import UTC, datetime
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
 from embrec.evaluation import intrinsic
 from embrec.evaluation.baselines import SEARCH_BUDGET
@@ -49,7 +51,7 @@ from embrec.evaluation.site import (
 )
 from embrec.evaluation.split import cold_items_protocol, global_time_protocol, leave_last_protocol
 from embrec.exceptions import NotRegistered
-from embrec.models import Interaction
+from embrec.models import Interaction, content_type_of
 from embrec.registry import registry
 
 PROTOCOLS = ("leave-last", "global-time", "cold-items")
@@ -198,16 +200,12 @@ class Command(BaseCommand):
             write_json(options["json"], payload)
             self.stdout.write(f"JSON written to {options['json']}")
         if options.get("markdown") and "protocols" in payload:
-            from pathlib import Path
-
             path = Path(options["markdown"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(markdown_report(payload) + "\n")
             self.stdout.write(f"Markdown written to {options['markdown']}")
 
     def progress_bar(self, total: int, desc: str, verbosity: int):
-        from tqdm import tqdm
-
         return tqdm(total=total, desc=desc, disable=verbosity == 0, file=self.stderr._out)
 
     # ------------------------------------------------------------------------------------------
@@ -224,14 +222,8 @@ class Command(BaseCommand):
         if not recs:
             raise CommandError("No model is registered with embrec.")
         if len(recs) > 1:
-            from django.contrib.contenttypes.models import ContentType
-
             used = set(Interaction.objects.values_list("content_type_id", flat=True).distinct())
-            recs = [
-                r
-                for r in recs
-                if ContentType.objects.get_for_model(r.model, for_concrete_model=False).id in used
-            ] or recs
+            recs = [r for r in recs if content_type_of(r.model).id in used] or recs
         if len(recs) > 1:
             labels = ", ".join(sorted(r.label for r in recs))
             raise CommandError(f"Several registered models have interactions ({labels}); name one.")

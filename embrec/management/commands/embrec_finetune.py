@@ -16,8 +16,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from embrec.encoders import get_encoder
-from embrec.encoders.finetune import FinetunedEncoder, finetune_and_reindex, validate_params
+from embrec.encoders.finetune import FinetunedEncoder, validate_params
 from embrec.management.commands._common import ProgressBar
+from embrec.training import finetune_and_reindex
 
 
 class Command(BaseCommand):

@@ -12,7 +12,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from embrec.encoders import get_encoder
-from embrec.encoders.trained import TrainedEncoder, train_and_reindex, trained_aliases
+from embrec.encoders.trained import TrainedEncoder, trained_aliases
+from embrec.training import train_and_reindex
 
 
 class Command(BaseCommand):

@@ -23,6 +23,7 @@ from django.core.management.base import CommandError
 from embrec import tuning
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
+from embrec.encoders.hybrid import HybridEncoder
 from embrec.evaluation.report import protocol_table, write_json
 from embrec.evaluation.search import DEFAULT_BASELINES, embrec_family, families
 from embrec.evaluation.site import MethodSpecError, content_source, interactions_from_database
@@ -162,7 +163,9 @@ class Command(EvaluateCommand):
             "report": None,
         }
         if "weights" in chosen:
-            parts = [name for name, _ in get_encoder(alias).parts]
+            hybrid = get_encoder(alias)
+            assert isinstance(hybrid, HybridEncoder)  # weights are searched for hybrids only
+            parts = [name for name, _ in hybrid.parts]
             config["encoder_parts"] = {
                 alias: [
                     {"encoder": name, "weight": float(w)}

@@ -39,10 +39,11 @@ from django.db import transaction
 from embrec import indexing
 from embrec.conf import embrec_settings
 from embrec.encoders import get_encoder
-from embrec.encoders.trained import dependent_aliases, train_and_reindex, trained_aliases
+from embrec.encoders.trained import dependent_aliases, trained_aliases
 from embrec.interactions import rebuild_user_vectors
 from embrec.models import Embedding, Interaction, UserEmbedding
 from embrec.registry import registry
+from embrec.training import train_and_reindex
 from project.catalog.models import Movie
 from project.catalog.movielens import MovieLensUnavailable, load_ml100k
 
