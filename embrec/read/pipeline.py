@@ -82,7 +82,9 @@ def rank(
     once: the caller then loads the vector and ranks again (see :func:`similar`).
     """
     stored = isinstance(vector, StoredVector)
-    if not stored and (not np.isfinite(vector).all() or not np.any(vector)):
+    if not isinstance(vector, StoredVector) and (
+        not np.isfinite(vector).all() or not np.any(vector)
+    ):
         raise QueryError("The query has nothing to compare with (an all-zero vector).")
     limit = options.limit
     with_vectors = options.mmr_lambda is not None

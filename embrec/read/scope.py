@@ -222,7 +222,7 @@ def visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str,
     compiled = visible.__dict__.get("_embrec_visible_sql")
     if compiled is None:
         compiled = _compile_visible(visible)
-        visible._embrec_visible_sql = compiled  # type: ignore[attr-defined]
+        visible._embrec_visible_sql = compiled
     if compiled is _UNRESTRICTED:
         return None
     sql, params = compiled
