@@ -11,7 +11,8 @@ E005    the default database is not PostgreSQL
 E006    ``DEFAULT_ENCODERS`` is empty or names an unknown alias
 E007    a count (``BATCH_SIZE``, ``MAX_LIMIT``…) is not a positive integer; ``QUEUE`` is empty
 E008    a registration's ``get_queryset()`` fails or returns another model
-E009    an encoder's ``OPTIONS`` is not a dict, has names the encoder does not read, or is
+E009    an encoder's ``OPTIONS`` is not a dict, has names the encoder does not read, a bad index
+        option (``index``, ``rerank``), or is
         rejected by its constructor
 E010    pgvector is missing (``check --database default``)
 E011    any other key has a value of the wrong type, outside its range, or not one of its choices

@@ -535,7 +535,8 @@ def encoder_class(alias: str, config: Any) -> tuple[type[BaseEncoder] | None, li
 def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
     """Problems with ``EMBREC["ENCODERS"]`` and ``["DEFAULT_ENCODERS"]``: classes that do not
     import or are not encoders, unknown entry keys, ``OPTIONS`` the class does not read
-    (:attr:`~embrec.encoders.BaseEncoder.option_names`) or that its constructor rejects."""
+    (:attr:`~embrec.encoders.BaseEncoder.option_names`), bad index options
+    (:func:`embrec.storage.index_options`) or options its constructor rejects."""
     problems: list[SettingProblem] = []
     if not isinstance(encoders, dict) or not encoders:
         return [
@@ -578,7 +579,9 @@ def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
             )
             continue
         readable = cls.option_names
-        unknown = sorted(set(options) - readable) if readable is not None else []
+        # Every encoder accepts the options of its index (by path: storage imports this module).
+        index_names = import_string("embrec.encoders.base.INDEX_OPTION_NAMES")
+        unknown = sorted(set(options) - readable - index_names) if readable is not None else []
         if unknown:
             problems.append(
                 SettingProblem(
@@ -587,6 +590,18 @@ def _validate_encoders(encoders: Any, defaults: Any) -> list[SettingProblem]:
                     f"{where}['OPTIONS'] has unknown option(s) for {cls.__name__}: "
                     f"{', '.join(map(str, unknown))}.",
                     f"{cls.__name__} reads: {', '.join(sorted(readable or ()))}.",
+                )
+            )
+            continue
+        try:
+            import_string("embrec.storage.index_options")(options)
+        except ImproperlyConfigured as exc:
+            problems.append(
+                SettingProblem(
+                    "embrec.E009",
+                    "ENCODERS",
+                    f"{where}['OPTIONS'] has a bad index option: {exc}",
+                    "See 'Index options' in docs/READ_PATH.md.",
                 )
             )
             continue

@@ -43,7 +43,7 @@ from embrec.analysis import Target
 from embrec.conf import embrec_settings
 from embrec.exceptions import AnalysisError
 from embrec.models import Embedding
-from embrec.storage import index_exists
+from embrec.storage import IndexSpec, index_exists, scan_size
 
 #: Default cosine similarity from which two items count as near-duplicates.
 THRESHOLD = 0.95
@@ -125,19 +125,25 @@ def probe_sql(tgt: Target, neighbours: int, ids: list[int]) -> tuple[str, list]:
     """The statement of the k-NN probes of the rows ``ids`` (see the module documentation)."""
     spec = tgt.spec
     vtype = spec.vector_type
+    probe = (
+        f"SELECT b.object_pk, (b.vector::{vtype}) <=> (a.vector::{vtype}) AS distance "
+        f"FROM embrec_embedding b WHERE {spec.predicate_sql('b')} AND b.identity = %s "
+        f"ORDER BY {spec.search_sql('b', 'a.vector')} LIMIT %s"
+    )
+    k = int(neighbours) + 1
+    if spec.binary:
+        # A bit index: its Hamming search returns scan_size rows, re-ranked by the full vectors.
+        probe = f"SELECT * FROM ({probe}) c ORDER BY c.distance LIMIT {k}"
     sql = (
         "SELECT a.id, a.object_pk, n.object_pk, n.distance FROM ("
         "SELECT id, object_pk, vector FROM embrec_embedding WHERE id = ANY(%s::bigint[])) a "
-        "LEFT JOIN LATERAL ("
-        f"SELECT b.object_pk, (b.vector::{vtype}) <=> (a.vector::{vtype}) AS distance "
-        f"FROM embrec_embedding b WHERE {spec.predicate_sql('b')} AND b.identity = %s "
-        "ORDER BY distance LIMIT %s) n ON TRUE ORDER BY a.id, n.distance"
+        f"LEFT JOIN LATERAL ({probe}) n ON TRUE ORDER BY a.id, n.distance"
     )
-    return sql, [list(ids), tgt.identity, int(neighbours) + 1]
+    return sql, [list(ids), tgt.identity, scan_size(spec, k)]
 
 
-def _scan_settings(cursor, neighbours: int, ef_search: int | None) -> None:
-    ef = max(int(ef_search or embrec_settings.EF_SEARCH), int(neighbours) + 1)
+def _scan_settings(cursor, neighbours: int, ef_search: int | None, spec: IndexSpec) -> None:
+    ef = max(int(ef_search or embrec_settings.EF_SEARCH), scan_size(spec, int(neighbours) + 1))
     cursor.execute(f"SET LOCAL hnsw.ef_search = {min(ef, 1000)}")
     # Rows of another encoder identity in the same index are skipped without emptying results.
     cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
@@ -168,7 +174,7 @@ def explain(
     sql, params = probe_sql(tgt, neighbours, first)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        _scan_settings(cursor, neighbours, ef_search)
+        _scan_settings(cursor, neighbours, ef_search, tgt.spec)
         cursor.execute(prefix + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
@@ -203,7 +209,7 @@ def find(
     for batch in analysis.id_batches(analysis.row_ids(tgt), batch_size):
         sql, params = probe_sql(tgt, neighbours, batch)
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            _scan_settings(cursor, neighbours, ef_search)
+            _scan_settings(cursor, neighbours, ef_search, tgt.spec)
             cursor.execute(sql, params)
             rows = cursor.fetchall()
         nearest: dict[str, tuple[float, str]] = {}

@@ -46,7 +46,7 @@ from django.utils import timezone
 
 from embrec import dispatch
 from embrec.conf import embrec_settings
-from embrec.encoders import get_encoder
+from embrec.encoders import EncoderUnavailable, get_encoder
 from embrec.interactions import on_items_embedded
 from embrec.items import Recommendable
 from embrec.models import DrainSignal, Embedding, OutboxEntry, content_type_of
@@ -307,7 +307,7 @@ class DrainResult:
 
 def _index_spec(ct_id: int, alias: str) -> IndexSpec:
     encoder = get_encoder(alias)
-    return IndexSpec(ct_id, alias, encoder.dimensions, bool(encoder.options.get("halfvec")))
+    return IndexSpec.for_encoder(ct_id, alias, encoder.dimensions, encoder.options)
 
 
 def drain(
@@ -368,8 +368,10 @@ def drain_batch(batch_size: int) -> DrainResult | None:
     claimed_ids: list[int] = []
     try:
         return _drain_batch(batch_size, claimed_ids)
-    except (OperationalError, InterfaceError):
-        raise  # transient (or the database is gone): the task retries with backoff
+    except (OperationalError, InterfaceError, EncoderUnavailable):
+        # Transient (the database or an encoder's remote service is gone): the rows stay pending
+        # without counting an attempt, and the task retries with backoff.
+        raise
     except Exception as exc:
         if claimed_ids:
             record_attempt(claimed_ids, _describe(exc))
@@ -515,7 +517,7 @@ def build_missing_indexes() -> list[str]:
             if row is None:
                 continue
             options = (embrec_settings.ENCODERS.get(alias) or {}).get("OPTIONS") or {}
-            specs.add(IndexSpec(ct.id, alias, int(row[0]), bool(options.get("halfvec"))))
+            specs.add(IndexSpec.for_encoder(ct.id, alias, int(row[0]), options))
     return build_deferred_indexes(specs)
 
 
@@ -692,7 +694,8 @@ def _encode_and_write(
     )
     todo = []
     for pk, text in texts.items():
-        digest = rec.content_hash(text)
+        obj = objects.get(pk) if objects is not None else None
+        digest = rec.content_hash(text if obj is None else encoder.content_key(rec, obj, text))
         if pk not in forced and existing.get(pk) == digest:
             result.unchanged += 1
             continue
@@ -750,6 +753,8 @@ def encode_isolating_failures(encoder, texts: Sequence[str], *, rec=None, object
                 out = encoder.encode_objects(rec, list(objects[lo:hi]), list(texts[lo:hi]))
             else:
                 out = encoder.encode(list(texts[lo:hi]))
+        except EncoderUnavailable:
+            raise  # no item is to blame: bisecting would only call a failing service again
         except Exception as exc:
             if hi - lo == 1:
                 errors[lo] = _describe(exc)
@@ -848,6 +853,6 @@ def status_rows(recommendables: Iterable[Recommendable]) -> list[tuple[dict, str
         for alias in rec.get_encoders():
             try:
                 rows.append((status(rec, alias), ""))
-            except ImproperlyConfigured as exc:
+            except (ImproperlyConfigured, EncoderUnavailable) as exc:
                 rows.append((status(rec, alias, identity=False), str(exc)))
     return rows

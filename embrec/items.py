@@ -75,6 +75,8 @@ class Recommendable:
       the ``QuerySet`` methods of the same names; see :meth:`get_results_queryset`.
     * ``serializer_class`` — dotted path or class of a DRF serializer for API results.
     * ``text_separator`` — what joins the field values (default ``". "``).
+    * ``image_field`` — the ``ImageField``/``FileField`` image encoders read (see
+      :meth:`get_image`).
     """
 
     fields: Sequence[str] = ()
@@ -87,6 +89,7 @@ class Recommendable:
     prefetch_related: Sequence[Any] = ()
     serializer_class: Any = None
     text_separator: str = ". "
+    image_field: str | None = None
 
     def __init__(self, model: type[models.Model]):
         self.model = model
@@ -150,6 +153,17 @@ class Recommendable:
                 value = ", ".join(str(v) for v in value)
             parts.append(str(value))
         return self.text_separator.join(parts)
+
+    def get_image(self, obj: models.Model) -> Any:
+        """The image that image encoders embed, or ``None`` when the object has none. Default:
+        the file in :attr:`image_field` (``None`` when that field is empty or unset). Override to
+        return another ``FieldFile``, a path, bytes or a PIL image."""
+        if not self.image_field:
+            return None
+        value = getattr(obj, self.image_field)
+        if callable(value):
+            value = value()
+        return value or None
 
     # -- helpers -----------------------------------------------------------------------------
 

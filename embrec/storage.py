@@ -8,9 +8,19 @@ All vectors live in ``embrec_embedding.vector`` (a dimension-less pgvector colum
 
 Queries use the same expression and predicate (:func:`distance_sql`) so the planner picks that
 index. The dimensions are part of the predicate so that switching an alias to a model with
-other dimensions never breaks the old index: old rows stay in it until they are re-encoded. With
-``"halfvec": True`` in an encoder's ``OPTIONS`` the index stores half-precision
-vectors (half the memory; recall is unchanged in practice for normalised text embeddings).
+other dimensions never breaks the old index: old rows stay in it until they are re-encoded.
+
+What the index stores is an encoder option (:func:`index_options`), ``"index"`` in its
+``OPTIONS``:
+
+* ``"vector"`` (default) — the full single-precision vectors (4 bytes per dimension);
+* ``"halfvec"`` (or the older ``"halfvec": True``) — half-precision vectors, ``(vector::halfvec(384))
+  halfvec_cosine_ops``: half the size, recall unchanged in practice for normalised embeddings;
+* ``"bit"`` — binary-quantised vectors, one bit per dimension (``binary_quantize(vector::
+  vector(384))::bit(384)`` with ``bit_hamming_ops``): the index search returns the ``"rerank"``
+  nearest rows by Hamming distance (default :data:`DEFAULT_RERANK`), which are then re-ranked by
+  the exact cosine distance of their full vectors, read from the table (see
+  :func:`ann_sql`). The table keeps the full vectors either way; only the index shrinks.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ import logging
 import re
 import struct
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db import connection as default_connection
 from pgvector.psycopg import register_vector
@@ -38,24 +50,95 @@ _known_indexes: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
 
+#: What an index may store: full vectors, half-precision vectors, or one bit per dimension.
+INDEX_KINDS = ("vector", "halfvec", "bit")
+#: Rows a ``bit`` index search returns for re-ranking by the full vectors. Recall depends on the
+#: data: measure it on yours (``benchmarks/bench_quantize.py``, docs/BENCHMARKS.md (g)).
+DEFAULT_RERANK = 200
+#: Most rows one re-ranked search may read (``hnsw.ef_search`` is capped at 1,000 too).
+MAX_RERANK = 1000
+
+
+def index_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"halfvec": bool, "binary": bool, "rerank": int}`` from an encoder's ``OPTIONS``.
+
+    Raises ``ImproperlyConfigured`` with one sentence for a bad value (checked by
+    ``manage.py check`` too).
+    """
+    kind = options.get("index")
+    legacy_half = options.get("halfvec")
+    if legacy_half not in (None, True, False):
+        raise ImproperlyConfigured(f"'halfvec' must be True or False, got {legacy_half!r}.")
+    if kind is None:
+        kind = "halfvec" if legacy_half else "vector"
+    if kind not in INDEX_KINDS:
+        raise ImproperlyConfigured(
+            f"'index' must be one of {', '.join(map(repr, INDEX_KINDS))}, got {kind!r}."
+        )
+    if legacy_half and kind != "halfvec":
+        raise ImproperlyConfigured(f"'halfvec': True contradicts 'index': {kind!r}; keep one.")
+    rerank = options.get("rerank", DEFAULT_RERANK)
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= MAX_RERANK:
+        raise ImproperlyConfigured(
+            f"'rerank' must be a whole number of rows from 1 to {MAX_RERANK}, got {rerank!r}."
+        )
+    if "rerank" in options and kind != "bit":
+        raise ImproperlyConfigured("'rerank' applies to 'index': 'bit' only.")
+    return {"halfvec": kind == "halfvec", "binary": kind == "bit", "rerank": int(rerank)}
+
+
 @dataclass(frozen=True)
 class IndexSpec:
+    """One partial HNSW index: a registration's vectors under one encoder alias and dimensions.
+
+    ``halfvec`` and ``binary`` say what the index stores (see the module docstring); ``rerank``
+    (``binary`` only, not part of the index's identity) is how many rows the Hamming search
+    returns for re-ranking by the full vectors.
+    """
+
     content_type_id: int
     encoder: str
     dimensions: int
     halfvec: bool = False
+    binary: bool = False
+    rerank: int = field(default=DEFAULT_RERANK, compare=False)
+
+    @classmethod
+    def for_encoder(
+        cls, content_type_id: int, alias: str, dimensions: int, options: Mapping[str, Any]
+    ) -> IndexSpec:
+        """The spec of ``alias``'s vectors of ``dimensions``, its index kind from ``options``."""
+        return cls(int(content_type_id), alias, int(dimensions), **index_options(options))
+
+    @property
+    def kind(self) -> str:
+        return "bit" if self.binary else "halfvec" if self.halfvec else "vector"
 
     @property
     def vector_type(self) -> str:
+        """The type distances are computed in (full vectors for a ``bit`` index)."""
         return f"{'halfvec' if self.halfvec else 'vector'}({int(self.dimensions)})"
 
     @property
     def opclass(self) -> str:
+        if self.binary:
+            return "bit_hamming_ops"
         return "halfvec_cosine_ops" if self.halfvec else "vector_cosine_ops"
+
+    def index_expression(self, alias: str = "") -> str:
+        """The indexed expression (queries must repeat it exactly for the index to serve them)."""
+        prefix = f"{alias}." if alias else ""
+        dims = int(self.dimensions)
+        if self.binary:
+            return f"(binary_quantize({prefix}vector::vector({dims}))::bit({dims}))"
+        return f"({prefix}vector::{self.vector_type})"
 
     @property
     def name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "_", self.encoder.lower())[:20]
+        if self.binary:
+            digest = hashlib.sha1(f"{self.encoder}/bit/dims".encode()).hexdigest()[:6]
+            return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}b_{digest}"
         digest = hashlib.sha1(f"{self.encoder}/{self.halfvec}/dims".encode()).hexdigest()[:6]
         kind = "h" if self.halfvec else "v"
         return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}{kind}_{digest}"
@@ -69,9 +152,64 @@ class IndexSpec:
         )
 
     def distance_sql(self, alias: str = "") -> str:
-        """``vector::type <=> %s::type``: cosine distance to one bound query vector."""
+        """``vector::type <=> %s::type``: cosine distance to one bound query vector.
+
+        For a ``bit`` index this is the exact distance of the full vectors (the re-ranking
+        order), which the index does not serve; :meth:`search_sql` is the order it serves.
+        """
         prefix = f"{alias}." if alias else ""
         return f"({prefix}vector::{self.vector_type}) <=> %s::{self.vector_type}"
+
+    def search_sql(self, alias: str = "", query: str = "%s") -> str:
+        """The ``ORDER BY`` expression the HNSW index serves, to ``query`` (an SQL expression of
+        the query vector; default one bound parameter)."""
+        dims = int(self.dimensions)
+        if not self.binary:
+            prefix = f"{alias}." if alias else ""
+            return f"({prefix}vector::{self.vector_type}) <=> ({query})::{self.vector_type}"
+        return (
+            f"{self.index_expression(alias)} <~> "
+            f"(binary_quantize(({query})::vector({dims}))::bit({dims}))"
+        )
+
+
+def ann_sql(
+    spec: IndexSpec,
+    columns: str,
+    where: str,
+    where_params: Sequence[Any],
+    vector: Sequence[float] | np.ndarray,
+    limit: int,
+    *,
+    alias: str = "e",
+) -> tuple[str, list]:
+    """An ANN query over ``embrec_embedding {alias}`` that the HNSW index of ``spec`` serves.
+
+    ``columns`` may use ``{distance}`` (the cosine distance to ``vector``, selected as
+    ``distance``); rows come ordered by it, at most ``limit``. For a ``bit`` index the index
+    search returns ``max(spec.rerank, limit)`` rows by Hamming distance in a sub-select, and the
+    outer query re-ranks them by the full vectors' cosine distance. ``where`` (with
+    ``where_params``) filters rows inside the index scan either way. Run it with
+    ``hnsw.ef_search`` at least :func:`scan_size`.
+    """
+    literal = vector_literal(vector)
+    select = columns.format(distance=spec.distance_sql(alias))
+    if not spec.binary:
+        sql = (
+            f"SELECT {select} FROM embrec_embedding {alias} WHERE {where} "
+            f"ORDER BY distance LIMIT %s"
+        )
+        return sql, [literal, *where_params, int(limit)]
+    sql = (
+        f"SELECT * FROM (SELECT {select} FROM embrec_embedding {alias} WHERE {where} "
+        f"ORDER BY {spec.search_sql(alias)} LIMIT %s) candidates ORDER BY distance LIMIT %s"
+    )
+    return sql, [literal, *where_params, literal, scan_size(spec, limit), int(limit)]
+
+
+def scan_size(spec: IndexSpec, limit: int) -> int:
+    """Rows the index search of :func:`ann_sql` must return (``hnsw.ef_search`` at least)."""
+    return max(int(spec.rerank), int(limit)) if spec.binary else int(limit)
 
 
 def vector_literal(vector: Sequence[float] | np.ndarray) -> str:
@@ -92,7 +230,7 @@ def parse_vector(value) -> np.ndarray:
 def _create_index_sql(spec: IndexSpec) -> str:
     return (
         f"CREATE INDEX IF NOT EXISTS {spec.name} ON embrec_embedding "
-        f"USING hnsw ((vector::{spec.vector_type}) {spec.opclass}) "
+        f"USING hnsw ({spec.index_expression()} {spec.opclass}) "
         f"WITH (m = {int(embrec_settings.HNSW_M)}, "
         f"ef_construction = {int(embrec_settings.HNSW_EF_CONSTRUCTION)}) "
         f"WHERE {spec.predicate_sql()}"
@@ -200,7 +338,9 @@ def build_index(spec: IndexSpec, using=None) -> bool:
     return True
 
 
-def hnsw_build_memory(rows: int, dimensions: int, *, halfvec: bool = False, m: int = 16) -> int:
+def hnsw_build_memory(
+    rows: int, dimensions: int, *, halfvec: bool = False, binary: bool = False, m: int = 16
+) -> int:
     """Bytes pgvector needs to build an HNSW graph of ``rows`` vectors in memory (an estimate).
 
     Per element: the vector itself, the layer-0 neighbour list (2·m candidates of ~16 bytes) and
@@ -209,7 +349,7 @@ def hnsw_build_memory(rows: int, dimensions: int, *, halfvec: bool = False, m: i
     pgvector's own notice at 384 dimensions: 16MB holds 7,436 vectors by this estimate, 7,453 by
     pgvector's count.
     """
-    per_vector = (2 if halfvec else 4) * dimensions + 8
+    per_vector = (-(-dimensions // 8) if binary else (2 if halfvec else 4) * dimensions) + 8
     return int(rows * (per_vector + 32 * m + 200))
 
 
@@ -221,7 +361,11 @@ def _warn_if_graph_exceeds_memory(cursor, spec: IndexSpec) -> None:
     )
     available = cursor.fetchone()[0]
     needed = hnsw_build_memory(
-        rows, spec.dimensions, halfvec=spec.halfvec, m=int(embrec_settings.HNSW_M)
+        rows,
+        spec.dimensions,
+        halfvec=spec.halfvec,
+        binary=spec.binary,
+        m=int(embrec_settings.HNSW_M),
     )
     if needed > available:
         logger.warning(

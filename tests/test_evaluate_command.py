@@ -274,6 +274,36 @@ def test_intrinsic_command_reports_glove_on_gensim_test_sets(tmp_path, monkeypat
     assert (tmp_path / "i.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_intrinsic_command_compares_configured_encoders(tmp_path, monkeypatch, settings):
+    """--encoders adds EMBREC aliases: a static word-vector alias reads its vocabulary (GloVe's
+    figures again), any other text encoder embeds words as text; others are refused."""
+    monkeypatch.setattr(intrinsic, "default_encoders", lambda: {})
+    encoders = dict(settings.EMBREC["ENCODERS"])
+    encoders["image"] = {"CLASS": "embrec.encoders.image.ImageEncoder", "OPTIONS": {}}
+    settings.EMBREC = {**settings.EMBREC, "ENCODERS": encoders}
+    call_command(
+        "embrec_evaluate",
+        intrinsic=True,
+        encoders=["glove", "hashing"],
+        json=str(tmp_path / "i.json"),
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
+    results = {r["encoder"]: r for r in json.loads((tmp_path / "i.json").read_text())["intrinsic"]}
+    assert set(results) == {"glove", "hashing"}
+    assert 0.45 < results["glove"]["scores"]["wordsim353_spearman"] < 0.56
+    assert results["glove"]["coverage"]["wordsim353"] == "353/353"
+    # Hashing knows no word meanings: every pair is scored, near-zero correlation.
+    assert results["hashing"]["coverage"]["simlex999"] == "999/999"
+    assert abs(results["hashing"]["scores"]["wordsim353_spearman"]) < 0.2
+    with pytest.raises(CommandError, match="does not embed text"):
+        call_command("embrec_evaluate", intrinsic=True, encoders=["image"], stdout=StringIO())
+    with pytest.raises(CommandError, match="Unknown encoder alias 'nope'"):
+        call_command("embrec_evaluate", intrinsic=True, encoders=["nope"], stdout=StringIO())
+    with pytest.raises(CommandError, match="--encoders selects encoders for --intrinsic"):
+        call_command("embrec_evaluate", encoders=["glove"], stdout=StringIO())
+
+
 def test_fine_tuned_encoders_are_retrained_per_split_never_read_from_storage(settings):
     from embrec.evaluation.methods import FinetunedItemVectors
     from embrec.evaluation.site import content_source

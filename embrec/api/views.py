@@ -60,6 +60,7 @@ from embrec.api.serializers import (
 )
 from embrec.api.throttling import SearchRateThrottle
 from embrec.conf import embrec_settings
+from embrec.encoders.base import EncoderUnavailable
 from embrec.exceptions import EmbrecError
 from embrec.interactions import Event, record_interactions
 from embrec.read import pipeline
@@ -86,7 +87,8 @@ class EmbrecAPIError(exceptions.APIException):
 
 
 class ServiceUnavailable(exceptions.APIException):
-    """The database cannot be reached: a 503 with ``Retry-After``, never a 500 page."""
+    """The database (or a remote embedding service) cannot be reached: a 503 with
+    ``Retry-After``, never a 500 page."""
 
     status_code = 503
     default_detail = "The service is temporarily unavailable; try again shortly."
@@ -99,6 +101,10 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, (OperationalError, InterfaceError)):
         # Connection refused, server restarting, connection lost mid-request: transient.
         logger.warning("embrec API: database unavailable (%s).", exc)
+        return ServiceUnavailable()
+    if isinstance(exc, EncoderUnavailable):
+        # A remote embedding service is down or rate limited beyond the encoder's retries.
+        logger.warning("embrec API: encoder unavailable (%s).", exc)
         return ServiceUnavailable()
     if isinstance(exc, EmbrecError):
         return EmbrecAPIError(

@@ -5,7 +5,13 @@ by :func:`embrec.encoders.get_encoder`. Heavy libraries (torch, sentence-transfo
 imported by the encoder modules that need them, the first time such an encoder is used.
 """
 
-from embrec.encoders.base import BaseEncoder, EncoderIdentity
+from embrec.encoders.base import BaseEncoder, EncoderIdentity, EncoderUnavailable
 from embrec.encoders.loading import get_encoder, reset_encoders
 
-__all__ = ["BaseEncoder", "EncoderIdentity", "get_encoder", "reset_encoders"]
+__all__ = [
+    "BaseEncoder",
+    "EncoderIdentity",
+    "EncoderUnavailable",
+    "get_encoder",
+    "reset_encoders",
+]

@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 
-from embrec.encoders.base import BaseEncoder, EncoderIdentity, l2_normalize
+from embrec.encoders.base import INDEX_OPTION_NAMES, BaseEncoder, EncoderIdentity, l2_normalize
 from embrec.encoders.loading import get_encoder
 from embrec.encoders.trained import UNTRAINED, TrainedEncoder, atomic_write
 from embrec.models import Embedding, content_type_of
@@ -225,7 +225,12 @@ class AdaptiveHybridEncoder(BaseEncoder):
 
     def __init__(self, alias: str, **options):
         super().__init__(alias, **options)
-        unknown = set(options) - set(DEFAULTS) - {"behaviour", "content", "model_dir"}
+        unknown = (
+            set(options)
+            - set(DEFAULTS)
+            - {"behaviour", "content", "model_dir"}
+            - INDEX_OPTION_NAMES
+        )
         if unknown:
             raise ImproperlyConfigured(
                 f"EMBREC['ENCODERS'][{alias!r}]['OPTIONS'] has unknown adaptive hybrid "

@@ -10,6 +10,11 @@ import numpy as np
 
 from embrec.vectors import l2_normalize as l2_normalize  # re-exported for encoder modules
 
+#: ``OPTIONS`` every encoder accepts: what the HNSW index of its vectors stores (``"index"``:
+#: ``"vector"``, ``"halfvec"`` or ``"bit"``; ``"rerank"``; the older ``"halfvec": True``), read by
+#: :func:`embrec.storage.index_options`, never by the encoder itself.
+INDEX_OPTION_NAMES = frozenset({"index", "halfvec", "rerank"})
+
 
 @dataclass(frozen=True)
 class EncoderIdentity:
@@ -27,6 +32,16 @@ class EncoderIdentity:
     def as_string(self) -> str:
         norm = "norm" if self.normalized else "raw"
         return f"{self.name}@{self.revision}/{self.dimensions}/{norm}"
+
+
+class EncoderUnavailable(ConnectionError):
+    """The encoder cannot work right now (a remote embedding service is down, overloaded or
+    rejects the credentials), whatever the items: raised after the encoder's own retries.
+
+    The write path does not blame the items for it: the batch is rolled back, its outbox rows stay
+    pending without counting an attempt, and the drain task retries with backoff. The REST API
+    answers 503 with ``Retry-After``.
+    """
 
 
 class BaseEncoder:
@@ -103,6 +118,13 @@ class BaseEncoder:
         from text (``uses_text = False``) or that combine other encoders.
         """
         return self.encode(texts)
+
+    def content_key(self, rec, obj, text: str) -> str:
+        """What this encoder reads of ``obj``, as a string: the write path stores its hash with
+        the vector and re-encodes the object when it changes. Default: the item text. Encoders
+        that read more than the text (an image) add what identifies it (the file name).
+        """
+        return text
 
     def fold_in_user(self, rec, weights) -> np.ndarray | None:
         """A user's vector from ``{object pk: effective weight}`` (used when

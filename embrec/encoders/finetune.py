@@ -61,7 +61,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from embrec.encoders.base import EncoderIdentity
+from embrec.encoders.base import INDEX_OPTION_NAMES, EncoderIdentity
 from embrec.encoders.sentence_transformer import (
     SentenceTransformerEncoder,
     _model_revision,
@@ -416,7 +416,7 @@ class FinetunedEncoder(SentenceTransformerEncoder):
                 f"EMBREC['ENCODERS'][{alias!r}]: a fine-tuned encoder takes 'base_model', not "
                 "'model' (the model it encodes with is the latest fine-tune)."
             )
-        unknown = set(options) - set(DEFAULT_PARAMS) - _OTHER_OPTIONS
+        unknown = set(options) - set(DEFAULT_PARAMS) - _OTHER_OPTIONS - INDEX_OPTION_NAMES
         if unknown:
             raise ImproperlyConfigured(
                 f"EMBREC['ENCODERS'][{alias!r}]['OPTIONS'] has unknown fine-tuning option(s): "

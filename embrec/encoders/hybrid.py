@@ -170,6 +170,14 @@ class HybridEncoder(BaseEncoder):
             self.mode,
         )
 
+    def content_key(self, rec, obj, text: str) -> str:
+        """Every part's :meth:`~embrec.encoders.base.BaseEncoder.content_key`: the hybrid
+        re-encodes when what any part reads changes (an image part's file, say)."""
+        keys = [encoder.content_key(rec, obj, text) for encoder in self.part_encoders()]
+        if all(key == text for key in keys):
+            return text  # text parts only: the same hash as before image parts existed
+        return json.dumps(keys)
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Text queries (search): text parts encode the text; other parts contribute nothing."""
         encoders = self.part_encoders()

@@ -36,7 +36,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from embrec.conf import embrec_settings
-from embrec.encoders.base import BaseEncoder, EncoderIdentity
+from embrec.encoders.base import INDEX_OPTION_NAMES, BaseEncoder, EncoderIdentity
 from embrec.items import Recommendable
 from embrec.models import Interaction, content_type_of
 from embrec.registry import registry
@@ -154,7 +154,13 @@ class TrainedEncoder(BaseEncoder):
 
     def __init__(self, alias: str, **options):
         super().__init__(alias, **options)
-        unknown = set(options) - set(self.defaults) - COMMON_OPTIONS - set(self.extra_options)
+        unknown = (
+            set(options)
+            - set(self.defaults)
+            - COMMON_OPTIONS
+            - set(self.extra_options)
+            - INDEX_OPTION_NAMES
+        )
         if unknown:
             raise ImproperlyConfigured(
                 f"EMBREC['ENCODERS'][{alias!r}]['OPTIONS'] has unknown {self.identity_name} "
@@ -405,7 +411,8 @@ def atomic_write(path: Path, write) -> None:
 
 def dependent_aliases(alias: str) -> set[str]:
     """``alias`` and every configured encoder that (directly or not) builds on it: hybrids that
-    list it in ``parts``, adaptive hybrids that name it as ``behaviour`` or ``content``."""
+    list it in ``parts``, adaptive hybrids that name it as ``behaviour`` or ``content``, reduced
+    encoders that name it as ``base``."""
     found = {alias}
     changed = True
     while changed:
@@ -416,7 +423,7 @@ def dependent_aliases(alias: str) -> set[str]:
             options = config.get("OPTIONS") or {}
             parts = options.get("parts") or []
             names = {p if isinstance(p, str) else p.get("encoder") for p in parts}
-            names |= {options.get("behaviour"), options.get("content")}
+            names |= {options.get("behaviour"), options.get("content"), options.get("base")}
             if names & found:
                 found.add(name)
                 changed = True

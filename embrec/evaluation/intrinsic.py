@@ -17,6 +17,10 @@ Contextualised (whole documents):
   human scores over the 1,225 document pairs. Documents are encoded as the encoders embed item
   texts (GloVe: :class:`~embrec.encoders.static.StaticWordEncoder`, the mean of its word vectors).
 
+Any configured text encoder can be compared with the two references
+(:func:`configured_encoder`; ``embrec_evaluate --intrinsic --encoders ALIAS``), e.g. a larger
+model served by a remote embedding service.
+
 All data sets ship with ``gensim`` (``gensim/test/test_data``); nothing is downloaded.
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embrec.encoders.loading import get_encoder
 from embrec.encoders.sentence_transformer import SentenceTransformerEncoder
 from embrec.encoders.static import StaticWordEncoder
 
@@ -146,6 +151,28 @@ class SentenceEncoderVectors:
         return list(self.encoder.encode(list(words)))
 
     documents = words
+
+
+def configured_encoder(alias: str) -> tuple[TextVectors, TextVectors]:
+    """(word function, document function) of the encoder configured under ``alias`` in
+    ``EMBREC["ENCODERS"]``: a static word-vector encoder looks single words up in its vocabulary
+    (unknown words are skipped, as for GloVe); any other text encoder — MiniLM, a fine-tuned or
+    larger model, a remote embedding service — embeds words and documents as text.
+
+    Raises ``ImproperlyConfigured`` for an unknown alias and ``ValueError`` for an encoder that
+    does not embed text (behavioural or image encoders).
+    """
+    encoder = get_encoder(alias)
+    if not encoder.uses_text:
+        raise ValueError(
+            f"Encoder {alias!r} does not embed text (it learns from interactions or embeds "
+            "images), so it has no intrinsic text scores."
+        )
+    if isinstance(encoder, StaticWordEncoder):
+        vectors = GloVeVectors(encoder)
+        return vectors.words, vectors.documents
+    text = SentenceEncoderVectors(encoder)
+    return text.words, text.documents
 
 
 # --------------------------------------------------------------------------- tasks

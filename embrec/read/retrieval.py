@@ -36,7 +36,14 @@ from embrec.items import Recommendable
 from embrec.models import Embedding, OutboxEntry, UserEmbedding, content_type_of
 from embrec.read.scope import Exclusions, visible_sql
 from embrec.registry import registry
-from embrec.storage import IndexSpec, _register_vector, parse_vector, vector_literal
+from embrec.storage import (
+    IndexSpec,
+    _register_vector,
+    ann_sql,
+    parse_vector,
+    scan_size,
+    vector_literal,
+)
 
 
 @dataclass
@@ -189,6 +196,21 @@ def nearest_sql(
     return _with(ctes) + sql, params
 
 
+def _where(
+    spec: IndexSpec, exclusions: Exclusions | None, visible: models.QuerySet | None
+) -> tuple[str, list]:
+    where = [spec.predicate_sql("e")]
+    params: list[Any] = []
+    for sql, sql_params in (exclusions or Exclusions()).sql("e"):
+        where.append(sql)
+        params.extend(sql_params)
+    restriction = visible_sql(visible, "e")
+    if restriction is not None:
+        where.append(restriction[0])
+        params.extend(restriction[1])
+    return " AND ".join(where), params
+
+
 def _nearest_parts(
     spec: IndexSpec,
     vector: QueryVector,
@@ -198,6 +220,17 @@ def _nearest_parts(
     with_vectors: bool,
 ) -> tuple[list[str], str, list]:
     """``(CTEs, SELECT, parameters of both in order)`` of an ANN query."""
+    if spec.binary:
+        # A bit index: the index search returns spec.rerank rows, re-ranked by the full
+        # vectors (storage.ann_sql), to a bound vector.
+        if isinstance(vector, StoredVector):
+            raise ValueError("A bit index searches with a bound query vector.")
+        where_sql, where_params = _where(spec, exclusions, visible)
+        columns = "e.object_pk, {distance} AS distance, e.created_at"
+        if with_vectors:
+            columns += ", e.vector"
+        sql, params = ann_sql(spec, columns, where_sql, where_params, vector, limit, alias="e")
+        return [], sql, params
     ctes, distance, params, condition = _query_vector_sql(spec, vector)
     where = [spec.predicate_sql("e")]
     for sql, sql_params in (exclusions or Exclusions()).sql("e"):
@@ -240,7 +273,11 @@ def nearest(
         spec, vector, limit, exclusions=exclusions, visible=visible, with_vectors=with_vectors
     )
     rows = _fetch_with_settings(
-        using, scan_settings(limit, ef_search), sql, params, with_vectors=with_vectors
+        using,
+        scan_settings(scan_size(spec, limit), ef_search),
+        sql,
+        params,
+        with_vectors=with_vectors,
     )
     candidates = _candidates(rows, with_vectors)
     # relaxed_order may return rows slightly out of order; restore it.
@@ -297,7 +334,7 @@ def nearest_and_popular(
     )
     rows = _fetch_with_settings(
         using,
-        scan_settings(limit, ef_search),
+        scan_settings(scan_size(spec, limit), ef_search),
         sql,
         [*params, *ranking_params, *distance_params],
         with_vectors=with_vectors,
@@ -361,7 +398,9 @@ def explain(
     using = using or router.db_for_read(Embedding)
     sql, params = nearest_sql(spec, vector, limit, exclusions=exclusions, visible=visible)
     prefix = "EXPLAIN (ANALYZE, COSTS OFF) " if analyze else "EXPLAIN "
-    rows = _fetch_with_settings(using, scan_settings(limit, ef_search), prefix + sql, params)
+    rows = _fetch_with_settings(
+        using, scan_settings(scan_size(spec, limit), ef_search), prefix + sql, params
+    )
     return "\n".join(row[0] for row in rows)
 
 
@@ -372,21 +411,21 @@ _dimensions: dict[tuple[int, str], int] = {}
 def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
     """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
     ct = content_type_of(rec.model)
-    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
     _dimensions[(ct.id, encoder)] = int(dimensions)
-    return IndexSpec(ct.id, encoder, int(dimensions), halfvec)
+    return IndexSpec.for_encoder(ct.id, encoder, dimensions, get_encoder(encoder).options)
 
 
 def known_spec(rec: Recommendable, encoder: str) -> IndexSpec | None:
     """The :class:`IndexSpec` of the dimensions this process last saw for ``rec`` and
-    ``encoder`` (``None`` before the first query). A :class:`StoredVector` of other dimensions
-    selects nothing, so a wrong guess costs the slow path, never a wrong result."""
+    ``encoder`` (``None`` before the first query, and for a ``bit`` index, which re-ranks with
+    a bound vector). A :class:`StoredVector` of other dimensions selects nothing, so a wrong
+    guess costs the slow path, never a wrong result."""
     ct = content_type_of(rec.model)
     dimensions = _dimensions.get((ct.id, encoder))
     if dimensions is None:
         return None
-    halfvec = bool(get_encoder(encoder).options.get("halfvec"))
-    return IndexSpec(ct.id, encoder, dimensions, halfvec)
+    spec = IndexSpec.for_encoder(ct.id, encoder, dimensions, get_encoder(encoder).options)
+    return None if spec.binary else spec
 
 
 def stored_object_vector(

@@ -37,3 +37,13 @@ class Note(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+
+class Photo(models.Model):
+    """A model with an image: image encoders read ``image``."""
+
+    title = models.CharField(max_length=200)
+    image = models.ImageField(upload_to="photos/", blank=True)
+
+    def __str__(self) -> str:
+        return self.title

@@ -9,7 +9,8 @@ test (NDCG@K, Recall@K, HitRate@K, coverage), with paired bootstrap intervals ag
 baseline. On the leave-last test split, similar items are measured too (next-item hit rate, hub
 share, popularity ratio, ``--coherence-field`` overlap, ``--famous`` lists). ``--json``,
 ``--png`` and ``--markdown`` write the results. ``--intrinsic`` instead compares the text
-encoders (GloVe, MiniLM) on word similarity, analogies and document similarity. See
+encoders (GloVe, MiniLM, and any configured text encoder named with ``--encoders``: a larger
+model, a remote embedding service) on word similarity, analogies and document similarity. See
 :mod:`embrec.evaluation` and docs/EVALUATION.md.
 """
 
@@ -21,9 +22,11 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from embrec.encoders.base import EncoderUnavailable
 from embrec.evaluation import intrinsic
 from embrec.evaluation.baselines import SEARCH_BUDGET
 from embrec.evaluation.report import (
@@ -172,6 +175,14 @@ class Command(BaseCommand):
             help="Compare the text encoders (GloVe, MiniLM) on WordSim353, SimLex-999, "
             "analogies and the Lee corpus instead.",
         )
+        parser.add_argument(
+            "--encoders",
+            nargs="+",
+            metavar="ALIAS",
+            help="With --intrinsic: also compare these EMBREC['ENCODERS'] aliases (any text "
+            "encoder: a larger or fine-tuned model, a remote embedding service) with GloVe and "
+            "MiniLM.",
+        )
 
     # ------------------------------------------------------------------------------------------
 
@@ -187,6 +198,11 @@ class Command(BaseCommand):
             raise CommandError(f"--validation must be at least 1 (got {options['validation']}).")
         if options["famous"] < 0:
             raise CommandError("--famous must not be negative.")
+        if options["encoders"] and not options["intrinsic"]:
+            raise CommandError(
+                "--encoders selects encoders for --intrinsic; recommendation methods are chosen "
+                "with --methods."
+            )
         if options["intrinsic"]:
             payload = self.run_intrinsic(options)
         else:
@@ -412,14 +428,22 @@ class Command(BaseCommand):
 
         verbosity = options["verbosity"]
         encoders = intrinsic.default_encoders()
+        for alias in options["encoders"] or []:
+            try:
+                encoders[alias] = intrinsic.configured_encoder(alias)
+            except (ImproperlyConfigured, ValueError) as exc:
+                raise CommandError(str(exc)) from exc
         results = []
         with self.progress_bar(4 * len(encoders), "intrinsic", verbosity) as bar:
             for name, (words, documents) in encoders.items():
-                results.append(
-                    intrinsic.evaluate_encoder(
-                        name, words, documents, progress=lambda _: bar.update(1)
+                try:
+                    results.append(
+                        intrinsic.evaluate_encoder(
+                            name, words, documents, progress=lambda _: bar.update(1)
+                        )
                     )
-                )
+                except EncoderUnavailable as exc:
+                    raise CommandError(f"{name}: {exc}") from exc
         columns = list(results[0].scores)
         rows = [{"encoder": r.encoder, **r.scores} for r in results]
         self.stdout.write(format_table(rows, ["encoder", *columns]))
