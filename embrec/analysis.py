@@ -1,8 +1,9 @@
 """What the catalogue analyses (:mod:`embrec.clusters`, :mod:`embrec.duplicates`) share.
 
-An analysis reads the stored vectors of one registered model under one encoder: the rows written
-by the encoder identity that wrote the newest vector (while a model switch re-embeds, the rows of
-the previous identity are left out; vectors of two models are never compared). :func:`target`
+An analysis reads the stored vectors of one registered model under one encoder: the rows of the
+encoder's live version (:mod:`embrec.versions`; before any version is registered, of the identity
+that wrote the newest vector), so vectors of two models are never compared while a new model is
+backfilled. :func:`target`
 resolves a model and an encoder into a :class:`Target` and fails with
 :class:`~embrec.exceptions.AnalysisError` (a message for a command or a page) when the model is not registered, the encoder is not one of its
 encoders or there is no vector yet.
@@ -35,6 +36,7 @@ from embrec.read import retrieval
 from embrec.registry import NotRegistered, registry
 from embrec.storage import IndexSpec, parse_vector
 from embrec.vectors import l2_normalize
+from embrec.versions import read_version
 
 #: Vectors read per keyset batch.
 BATCH_SIZE = 1000
@@ -68,7 +70,9 @@ class Target:
     @property
     def spec(self) -> IndexSpec:
         """The HNSW index that holds these vectors (see :mod:`embrec.storage`)."""
-        return retrieval.index_spec(self.rec, self.encoder, self.dimensions)
+        return retrieval.index_spec(
+            self.rec, self.encoder, self.dimensions, read_version(self.encoder)
+        )
 
     @property
     def uses_text(self) -> bool:
@@ -98,12 +102,11 @@ def target(model: Any, encoder: str | None = None) -> Target:
             f"{rec.label} is embedded with {', '.join(encoders) or 'no encoder'}, not {alias!r}."
         )
     ct = content_type_of(rec.model)
-    newest = (
-        Embedding.objects.filter(content_type=ct, encoder=alias)
-        .order_by("-updated_at", "-id")
-        .values_list("identity", "dimensions")
-        .first()
-    )
+    rows = Embedding.objects.filter(content_type=ct, encoder=alias)
+    live = read_version(alias).identity
+    if live is not None:
+        rows = rows.filter(identity=live)
+    newest = rows.order_by("-updated_at", "-id").values_list("identity", "dimensions").first()
     if newest is None:
         raise AnalysisError(
             f"{rec.label} has no {alias!r} vectors yet (run manage.py embrec_reindex {rec.label})."

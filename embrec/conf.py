@@ -76,6 +76,14 @@ DEFAULTS: dict[str, Any] = {
     "INDEX_BUILD_MAINTENANCE_WORK_MEM": "1GB",
     # max_parallel_maintenance_workers for a deferred build (None: the server's setting).
     "INDEX_BUILD_PARALLEL_WORKERS": None,
+    # A new encoder identity (another model, revision or fine-tune under an existing alias) is
+    # backfilled beside the live one while queries keep reading the live version. With True,
+    # the alias switches to it in one transaction as soon as the backfill is complete (checked
+    # after each drain and by the sweeper); with False, run ``manage.py embrec_switch``.
+    "VERSION_AUTO_SWITCH": True,
+    # Seconds the vectors of a retired version are kept after a switch before the sweeper (or
+    # ``embrec_switch --prune``) deletes them and drops their index.
+    "VERSION_GRACE_PERIOD": 86400,
     # Query limits.
     "DEFAULT_LIMIT": 10,
     "MAX_LIMIT": 100,
@@ -367,6 +375,11 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
             wrong("DEFAULT_LIMIT", f"at most MAX_LIMIT ({values['MAX_LIMIT']})")
     if not isinstance(values["AUTO_KICK"], bool):
         wrong("AUTO_KICK", "True or False")
+    if not isinstance(values["VERSION_AUTO_SWITCH"], bool):
+        wrong("VERSION_AUTO_SWITCH", "True or False")
+    value = values["VERSION_GRACE_PERIOD"]
+    if not _is_number(value) or value < 0:
+        wrong("VERSION_GRACE_PERIOD", "a number of seconds, 0 or more")
     preload = values["PRELOAD_ENCODERS"]
     encoders = values["ENCODERS"] if isinstance(values["ENCODERS"], dict) else {}
     if not isinstance(preload, list | tuple) or not all(

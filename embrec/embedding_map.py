@@ -27,6 +27,7 @@ from django.db.models import Count, Max
 
 from embrec.items import Recommendable, resolve_field_path
 from embrec.models import Embedding, content_type_of
+from embrec.versions import live_identity
 
 #: Default bound on the points of one map.
 MAX_POINTS = 5000
@@ -107,7 +108,11 @@ def kmeans(vectors: np.ndarray, k: int = CLUSTERS, seed: int = 0, iterations: in
 def _vectors(rec: Recommendable, encoder: str):
     ct = content_type_of(rec.model)
     rows = Embedding.objects.filter(content_type=ct, encoder=encoder)
-    identity = rows.order_by("-updated_at", "-id").values_list("identity", flat=True).first()
+    # The live version's vectors (what queries read); before any version is registered, the
+    # newest identity's.
+    identity = live_identity(encoder) or (
+        rows.order_by("-updated_at", "-id").values_list("identity", flat=True).first()
+    )
     return rows.filter(identity=identity or ""), identity or ""
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "NotEmbedded",
     "NotRegistered",
     "QueryError",
+    "VersionUnavailable",
 ]
 
 
@@ -107,3 +108,12 @@ class AlreadyRegistered(EmbrecError, ImproperlyConfigured):
 
     code = "already_registered"
     status = 500
+
+
+class VersionUnavailable(EmbrecError, ImproperlyConfigured):
+    """The live version of an encoder cannot encode in this process (its model files were
+    replaced in place, or its class is gone) while a new version is backfilled; queries that
+    encode text (search) fail with it and the API answers 503."""
+
+    code = "unavailable"
+    status = 503

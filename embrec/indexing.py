@@ -13,6 +13,9 @@ around four functions:
 * :func:`reindex` — enqueue every indexable object of a model, by keyset pages.
 * :func:`sweep` — re-kick rows that have waited too long (the broker was down, a worker died).
 
+Every vector is written for each active version of its encoder alias (:mod:`embrec.versions`):
+the live one and, while a new model is backfilled, the pending one.
+
 Bulk loads defer the HNSW index (``EMBREC["INDEX_BUILD_THRESHOLD"]``): the vectors are written
 without it and :func:`build_deferred_indexes` builds it in one ``CREATE INDEX`` once the model's
 backlog is gone.
@@ -49,7 +52,7 @@ from embrec.conf import embrec_settings
 from embrec.encoders import EncoderUnavailable, get_encoder
 from embrec.interactions import on_items_embedded
 from embrec.items import Recommendable
-from embrec.models import DrainSignal, Embedding, OutboxEntry, content_type_of
+from embrec.models import DrainSignal, Embedding, EncoderVersion, OutboxEntry, content_type_of
 from embrec.paging import keyset_pages
 from embrec.registry import registry
 from embrec.storage import (
@@ -61,6 +64,13 @@ from embrec.storage import (
     ensure_index,
     index_exists,
     write_vectors,
+)
+from embrec.versions import (
+    WriteTarget,
+    active_versions,
+    serving_options,
+    sync_all,
+    write_targets,
 )
 
 logger = logging.getLogger("embrec")
@@ -305,9 +315,9 @@ class DrainResult:
         self.deferred = {spec for spec in self.deferred if spec.name not in built}
 
 
-def _index_spec(ct_id: int, alias: str) -> IndexSpec:
-    encoder = get_encoder(alias)
-    return IndexSpec.for_encoder(ct_id, alias, encoder.dimensions, encoder.options)
+def used_aliases() -> set[str]:
+    """Every encoder alias a registration uses."""
+    return {alias for rec in registry.all() for alias in rec.get_encoders()}
 
 
 def drain(
@@ -327,12 +337,15 @@ def drain(
     batch_size = int(batch_size or embrec_settings.BATCH_SIZE)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    # A changed encoder configuration registers its identity as a pending version here, before
+    # anything is written with it (its backfill is queued by embrec.switching).
+    sync_all(used_aliases())
     total = DrainResult()
     started = time.monotonic()
     while max_batches is None or total.batches < max_batches:
         if max_seconds is not None and time.monotonic() - started > max_seconds:
             break
-        result = drain_batch(batch_size)
+        result = drain_batch(batch_size, targets=all_write_targets())
         if result is None:
             break
         total.merge(result)
@@ -347,7 +360,21 @@ def drain(
     return total
 
 
-def drain_batch(batch_size: int) -> DrainResult | None:
+def all_write_targets() -> dict[str, list[WriteTarget]]:
+    """:func:`~embrec.versions.write_targets` of every alias a registration uses (read before
+    a batch's transaction, so the claim transaction runs no extra statement)."""
+    targets = {}
+    for alias in sorted(used_aliases()):
+        try:
+            targets[alias] = write_targets(alias)
+        except ImproperlyConfigured:
+            continue  # raised by the batch that needs it, as a batch error
+    return targets
+
+
+def drain_batch(
+    batch_size: int, *, targets: dict[str, list[WriteTarget]] | None = None
+) -> DrainResult | None:
     """Claim and process one batch in one transaction; ``None`` when nothing is pending.
 
     1. Claim up to ``batch_size`` pending rows with ``FOR UPDATE SKIP LOCKED`` (workers never
@@ -367,7 +394,7 @@ def drain_batch(batch_size: int) -> DrainResult | None:
     """
     claimed_ids: list[int] = []
     try:
-        return _drain_batch(batch_size, claimed_ids)
+        return _drain_batch(batch_size, claimed_ids, targets)
     except (OperationalError, InterfaceError, EncoderUnavailable):
         # Transient (the database or an encoder's remote service is gone): the rows stay pending
         # without counting an attempt, and the task retries with backoff.
@@ -378,7 +405,9 @@ def drain_batch(batch_size: int) -> DrainResult | None:
         raise
 
 
-def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
+def _drain_batch(
+    batch_size: int, claimed_ids: list[int], targets: dict[str, list[WriteTarget]] | None
+) -> DrainResult | None:
     with transaction.atomic():
         entries = list(
             OutboxEntry.objects.select_for_update(skip_locked=True)
@@ -407,16 +436,17 @@ def _drain_batch(batch_size: int, claimed_ids: list[int]) -> DrainResult | None:
             result.claimed += len(extra)
         _lock_objects(by_ct)
 
-        plans = [_plan_group(ct_id, group) for ct_id, group in by_ct.items()]
+        plans = [_plan_group(ct_id, group, targets) for ct_id, group in by_ct.items()]
         # Indexes first: CREATE INDEX locks the table against writers, which must not be us.
         # A bulk load defers them instead (built after the backlog, see build_deferred_indexes).
         for plan in plans:
-            for alias in plan.aliases:
-                spec = _index_spec(plan.ct_id, alias)
-                if _defer_index(spec):
-                    result.deferred.add(spec)
-                else:
-                    ensure_index(spec)
+            for alias_targets in plan.targets.values():
+                for target in alias_targets:
+                    spec = target.index_spec(plan.ct_id)
+                    if _defer_index(spec):
+                        result.deferred.add(spec)
+                    else:
+                        ensure_index(spec)
         done_ids: list[int] = []
         failed: dict[int, str] = {}
         for plan in plans:
@@ -441,7 +471,8 @@ def _pending_for(content_type_id: int, limit: int | None = None) -> int:
         return int(cursor.fetchone()[0])
 
 
-def _has_vectors(spec: IndexSpec) -> bool:
+def has_vectors(spec: IndexSpec) -> bool:
+    """Whether any vector matches ``spec``'s predicate."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT EXISTS (SELECT 1 FROM embrec_embedding WHERE {spec.predicate_sql()})"
@@ -460,7 +491,7 @@ def _defer_index(spec: IndexSpec) -> bool:
     threshold = int(embrec_settings.INDEX_BUILD_THRESHOLD or 0)
     if threshold <= 0 or index_exists(spec):
         return False
-    return _pending_for(spec.content_type_id, threshold) >= threshold or _has_vectors(spec)
+    return _pending_for(spec.content_type_id, threshold) >= threshold or has_vectors(spec)
 
 
 def build_deferred_indexes(specs: Iterable[IndexSpec]) -> list[str]:
@@ -481,10 +512,11 @@ def build_deferred_indexes(specs: Iterable[IndexSpec]) -> list[str]:
 
 
 def index_specs(recommendable: Recommendable, encoder: str | None = None) -> list[IndexSpec]:
-    """The HNSW index specs of a registered model (all its encoders, or one); loads encoders."""
+    """The HNSW index specs of a registered model (all its encoders, or one; every active
+    version of each); loads encoders."""
     ct = content_type_of(recommendable.model)
     aliases = [encoder] if encoder else recommendable.get_encoders()
-    return [_index_spec(ct.id, alias) for alias in aliases]
+    return [target.index_spec(ct.id) for alias in aliases for target in write_targets(alias)]
 
 
 def drop_indexes(recommendable: Recommendable, encoder: str | None = None) -> list[str]:
@@ -499,14 +531,25 @@ def drop_indexes(recommendable: Recommendable, encoder: str | None = None) -> li
 def build_missing_indexes() -> list[str]:
     """Safety net (the sweeper, ``embrec_reindex --sync``): build indexes left missing.
 
-    For every registered (model, encoder) with stored vectors, no pending outbox row and no
-    index, the index is built. Dimensions are read from the stored vectors, so no encoder is
-    loaded. Returns the names of the indexes built.
+    For every registered (model, encoder, active version) with stored vectors, no pending
+    outbox row and no index, the index is built. Dimensions are read from the versions (or,
+    before any version is registered, from the stored vectors), so no encoder is loaded.
+    Returns the names of the indexes built.
     """
     specs = set()
     for rec in registry.all():
         ct = content_type_of(rec.model)
         for alias in rec.get_encoders():
+            versions = active_versions(alias)
+            if versions:
+                for version in versions:
+                    options = serving_options(alias, version.config)
+                    spec = IndexSpec.for_encoder(
+                        ct.id, alias, version.dimensions, options, version.identity
+                    )
+                    if has_vectors(spec):
+                        specs.add(spec)
+                continue
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT dimensions FROM embrec_embedding WHERE content_type_id = %s "
@@ -587,15 +630,27 @@ class _GroupPlan:
     entries: list[OutboxEntry]
     rec: Recommendable | None
     aliases: list[str]
+    #: alias -> the versions to write (live first, then pending).
+    targets: dict[str, list[WriteTarget]] = field(default_factory=dict)
 
 
-def _plan_group(ct_id: int, entries: list[OutboxEntry]) -> _GroupPlan:
+def _plan_group(
+    ct_id: int, entries: list[OutboxEntry], targets: dict[str, list[WriteTarget]] | None = None
+) -> _GroupPlan:
     ct = ContentType.objects.get_for_id(ct_id)
     model = ct.model_class()
     if model is None or not registry.is_registered(model):
         return _GroupPlan(ct_id, entries, None, [])
     rec = registry.get(model)
-    return _GroupPlan(ct_id, entries, rec, rec.get_encoders())
+    aliases = rec.get_encoders()
+    targets = targets or {}
+    return _GroupPlan(
+        ct_id,
+        entries,
+        rec,
+        aliases,
+        {a: targets[a] if a in targets else write_targets(a) for a in aliases},
+    )
 
 
 def _process_group(
@@ -659,9 +714,10 @@ def _process_group(
             for pk in wanted
             if any(e.force and (not e.encoder or e.encoder == alias) for e in entries_by_pk[pk])
         }
-        _encode_and_write(
-            ct_id, alias, rec, wanted, forced, entries_by_pk, result, failed, objects=objects
-        )
+        for target in plan.targets.get(alias, []):
+            _encode_and_write(
+                ct_id, target, rec, wanted, forced, entries_by_pk, result, failed, objects=objects
+            )
 
     for group in entries_by_pk.values():
         for entry in group:
@@ -671,7 +727,7 @@ def _process_group(
 
 def _encode_and_write(
     ct_id: int,
-    alias: str,
+    target: WriteTarget,
     rec: Recommendable,
     texts: dict[str, str],
     forced: set[str],
@@ -682,8 +738,7 @@ def _encode_and_write(
 ) -> None:
     if not texts:
         return
-    encoder = get_encoder(alias)
-    identity = encoder.identity.as_string()
+    encoder, identity, alias = target.encoder, target.identity, target.encoder.alias
     existing = dict(
         Embedding.objects.filter(
             content_type_id=ct_id,
@@ -725,9 +780,12 @@ def _encode_and_write(
             continue
         rows.append(VectorRow(pk, vector, digest))
     if no_vector:
-        delete_vectors(ct_id, no_vector, alias)
+        delete_vectors(ct_id, no_vector, alias, identity=identity)
     if rows:
         result.encoded += write_vectors(ct_id, alias, identity, rows)
+        if not target.live:
+            # A pending version's user vectors are built when it goes live (embrec.switching).
+            return
         # Read path hook: user vectors built from these items are now stale. Marked after commit:
         # the marking can wait on row locks held by a running user-vector refresh, and the new
         # item vectors (what an edit in the admin waits for) must not wait with it.
@@ -816,28 +874,52 @@ def pending_count() -> int:
 
 
 def status(recommendable: Recommendable, alias: str, *, identity: bool = True) -> dict:
-    """Counts for one (model, encoder): objects, embedded, stale, pending, failed.
+    """Counts for one (model, encoder): objects, embedded, stale, pending, failed, versions.
 
-    ``stale`` counts vectors written under another encoder identity; computing it asks the
-    encoder for its identity, which the packaged encoders read from their configuration and
-    model files without loading the model or importing torch (``identity=False`` skips it and
-    reports ``None``).
+    ``embedded`` counts vectors of the live version (all vectors before any version is
+    registered), the ones queries read. ``stale`` counts vectors (other than those of a pending
+    or retired version) written under another identity than the configured one; computing it asks the encoder for its identity, which the packaged encoders read from
+    their configuration and model files without loading the model or importing torch
+    (``identity=False`` skips it and reports ``None``). ``live`` and ``next`` name the live and
+    pending identities; ``next_embedded`` counts the pending version's vectors and
+    ``progress`` (0-100) compares them with the live version's (or, with none, the objects).
     """
     ct = content_type_of(recommendable.model)
     vectors = Embedding.objects.filter(content_type=ct, encoder=alias)
+    live, pending = None, None
+    for version in active_versions(alias):
+        if version.state == version.LIVE:
+            live = version
+        else:
+            pending = version
+    live_vectors = vectors.filter(identity=live.identity) if live is not None else vectors
     outbox = OutboxEntry.objects.filter(content_type=ct, encoder__in=["", alias])
     stale = None
     if identity:
         current = get_encoder(alias).identity.as_string()
-        stale = vectors.exclude(identity=current).count()
+        # A pending or retired version's vectors are kept on purpose: not stale.
+        kept = EncoderVersion.objects.filter(alias=alias).exclude(state=EncoderVersion.LIVE)
+        others = vectors.exclude(identity__in=kept.values("identity"))
+        stale = others.exclude(identity=current).count()
+    objects = recommendable.get_queryset().count()
+    embedded = live_vectors.count()
+    next_embedded = progress = None
+    if pending is not None:
+        next_embedded = vectors.filter(identity=pending.identity).count()
+        base = embedded or objects
+        progress = round(min(100.0, 100.0 * next_embedded / base), 1) if base else 100.0
     return {
         "model": recommendable.label,
         "encoder": alias,
-        "objects": recommendable.get_queryset().count(),
-        "embedded": vectors.count(),
+        "objects": objects,
+        "embedded": embedded,
         "stale": stale,
         "pending": outbox.filter(state=OutboxEntry.PENDING).values("object_pk").distinct().count(),
         "failed": outbox.filter(state=OutboxEntry.FAILED).values("object_pk").distinct().count(),
+        "live": live.identity if live is not None else None,
+        "next": pending.identity if pending is not None else None,
+        "next_embedded": next_embedded,
+        "progress": progress,
     }
 
 

@@ -23,7 +23,9 @@ contribution has no vector (popularity fallback). Encoders with a user model of 
 same weights with :meth:`~embrec.encoders.BaseEncoder.fold_in_user` instead of the mean, over all
 of the user's items when ``profile_uses_all_items``.
 When items are re-embedded the write path calls :func:`on_items_embedded`, which marks
-dependent user vectors stale and queues their refresh. Stale or missing vectors are computed on
+dependent user vectors stale and queues their refresh. A user vector is built from item vectors
+of one encoder identity (:mod:`embrec.versions`) and stored under it: while a new model is
+backfilled, users have a vector per version and reads use the live one's. Stale or missing vectors are computed on
 the fly by the read path, so results never use a vector known to be outdated.
 """
 
@@ -54,6 +56,7 @@ from embrec.registry import registry
 from embrec.scoring import half_life_decay
 from embrec.storage import parse_vector
 from embrec.vectors import unit_vector
+from embrec.versions import encoder_of, live_identity, user_identities
 
 logger = logging.getLogger("embrec")
 
@@ -248,29 +251,38 @@ def interaction_weights(
 
 
 def user_profile(
-    user_id: Any, rec: Recommendable, encoder: str, *, now: datetime | None = None
+    user_id: Any,
+    rec: Recommendable,
+    encoder: str,
+    *,
+    now: datetime | None = None,
+    identity: str | None = None,
 ) -> UserProfile:
     """Compute a user's vector from their ``USER_VECTOR_MAX_INTERACTIONS`` most recently touched
     items (see :func:`interaction_weights`).
 
-    Items without a vector under ``encoder`` (not embedded yet) are skipped; when vectors of
-    several encoder identities coexist (a model change in progress) the newest one wins.
+    Only item vectors of one encoder identity are used: ``identity``, by default the live
+    version's (:func:`embrec.versions.live_identity`); before any version is registered, the
+    newest stored one. Items without a vector of that identity (not embedded yet) are skipped.
     """
     ct = content_type_of(rec.model)
+    if identity is None:
+        identity = live_identity(encoder)
     model = get_encoder(encoder)
+    if identity is not None and model.identity.as_string() != identity:
+        model = encoder_of(encoder, identity) or model
     weights, kinds, count = interaction_weights(
         user_id, ct.id, now=now, all_items=model.profile_uses_all_items
     )
     profile = UserProfile(encoder=encoder, vector=None, interaction_count=count)
     if not weights:
         return profile
-    rows = list(
-        Embedding.objects.filter(
-            content_type_id=ct.id, encoder=encoder, object_pk__in=list(weights)
-        )
-        .order_by("-updated_at")
-        .values_list("object_pk", "vector", "identity")
+    rows_qs = Embedding.objects.filter(
+        content_type_id=ct.id, encoder=encoder, object_pk__in=list(weights)
     )
+    if identity is not None:
+        rows_qs = rows_qs.filter(identity=identity)
+    rows = list(rows_qs.order_by("-updated_at").values_list("object_pk", "vector", "identity"))
     if not rows:
         return profile
     identity = rows[0][2]
@@ -282,8 +294,10 @@ def user_profile(
     if not any(w > 0 for w in profile.weights.values()):
         return profile  # only dislikes: nothing to recommend from, popularity fallback
     if model.folds_in_users:
-        # The encoder's own user model (ALS: the least-squares fold-in), from the same items.
-        profile.vector = model.fold_in_user(rec, profile.weights)
+        # The encoder's own user model (ALS: the least-squares fold-in), from the same items;
+        # only when this process holds the model of that identity.
+        if model.identity.as_string() == identity:
+            profile.vector = model.fold_in_user(rec, profile.weights)
         return profile
     pks = list(profile.weights)
     matrix = np.stack([vectors[pk] for pk in pks]).astype(np.float64)
@@ -294,70 +308,98 @@ def user_profile(
     return profile
 
 
-def user_vector(user_id: Any, rec: Recommendable, encoder: str) -> np.ndarray | None:
-    """The user's current vector: the stored one when fresh, otherwise computed now."""
+def user_vector(
+    user_id: Any, rec: Recommendable, encoder: str, *, identity: str | None = None
+) -> np.ndarray | None:
+    """The user's current vector of one encoder identity (default: the live version's): the
+    stored one when fresh, otherwise computed now."""
     ct = content_type_of(rec.model)
-    stored = (
-        UserEmbedding.objects.filter(
-            user_id=user_id, content_type_id=ct.id, encoder=encoder, is_stale=False
-        )
-        .values_list("vector", flat=True)
-        .first()
+    if identity is None:
+        identity = live_identity(encoder)
+    stored = UserEmbedding.objects.filter(
+        user_id=user_id, content_type_id=ct.id, encoder=encoder, is_stale=False
     )
-    if stored is not None:
-        return parse_vector(stored)
-    return user_profile(user_id, rec, encoder).vector
+    if identity is not None:
+        stored = stored.filter(identity=identity)
+    vector = stored.values_list("vector", flat=True).first()
+    if vector is not None:
+        return parse_vector(vector)
+    return user_profile(user_id, rec, encoder, identity=identity).vector
 
 
-def refresh_user_vector(user_id: Any, model_or_label: Any = None) -> int:
+def refresh_user_vector(
+    user_id: Any,
+    model_or_label: Any = None,
+    *,
+    encoder: str | None = None,
+    identity: str | None = None,
+) -> int:
     """Recompute and store the vectors of one user (for one registered model, or all).
 
-    Writes one :class:`UserEmbedding` per encoder, or deletes it when the user no longer has a
+    Writes one :class:`UserEmbedding` per encoder and version (live and pending; or only
+    ``encoder`` and ``identity`` when given), or deletes it when the user no longer has a
     usable vector. Returns the number of vectors written.
     """
     recs = [registry.get(model_or_label)] if model_or_label is not None else registry.all()
     written = 0
     for rec in recs:
         ct = content_type_of(rec.model)
-        for encoder in rec.get_encoders():
-            profile = user_profile(user_id, rec, encoder)
-            if profile.vector is None:
-                UserEmbedding.objects.filter(
-                    user_id=user_id, content_type_id=ct.id, encoder=encoder
-                ).delete()
+        for alias in rec.get_encoders():
+            if encoder is not None and alias != encoder:
                 continue
-            UserEmbedding.objects.bulk_create(
-                [
-                    UserEmbedding(
-                        user_id=user_id,
-                        content_type_id=ct.id,
-                        encoder=encoder,
-                        identity=profile.identity,
-                        dimensions=int(profile.vector.shape[0]),
-                        vector=profile.vector,
-                        interaction_count=profile.interaction_count,
-                        is_stale=False,
-                        updated_at=timezone.now(),
-                    )
-                ],
-                update_conflicts=True,
-                unique_fields=["user", "content_type", "encoder"],
-                update_fields=[
-                    "identity",
-                    "dimensions",
-                    "vector",
-                    "interaction_count",
-                    "is_stale",
-                    "updated_at",
-                ],
-            )
-            written += 1
+            identities = [identity] if identity is not None else user_identities(alias)
+            for version in identities:
+                written += _store_user_vector(user_id, rec, ct.id, alias, version)
     return written
 
 
-def refresh_user_vectors(user_ids: Sequence[Any], model_or_label: Any = None) -> int:
+def _store_user_vector(
+    user_id: Any, rec: Recommendable, ct_id: int, encoder: str, identity: str | None
+) -> int:
+    profile = user_profile(user_id, rec, encoder, identity=identity)
+    rows = UserEmbedding.objects.filter(user_id=user_id, content_type_id=ct_id, encoder=encoder)
+    if identity is not None:
+        rows = rows.filter(identity=identity)
+    elif profile.vector is not None:
+        # No version registered: one vector per encoder, of the newest stored identity.
+        rows = rows.exclude(identity=profile.identity)
+    if profile.vector is None or identity is None:
+        rows.delete()
+    if profile.vector is None:
+        return 0
+    UserEmbedding.objects.bulk_create(
+        [
+            UserEmbedding(
+                user_id=user_id,
+                content_type_id=ct_id,
+                encoder=encoder,
+                identity=profile.identity,
+                dimensions=int(profile.vector.shape[0]),
+                vector=profile.vector,
+                interaction_count=profile.interaction_count,
+                is_stale=False,
+                updated_at=timezone.now(),
+            )
+        ],
+        update_conflicts=True,
+        unique_fields=["user", "content_type", "encoder", "identity"],
+        update_fields=["dimensions", "vector", "interaction_count", "is_stale", "updated_at"],
+    )
+    return 1
+
+
+def refresh_user_vectors(
+    user_ids: Sequence[Any],
+    model_or_label: Any = None,
+    *,
+    encoder: str | None = None,
+    identity: str | None = None,
+) -> int:
     """:func:`refresh_user_vector` for several users; returns vectors written."""
-    return sum(refresh_user_vector(user_id, model_or_label) for user_id in user_ids)
+    return sum(
+        refresh_user_vector(user_id, model_or_label, encoder=encoder, identity=identity)
+        for user_id in user_ids
+    )
 
 
 def users_with_interactions(
@@ -380,10 +422,14 @@ def rebuild_user_vectors(
     user_ids: Sequence[Any] | None = None,
     batch_size: int = 500,
     progress=None,
+    encoder: str | None = None,
+    identity: str | None = None,
 ) -> int:
     """Recompute every user vector (of one model, or all) from scratch; returns vectors written.
 
     Users are read by keyset pages; vectors of users without interactions any more are removed.
+    ``encoder`` and ``identity`` restrict the rebuild to one encoder version (a pending version
+    about to go live, :func:`embrec.switching.switch`).
     """
     recs = [registry.get(model_or_label)] if model_or_label is not None else registry.all()
     written = 0
@@ -398,7 +444,7 @@ def rebuild_user_vectors(
             pages = users_with_interactions(ct.id, batch_size=batch_size)
         for page in pages:
             with transaction.atomic():
-                count = refresh_user_vectors(page, rec.model)
+                count = refresh_user_vectors(page, rec.model, encoder=encoder, identity=identity)
             written += count
             if progress:
                 progress(len(page), count)

@@ -9,6 +9,8 @@
   that a burst of saves queues one task instead of thousands.
 * :class:`Interaction` — a user's event on an object (view, like, purchase, dislike…).
 * :class:`UserEmbedding` — a user's taste vector per encoder, built from interactions.
+* :class:`EncoderVersion` — which identity of an encoder alias queries read (``live``), which one
+  is being backfilled beside it (``pending``) and which ones wait to be pruned (``retired``).
 * :class:`PopularityUser`, :class:`PopularityCount`, :class:`PopularityState` — popularity
   (distinct users with a positive interaction in the window) per object, kept up to date by
   database triggers on the interaction table in the same transaction as each interaction write
@@ -25,7 +27,10 @@ from pgvector.django import VectorField
 
 
 class Embedding(models.Model):
-    """The vector of one object under one encoder.
+    """The vector of one object under one encoder identity.
+
+    An object has one row per encoder alias and identity: while a new model is backfilled, its
+    vectors are written beside the live model's (see :class:`EncoderVersion`).
 
     Rows are derived data (rebuilt from the objects at any time), written in bulk by the workers.
     ``content_type`` is therefore a foreign key without a database constraint or an index of its
@@ -55,8 +60,8 @@ class Embedding(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["content_type", "object_pk", "encoder"],
-                name="embrec_embedding_unique",
+                fields=["content_type", "object_pk", "encoder", "identity"],
+                name="embrec_embedding_version_unique",
             )
         ]
 
@@ -157,7 +162,11 @@ class Interaction(models.Model):
 
 
 class UserEmbedding(models.Model):
-    """A user's taste vector under one encoder, for one registered model."""
+    """A user's taste vector under one encoder identity, for one registered model.
+
+    Built from item vectors of the same identity only: during a model switch a user has one row
+    per version, so that personal recommendations never compare vectors of two models.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -176,13 +185,67 @@ class UserEmbedding(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "content_type", "encoder"],
-                name="embrec_user_embedding_unique",
+                fields=["user", "content_type", "encoder", "identity"],
+                name="embrec_user_embedding_version_unique",
             )
         ]
 
     def __str__(self) -> str:
         return f"user {self.user_id} [{self.encoder}]"
+
+
+class EncoderVersion(models.Model):
+    """One identity (model, revision, dimensions, normalisation) of an encoder alias.
+
+    * ``live`` — the version every query reads (at most one per alias).
+    * ``pending`` — a new identity being backfilled beside the live one (at most one per alias);
+      the write path encodes changed objects with both, the read path ignores it until
+      :func:`embrec.switching.switch` makes it live in one transaction.
+    * ``retired`` — a former live version (or an abandoned pending one) whose vectors are kept
+      for ``EMBREC["VERSION_GRACE_PERIOD"]`` seconds, then pruned.
+
+    ``config`` keeps the encoder's ``CLASS`` and ``OPTIONS`` as they were when the version was
+    registered, so that processes whose settings already name the next model can still encode
+    search text with the live one.
+    """
+
+    LIVE = "live"
+    PENDING = "pending"
+    RETIRED = "retired"
+    STATES = [(LIVE, "live"), (PENDING, "pending"), (RETIRED, "retired")]
+
+    alias = models.CharField(max_length=64, help_text="Encoder alias from EMBREC['ENCODERS'].")
+    identity = models.CharField(max_length=255)
+    dimensions = models.PositiveIntegerField()
+    config = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=8, choices=STATES)
+    created_at = models.DateTimeField(db_default=Now())
+    #: When every object was queued for this version (``None``: not yet).
+    backfill_started_at = models.DateTimeField(null=True, blank=True)
+    backfill_queued_at = models.DateTimeField(null=True, blank=True)
+    live_since = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "embrec_encoder_version"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alias", "identity"], name="embrec_encoder_version_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["alias"],
+                condition=models.Q(state="live"),
+                name="embrec_encoder_version_one_live",
+            ),
+            models.UniqueConstraint(
+                fields=["alias"],
+                condition=models.Q(state="pending"),
+                name="embrec_encoder_version_one_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} {self.identity} ({self.state})"
 
 
 class PopularityUser(models.Model):

@@ -21,6 +21,13 @@ What the index stores is an encoder option (:func:`index_options`), ``"index"`` 
   nearest rows by Hamming distance (default :data:`DEFAULT_RERANK`), which are then re-ranked by
   the exact cosine distance of their full vectors, read from the table (see
   :func:`ann_sql`). The table keeps the full vectors either way; only the index shrinks.
+
+A spec may name an encoder identity (:class:`~embrec.models.EncoderVersion`): its predicate then
+adds ``AND identity = '…'``, so the live and a pending version of one alias, even with the same
+dimensions, have separate graphs and a query reads exactly one version. An index built before
+versions existed (no identity in its predicate, :attr:`IndexSpec.legacy_name`) still serves
+queries of any identity with its dimensions, by predicate implication, until the version it was
+built for is pruned.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import re
 import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -89,7 +96,8 @@ def index_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """One partial HNSW index: a registration's vectors under one encoder alias and dimensions.
+    """One partial HNSW index: a model's vectors under one encoder alias, dimensions and,
+    when ``identity`` is set, one encoder identity (version).
 
     ``halfvec`` and ``binary`` say what the index stores (see the module docstring); ``rerank``
     (``binary`` only, not part of the index's identity) is how many rows the Hamming search
@@ -102,13 +110,26 @@ class IndexSpec:
     halfvec: bool = False
     binary: bool = False
     rerank: int = field(default=DEFAULT_RERANK, compare=False)
+    identity: str | None = None
 
     @classmethod
     def for_encoder(
-        cls, content_type_id: int, alias: str, dimensions: int, options: Mapping[str, Any]
+        cls,
+        content_type_id: int,
+        alias: str,
+        dimensions: int,
+        options: Mapping[str, Any],
+        identity: str | None = None,
     ) -> IndexSpec:
-        """The spec of ``alias``'s vectors of ``dimensions``, its index kind from ``options``."""
-        return cls(int(content_type_id), alias, int(dimensions), **index_options(options))
+        """The spec of ``alias``'s vectors of ``dimensions`` (of one ``identity``, when given),
+        its index kind from the encoder's ``options``."""
+        return cls(
+            int(content_type_id),
+            alias,
+            int(dimensions),
+            **index_options(options),
+            identity=identity,
+        )
 
     @property
     def kind(self) -> str:
@@ -136,20 +157,31 @@ class IndexSpec:
     @property
     def name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "_", self.encoder.lower())[:20]
+        key = f"{self.encoder}/bit/dims" if self.binary else f"{self.encoder}/{self.halfvec}/dims"
+        if self.identity is not None:
+            key += f"/{self.identity}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:6]
         if self.binary:
-            digest = hashlib.sha1(f"{self.encoder}/bit/dims".encode()).hexdigest()[:6]
             return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}b_{digest}"
-        digest = hashlib.sha1(f"{self.encoder}/{self.halfvec}/dims".encode()).hexdigest()[:6]
         kind = "h" if self.halfvec else "v"
         return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}{kind}_{digest}"
+
+    @property
+    def legacy_name(self) -> str:
+        """The name of the index of these vectors built without an identity in its predicate."""
+        return replace(self, identity=None).name
 
     def predicate_sql(self, alias: str = "") -> str:
         prefix = f"{alias}." if alias else ""
         encoder = self.encoder.replace("'", "''")
-        return (
+        sql = (
             f"{prefix}content_type_id = {int(self.content_type_id)} AND {prefix}encoder = "
             f"'{encoder}' AND {prefix}dimensions = {int(self.dimensions)}"
         )
+        if self.identity is not None:
+            identity = self.identity.replace("'", "''")
+            sql += f" AND {prefix}identity = '{identity}'"
+        return sql
 
     def distance_sql(self, alias: str = "") -> str:
         """``vector::type <=> %s::type``: cosine distance to one bound query vector.
@@ -237,6 +269,13 @@ def _create_index_sql(spec: IndexSpec) -> str:
     )
 
 
+def _index_names(spec: IndexSpec, exact: bool) -> list[str]:
+    """Names that serve ``spec``: its own, and unless ``exact`` the legacy one (no identity)."""
+    if exact or spec.identity is None:
+        return [spec.name]
+    return [spec.name, spec.legacy_name]
+
+
 def _relation_exists(cursor, spec: IndexSpec) -> bool:
     cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [spec.name])
     return cursor.fetchone() is not None
@@ -262,16 +301,21 @@ def _remember_after_commit(conn, key: tuple[str, str]) -> None:
     transaction.on_commit(lambda: _known_indexes.add(key), using=conn.alias)
 
 
-def index_exists(spec: IndexSpec, using=None) -> bool:
-    """Whether the HNSW index of ``spec`` exists, asked of the database (not the cache).
+def index_exists(spec: IndexSpec, using=None, *, exact: bool = False) -> bool:
+    """Whether an HNSW index serving ``spec`` exists, asked of the database (not the cache).
 
-    Another process may have dropped it (``embrec_reindex --rebuild-index``): a missing index is
-    also forgotten by this process's cache, so that :func:`ensure_index` creates it again.
+    Unless ``exact``, an index built before versions existed (:attr:`IndexSpec.legacy_name`)
+    serves a spec with an identity. Another process may have dropped it
+    (``embrec_reindex --rebuild-index``): a missing index is also forgotten by this process's
+    cache, so that :func:`ensure_index` creates it again.
     """
     conn = using or default_connection
     key = (conn.alias, spec.name)
     with conn.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", [spec.name])
+        cursor.execute(
+            "SELECT 1 FROM pg_class WHERE relname = ANY(%s) AND relkind = 'i'",
+            [_index_names(spec, exact)],
+        )
         exists = cursor.fetchone() is not None
     if exists:
         _known_indexes.add(key)
@@ -293,7 +337,10 @@ def ensure_index(spec: IndexSpec, using=None) -> bool:
         return False
     with _lock:
         with conn.cursor() as cursor:
-            if _relation_exists(cursor, spec):
+            cursor.execute(
+                "SELECT 1 FROM pg_class WHERE relname = ANY(%s)", [_index_names(spec, False)]
+            )
+            if cursor.fetchone():
                 _known_indexes.add(key)
                 return False
             with transaction.atomic(using=conn.alias):
@@ -379,12 +426,17 @@ def _warn_if_graph_exceeds_memory(cursor, spec: IndexSpec) -> None:
         )
 
 
-def drop_index(spec: IndexSpec, using=None) -> bool:
-    """Drop the HNSW index of ``spec`` (before a full re-embed); True when it existed."""
+def drop_index(spec: IndexSpec, using=None, *, exact: bool = False) -> bool:
+    """Drop the HNSW index of ``spec`` (before a full re-embed, or when a version is pruned);
+    unless ``exact`` also the legacy index serving it. True when one existed."""
     conn = using or default_connection
+    existed = False
     with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        existed = _lock_index(cursor, spec)
-        cursor.execute(f"DROP INDEX IF EXISTS {spec.name}")
+        _lock_index(cursor, spec)
+        for name in _index_names(spec, exact):
+            cursor.execute("SELECT 1 FROM pg_class WHERE relname = %s", [name])
+            existed = existed or cursor.fetchone() is not None
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
     _known_indexes.discard((conn.alias, spec.name))
     return existed
 
@@ -513,7 +565,7 @@ def _copy_in(
         copy.write(_COPY_TRAILER)
 
 
-def _any_exists(cursor, content_type_id: int, encoder: str, pks: list[str]) -> bool:
+def _any_exists(cursor, content_type_id: int, encoder: str, identity: str, pks: list[str]) -> bool:
     """Whether a sample of ``pks`` (at most ``_EXISTS_SAMPLE``, spread over the list) is stored.
 
     Only chooses the write path: a row the sample missed makes the direct COPY fail with a unique
@@ -524,8 +576,8 @@ def _any_exists(cursor, content_type_id: int, encoder: str, pks: list[str]) -> b
         pks = pks[:: -(-len(pks) // _EXISTS_SAMPLE)]
     cursor.execute(
         "SELECT EXISTS (SELECT 1 FROM embrec_embedding WHERE content_type_id = %s "
-        "AND encoder = %s AND object_pk = ANY(%s))",
-        [content_type_id, encoder, pks],
+        "AND encoder = %s AND identity = %s AND object_pk = ANY(%s))",
+        [content_type_id, encoder, identity, pks],
     )
     return bool(cursor.fetchone()[0])
 
@@ -543,7 +595,9 @@ def write_vectors(
     *,
     using=None,
 ) -> int:
-    """Upsert vectors in bulk (binary COPY; see below). Returns the number of rows written.
+    """Upsert the vectors of one encoder identity in bulk (binary COPY; see below); rows of the
+    same objects under other identities (another version of the encoder) are left alone.
+    Returns the number of rows written.
 
     When none of the rows exists yet (a first index, new objects), they are copied straight into
     ``embrec_embedding`` under a savepoint. Otherwise, or when a concurrent writer inserted one of
@@ -568,7 +622,9 @@ def write_vectors(
             )
     pks = [row.object_pk for row in rows]
     with conn.cursor() as cursor:
-        if len(set(pks)) == len(pks) and not _any_exists(cursor, content_type_id, encoder, pks):
+        if len(set(pks)) == len(pks) and not _any_exists(
+            cursor, content_type_id, encoder, identity, pks
+        ):
             now = _transaction_now(cursor)  # the same timestamps as the upsert's now()
             try:
                 with transaction.atomic(using=conn.alias), conn.wrap_database_errors:
@@ -602,8 +658,7 @@ def write_vectors(
                  created_at, updated_at)
             SELECT %s, object_pk, %s, %s, %s, vector, content_hash, now(), now()
               FROM embrec_stage
-            ON CONFLICT (content_type_id, object_pk, encoder) DO UPDATE SET
-                identity = EXCLUDED.identity,
+            ON CONFLICT (content_type_id, object_pk, encoder, identity) DO UPDATE SET
                 dimensions = EXCLUDED.dimensions,
                 vector = EXCLUDED.vector,
                 content_hash = EXCLUDED.content_hash,
@@ -621,7 +676,10 @@ def delete_vectors(
     object_pks: Sequence[str],
     encoder: str | None = None,
     using=None,
+    *,
+    identity: str | None = None,
 ) -> int:
+    """Delete the vectors of objects (of one encoder, or all; of one identity, or all)."""
     conn = using or default_connection
     if not object_pks:
         return 0
@@ -631,5 +689,8 @@ def delete_vectors(
         if encoder is not None:
             sql += " AND encoder = %s"
             params.append(encoder)
+        if identity is not None:
+            sql += " AND identity = %s"
+            params.append(identity)
         cursor.execute(sql, params)
         return cursor.rowcount

@@ -20,7 +20,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from embrec import clusters as clustering
-from embrec import dispatch, indexing, interactions, popularity, training
+from embrec import dispatch, indexing, interactions, popularity, switching, training
 from embrec import duplicates as near_duplicates
 from embrec import embedding_map as maps
 from embrec.conf import embrec_settings
@@ -59,6 +59,9 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
             indexing.kick()
 
     result = indexing.drain(batch_size=size, max_seconds=max_seconds, on_batch=fan_out)
+    # A pending encoder version registered by this drain gets its backfill queued; one whose
+    # backfill this drain completed goes live (EMBREC["VERSION_AUTO_SWITCH"]).
+    switching.after_drain()
     return {
         "batches": result.batches,
         "claimed": result.claimed,
@@ -79,10 +82,12 @@ def drain_outbox(batch_size: int | None = None, max_seconds: float | None = None
     ignore_result=True,
 )
 def sweep() -> int:
-    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds, and move
-    the popularity window forward (:func:`embrec.popularity.expire_popularity`)."""
+    """Re-kick outbox rows pending for longer than ``EMBREC["SWEEP_AFTER"]`` seconds, move
+    the popularity window forward (:func:`embrec.popularity.expire_popularity`), and start,
+    switch and prune encoder versions that are due (:func:`embrec.switching.sweep`)."""
     count = indexing.sweep()
     popularity.expire_popularity()
+    switching.sweep()
     return count
 
 

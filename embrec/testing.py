@@ -36,9 +36,10 @@ from django.conf import settings
 from django.db import models
 from django.test import override_settings
 
-from embrec.indexing import DrainResult, drain, mark_dirty
+from embrec.indexing import DrainResult, mark_dirty
 from embrec.popularity import forget_popularity
 from embrec.storage import forget_indexes
+from embrec.switching import drain_and_switch
 
 try:
     import pytest
@@ -76,12 +77,14 @@ def embed_now(
 
     Saves and deletes of registered objects already wrote outbox rows (signals); this drains
     them. Pass a queryset or objects to queue them first (after ``bulk_create`` or
-    ``QuerySet.update``, which send no signals); ``force`` re-encodes unchanged texts. Returns
-    the :class:`~embrec.indexing.DrainResult` (``encoded``, ``failed``, ``errors`` …).
+    ``QuerySet.update``, which send no signals); ``force`` re-encodes unchanged texts. A new
+    encoder identity is backfilled and switched to here too, as workers do
+    (:func:`embrec.switching.drain_and_switch`). Returns the
+    :class:`~embrec.indexing.DrainResult` (``encoded``, ``failed``, ``errors`` …).
     """
     if queryset_or_objects is not None:
         mark_dirty(queryset_or_objects, force=force)
-    return drain()
+    return drain_and_switch()
 
 
 def forget_caches() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embrec.encoders.base import EncoderIdentity
 from embrec.encoders.hashing import HashingEncoder
 
 
@@ -56,3 +57,22 @@ def recorded_texts(record_dir: Path) -> dict[str, list[str]]:
         file.stem: file.read_text(encoding="utf-8").splitlines()
         for file in sorted(Path(record_dir).glob("*.log"))
     }
+
+
+class SaltedHashingEncoder(InstrumentedHashingEncoder):
+    """Another "model" with the hashing encoder's dimensions: tokens are hashed with ``salt``.
+
+    Its identity (``salted-hashing@<salt>+…``) and vectors differ from ``HashingEncoder``'s, so
+    a switch between them changes every answer while the index dimensions stay the same.
+    """
+
+    option_names = InstrumentedHashingEncoder.option_names | {"salt"}
+
+    def get_identity(self) -> EncoderIdentity:
+        base = super().get_identity()
+        salt = str(self.options.get("salt", ""))
+        # The revision still ends with "bigrams" (HashingEncoder.encode_texts reads it).
+        return EncoderIdentity("salted-hashing", f"{salt}+{base.revision}", base.dimensions, True)
+
+    def _bucket(self, token: str, dims: int) -> tuple[int, float]:
+        return HashingEncoder._bucket(f"{self.options.get('salt', '')}|{token}", dims)

@@ -71,7 +71,8 @@ def text_vector(text: str) -> np.ndarray:
 
 def article_spec() -> IndexSpec:
     ct = ContentType.objects.get_for_model(Article)
-    return IndexSpec(ct.id, "hashing", get_encoder("hashing").dimensions)
+    encoder = get_encoder("hashing")
+    return IndexSpec(ct.id, "hashing", encoder.dimensions, identity=encoder.identity.as_string())
 
 
 def load_random_vectors(count: int, seed: int = 1, categories=("a", "b", "c", "d")) -> list:
@@ -93,7 +94,7 @@ def load_random_vectors(count: int, seed: int = 1, categories=("a", "b", "c", "d
     write_vectors(
         spec.content_type_id,
         "hashing",
-        "random",
+        spec.identity,
         [VectorRow(str(a.pk), v, "x") for a, v in zip(articles, vectors, strict=True)],
     )
     # Building the HNSW index over existing rows is several times faster than inserting into

@@ -10,6 +10,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from embrec import indexing
+from embrec.encoders import get_encoder
 from embrec.models import Embedding, OutboxEntry
 from tests.settings import EMBREC as TEST_EMBREC
 from tests.testapp.models import Article, Note
@@ -105,6 +106,10 @@ def test_status_counts_objects_embedded_stale_pending_failed(articles):
         "stale": 0,
         "pending": 0,
         "failed": 0,
+        "live": get_encoder("hashing").identity.as_string(),
+        "next": None,
+        "next_embedded": None,
+        "progress": None,
     }
     with override_settings(EMBREC=NO_KICK):
         articles[0].title = "changed"
@@ -133,9 +138,25 @@ def test_status_counts_objects_embedded_stale_pending_failed(articles):
         "stale",
         "pending",
         "failed",
+        "live",
+        "next",
+        "progress",
     ]
-    assert lines[2].split() == ["testapp.article", "hashing", "30", "30", "5", "2", "1"]
-    assert lines[3].split() == ["testapp.note", "hashing", "0", "0", "0", "0", "0"]
+    live = get_encoder("hashing").identity.as_string()
+    # Queries read the 25 vectors of the live identity; the 5 others are stale.
+    assert lines[2].split() == [
+        "testapp.article",
+        "hashing",
+        "30",
+        "25",
+        "5",
+        "2",
+        "1",
+        live,
+        "-",
+        "-",
+    ]
+    assert lines[3].split() == ["testapp.note", "hashing", "0", "0", "0", "0", "0", live, "-", "-"]
 
 
 def test_status_unknown_label_is_a_command_error():

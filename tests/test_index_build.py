@@ -25,7 +25,8 @@ BULK = {**TEST_EMBREC, "AUTO_KICK": False, "INDEX_BUILD_THRESHOLD": 100}
 
 def article_spec() -> IndexSpec:
     ct = ContentType.objects.get_for_model(Article)
-    return IndexSpec(ct.id, "hashing", get_encoder("hashing").dimensions)
+    encoder = get_encoder("hashing")
+    return IndexSpec(ct.id, "hashing", encoder.dimensions, identity=encoder.identity.as_string())
 
 
 def create_articles(n: int) -> list[Article]:
@@ -151,8 +152,8 @@ def test_reindex_rebuild_index_drops_and_rebuilds(monkeypatch):
     seen = []
     original = indexing.drain_batch
 
-    def watching(size):
-        result = original(size)
+    def watching(size, **options):
+        result = original(size, **options)
         if result is not None:
             seen.append(index_exists(spec))
         return result

@@ -9,10 +9,11 @@ from django.db import transaction
 from django.test import override_settings
 
 import embrec
-from embrec import indexing
+from embrec import indexing, switching
 from embrec.encoders import get_encoder
 from embrec.models import DrainSignal, Embedding, OutboxEntry
 from embrec.registry import registry
+from embrec.versions import live_identity
 from tests.encoders import recorded_texts
 from tests.settings import EMBREC as TEST_EMBREC
 from tests.testapp.models import Article, Note
@@ -33,8 +34,11 @@ def instrumented(**options):
 
 
 def vector_of(obj, encoder="hashing") -> Embedding:
+    """The vector queries read: the live version's (the only one before any is registered)."""
     ct = ContentType.objects.get_for_model(obj)
-    return Embedding.objects.get(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
+    rows = Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
+    identity = live_identity(encoder)
+    return rows.get(identity=identity) if identity else rows.get()
 
 
 def has_vector(obj, encoder="hashing") -> bool:
@@ -280,11 +284,23 @@ def test_a_new_encoder_identity_makes_vectors_stale_and_they_are_reencoded(tmp_p
         assert indexing.status(rec, "hashing")["stale"] == 3
         embrec.mark_dirty(Article.objects.all())
         result = indexing.drain()
-        # Same text, other identity: re-encoded, not skipped as unchanged.
-        assert (result.encoded, result.unchanged) == (3, 0)
-        assert indexing.status(rec, "hashing")["stale"] == 0
+        # Same text, other identity: encoded for the new (pending) version, beside the live
+        # vectors, which are unchanged.
+        assert (result.encoded, result.unchanged) == (3, 3)
+        status = indexing.status(rec, "hashing")
+        assert (status["live"], status["next_embedded"], status["progress"]) == (
+            old_identity,
+            3,
+            100.0,
+        )
+        assert vector_of(articles[0]).identity == old_identity  # what queries read
+        switching.after_drain()  # the drain task's step: queue the backfill, switch once done
+        indexing.drain()
+        assert switching.after_drain()
+        status = indexing.status(rec, "hashing")
+        assert (status["stale"], status["next"]) == (0, None)
         emb = vector_of(articles[0])
-        assert emb.dimensions == 32 and emb.identity != old_identity
+        assert emb.dimensions == 32 and emb.identity == status["live"] != old_identity
 
 
 def test_several_encoders_side_by_side():

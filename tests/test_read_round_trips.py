@@ -55,7 +55,7 @@ def similar_json(client, pk, query="limit=5"):
     return response.status_code, response.json()
 
 
-def test_similar_endpoint_is_two_statements_and_answers_as_the_full_path(catalog, cold):
+def test_similar_endpoint_is_three_statements_and_answers_as_the_full_path(catalog, cold):
     client = APIClient()
     source = catalog[3]
     full, full_sqls = run(lambda: similar_json(client, source.pk))  # learns the dimensions
@@ -63,13 +63,15 @@ def test_similar_endpoint_is_two_statements_and_answers_as_the_full_path(catalog
     assert bound_vector(full_sqls)
     fast, sqls = run(lambda: similar_json(client, source.pk))
     assert fast == full
-    # The search (source vector, its visibility and the scan settings inside) and the hydration.
-    assert len(sqls) == 2, sqls
-    assert sqls[0].startswith("SET LOCAL hnsw.ef_search = 400; SET LOCAL hnsw.iterative_scan")
+    # The encoder's live version, the search (source vector, its visibility and the scan
+    # settings inside) and the hydration.
+    assert len(sqls) == 3, sqls
+    assert "embrec_encoder_version" in sqls[0]
+    assert sqls[1].startswith("SET LOCAL hnsw.ef_search = 400; SET LOCAL hnsw.iterative_scan")
     assert no_transaction_commands(sqls)
     assert not bound_vector(sqls)
     # The hydration does not sort by the model's Meta.ordering.
-    assert "ORDER BY" not in sqls[1]
+    assert "ORDER BY" not in sqls[2]
     # Same with re-ranking options (popular candidates are measured against the stored vector;
     # recency depends on the clock, so the scores of two calls differ, not the order).
     for query in ("limit=4&popularity=0.3&mmr_lambda=0.7", "limit=6&recency=0.2"):
@@ -114,7 +116,7 @@ def test_python_api_answers_the_same_with_known_wrong_or_no_dimensions(catalog, 
     full, full_sqls = run(ranked)
     assert bound_vector(full_sqls)
     fast, sqls = run(ranked)
-    assert fast == full and len(sqls) == 2 and not bound_vector(sqls)
+    assert fast == full and len(sqls) == 3 and not bound_vector(sqls)
     # Dimensions that no stored vector has (an encoder switched models): the short path finds
     # nothing and the full path answers, then remembers the right dimensions.
     retrieval._dimensions[(ct.id, "hashing")] = 32
@@ -135,15 +137,15 @@ def test_recommendations_are_at_most_six_statements_with_explanations(catalog, c
     assert full["results"][0]["explanation"]
     response, sqls = run(lambda: client.get(url))
     assert response.json() == full
-    # The search with the stored user vector, the user's recent events, the explanations'
-    # similarities, and one load of the results and the items they name (authentication adds
-    # its own query with a login).
-    assert len(sqls) == 4, sqls
+    # The encoder's live version, the search with the stored user vector, the user's recent
+    # events, the explanations' similarities, and one load of the results and the items they
+    # name (authentication adds its own query with a login).
+    assert len(sqls) == 5, sqls
     assert no_transaction_commands(sqls)
     assert not bound_vector(sqls)
     # With a filter the explanations' items (not filtered) are loaded apart from the results.
     filtered, sqls = run(lambda: client.get(url + "&category=scifi"))
-    assert filtered.json()["results"][0]["explanation"] and len(sqls) == 5, sqls
+    assert filtered.json()["results"][0]["explanation"] and len(sqls) == 6, sqls
     # A stale stored vector is not used: the vector is computed again, as before.
     UserEmbedding.objects.filter(user=user).update(is_stale=True)
     stale, sqls = run(lambda: client.get(url))

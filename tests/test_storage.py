@@ -53,14 +53,32 @@ def test_write_vectors_inserts_then_upserts_in_bulk():
 
     changed = rows(2, seed=1)
     with transaction.atomic():
-        assert write_vectors(ct.id, "hashing", "id-2", changed) == 2
+        assert write_vectors(ct.id, "hashing", "id-1", changed) == 2
     assert Embedding.objects.filter(content_type=ct).count() == 5
     updated = Embedding.objects.get(content_type=ct, object_pk="1", encoder="hashing")
     np.testing.assert_allclose(updated.vector, changed[1].vector, rtol=1e-6)
-    assert updated.identity == "id-2"
+    assert updated.identity == "id-1"
     assert updated.updated_at >= first.updated_at
     untouched = Embedding.objects.get(content_type=ct, object_pk="3", encoder="hashing")
-    assert untouched.identity == "id-1"
+    np.testing.assert_allclose(untouched.vector, first.vector, rtol=1e-6)
+
+
+def test_write_vectors_of_another_identity_go_beside_the_existing_ones():
+    ct = ContentType.objects.get_for_model(Article)
+    with transaction.atomic():
+        write_vectors(ct.id, "hashing", "model-a", rows(3))
+    other = rows(2, seed=1)
+    with transaction.atomic():
+        # A sample of the pks exists under model-a: still the direct COPY path for model-b.
+        assert write_vectors(ct.id, "hashing", "model-b", other) == 2
+    with transaction.atomic():
+        assert write_vectors(ct.id, "hashing", "model-b", rows(2, seed=2)) == 2  # upsert
+    assert Embedding.objects.filter(content_type=ct, identity="model-a").count() == 3
+    assert Embedding.objects.filter(content_type=ct, identity="model-b").count() == 2
+    a = Embedding.objects.get(content_type=ct, object_pk="1", identity="model-a")
+    np.testing.assert_allclose(a.vector, rows(3)[1].vector, rtol=1e-6)
+    b = Embedding.objects.get(content_type=ct, object_pk="1", identity="model-b")
+    np.testing.assert_allclose(b.vector, rows(2, seed=2)[1].vector, rtol=1e-6)
 
 
 def test_write_vectors_uses_one_statement_per_batch_not_one_per_row():

@@ -17,7 +17,6 @@ from django.utils import timezone
 from scipy import sparse
 
 import embrec
-from embrec import indexing
 from embrec.encoders import get_encoder
 from embrec.encoders.adaptive import (
     UNCERTAINTY_DIMS,
@@ -45,6 +44,8 @@ from embrec.evaluation.runner import evaluate_method
 from embrec.evaluation.split import InteractionLog, Split
 from embrec.models import Embedding, Interaction
 from embrec.registry import registry
+from embrec.switching import drain_and_switch
+from embrec.versions import live_identity
 from tests.testapp.models import Article
 
 GROUPS = {"red": "crimson fire", "green": "forest leaf", "blue": "ocean wave"}
@@ -114,12 +115,13 @@ def consume(users, articles, start, seed=5, per_user=None):
 
 
 def stored(alias):
+    """{pk: vector} of the vectors queries read (the live version's)."""
     ct = ContentType.objects.get_for_model(Article)
+    rows = Embedding.objects.filter(content_type=ct, encoder=alias)
+    if live_identity(alias):
+        rows = rows.filter(identity=live_identity(alias))
     return {
-        pk: np.asarray(v, dtype=np.float32)
-        for pk, v in Embedding.objects.filter(content_type=ct, encoder=alias).values_list(
-            "object_pk", "vector"
-        )
+        pk: np.asarray(v, dtype=np.float32) for pk, v in rows.values_list("object_pk", "vector")
     }
 
 
@@ -135,7 +137,7 @@ def test_als_encoder_ranking_is_implicits_own(trained):
     out = StringIO()
     call_command("embrec_train", "als", stdout=out)
     assert "als: revision" in out.getvalue()
-    indexing.drain()
+    drain_and_switch()
     encoder = get_encoder("als")
     vectors = stored("als")
     assert len(vectors) == 18
@@ -217,7 +219,7 @@ def test_adaptive_hybrid_places_rare_and_new_items_by_content(trained):
     assert trained_aliases() == ["als", "item2vec"]
     call_command("embrec_train", "item2vec", stdout=StringIO())
     new = Article.objects.create(title="crimson fire story new", body="red crimson fire tale")
-    indexing.drain()
+    drain_and_switch()
 
     item2vec, adaptive = stored("item2vec"), stored("adaptive")
     assert str(rare.pk) not in item2vec  # below min_count: no behavioural vector of its own

@@ -61,9 +61,9 @@ def test_direct_copy_falls_back_to_upsert_on_a_concurrent_insert(monkeypatch):
     # As if another transaction inserted a row between the existence check and the COPY.
     monkeypatch.setattr(storage, "_any_exists", lambda *args: False)
     with transaction.atomic():
-        assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
+        assert write_vectors(ct.id, "w", "id1", make_rows(2.0, "c")) == len(PKS)
         assert Embedding.objects.filter(encoder="w").count() == len(PKS)  # still usable
-    assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)
+    assert_stored("w", make_rows(2.0, "c"), "id1", ct.id)
 
 
 @pytest.mark.parametrize("chunk", [2_000, 7], ids=["one-write", "writer-thread"])
@@ -74,7 +74,7 @@ def test_a_stored_row_the_existence_sample_misses_falls_back_to_the_upsert(chunk
     rows = make_rows()
     # The sample takes every 8th of the 30 pks (0, 8, 16, 24): pk index 5 is not looked up.
     with transaction.atomic():
-        write_vectors(ct.id, "w", "old", [rows[5]])
+        write_vectors(ct.id, "w", "id2", [rows[5]])
     with transaction.atomic():
         assert write_vectors(ct.id, "w", "id2", make_rows(2.0, "c")) == len(PKS)
     assert_stored("w", make_rows(2.0, "c"), "id2", ct.id)

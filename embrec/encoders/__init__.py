@@ -6,12 +6,13 @@ imported by the encoder modules that need them, the first time such an encoder i
 """
 
 from embrec.encoders.base import BaseEncoder, EncoderIdentity, EncoderUnavailable
-from embrec.encoders.loading import get_encoder, reset_encoders
+from embrec.encoders.loading import get_encoder, get_versioned_encoder, reset_encoders
 
 __all__ = [
     "BaseEncoder",
     "EncoderIdentity",
     "EncoderUnavailable",
     "get_encoder",
+    "get_versioned_encoder",
     "reset_encoders",
 ]

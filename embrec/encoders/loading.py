@@ -13,6 +13,7 @@ from embrec.encoders.base import BaseEncoder
 
 _lock = threading.Lock()
 _encoders: dict[str, BaseEncoder] = {}
+_versioned: dict[tuple[str, str], BaseEncoder | None] = {}
 
 
 def encoder_config(alias: str) -> dict[str, Any]:
@@ -34,12 +35,48 @@ def get_encoder(alias: str) -> BaseEncoder:
     with _lock:
         encoder = _encoders.get(alias)
         if encoder is None:
-            config = encoder_config(alias)
-            cls, problems = encoder_class(alias, config)
-            if cls is None:
-                raise ImproperlyConfigured(problems[0].message)
-            encoder = cls(alias, **config.get("OPTIONS", {}))
+            encoder = _build(alias, encoder_config(alias))
             _encoders[alias] = encoder
+    return encoder
+
+
+def _build(alias: str, config: dict) -> BaseEncoder:
+    cls, problems = encoder_class(alias, config)
+    if cls is None:
+        raise ImproperlyConfigured(problems[0].message)
+    return cls(alias, **config.get("OPTIONS", {}))
+
+
+def get_versioned_encoder(alias: str, identity: str, config: dict) -> BaseEncoder | None:
+    """The encoder of ``alias`` whose vectors have ``identity``, or ``None`` if this process
+    cannot build it.
+
+    The configured encoder (:func:`get_encoder`) when its identity matches; otherwise one built
+    from ``config`` (the ``CLASS`` and ``OPTIONS`` stored with an
+    :class:`~embrec.models.EncoderVersion`) when that gives ``identity``. A model whose files were
+    replaced in place (a retrained item2vec, a fine-tuned model) cannot be rebuilt: ``None``.
+    Built encoders are kept for the life of the process, like configured ones.
+    """
+    try:
+        configured = get_encoder(alias)
+        if configured.identity.as_string() == identity:
+            return configured
+    except ImproperlyConfigured:
+        pass  # the alias left the settings: only its stored configuration can rebuild it
+    key = (alias, identity)
+    with _lock:
+        if key in _versioned:
+            return _versioned[key]
+    encoder = None
+    if isinstance(config, dict) and "CLASS" in config:
+        try:
+            candidate = _build(alias, config)
+            if candidate.identity.as_string() == identity:
+                encoder = candidate
+        except Exception:  # the stored class is gone or its model cannot be read any more
+            encoder = None
+    with _lock:
+        _versioned[key] = encoder
     return encoder
 
 
@@ -47,6 +84,7 @@ def reset_encoders() -> None:
     """Forget loaded encoders (settings changed, or tests)."""
     with _lock:
         _encoders.clear()
+        _versioned.clear()
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

@@ -26,7 +26,6 @@ import numpy as np
 from django.db import models
 
 from embrec.conf import embrec_settings
-from embrec.encoders import get_encoder
 from embrec.exceptions import QueryError
 from embrec.interactions import user_vector
 from embrec.models import Embedding
@@ -68,6 +67,7 @@ from embrec.read.scope import (
 )
 from embrec.scoring import normalized_popularity
 from embrec.storage import IndexSpec
+from embrec.versions import read_version
 
 
 def rank(
@@ -150,13 +150,14 @@ def similar_to_key(
     rec = scope.rec
     encoder = similar_encoder_for(rec, options.encoder)
     scope = scope.excluding([pk])
-    spec = known_spec(rec, encoder)
+    version = read_version(encoder)
+    spec = known_spec(rec, encoder, version)
     if spec is not None:
         vector = stored_object_vector(spec, pk, scope.shown if source_shown else None)
         candidates = rank(scope, options, spec, vector)
         if candidates:
             return hydrate(rec, candidates, SOURCE_SIMILAR, scope.visible)
-    loaded, spec = get_vector(load(), encoder)
+    loaded, spec = get_vector(load(), encoder, version)
     return hydrate(rec, rank(scope, options, spec, loaded), SOURCE_SIMILAR, scope.visible)
 
 
@@ -164,12 +165,13 @@ def search(scope: Scope, options: QueryOptions) -> list[Result]:
     """Objects of ``scope`` nearest to ``options.text``, encoded in this process."""
     rec = scope.rec
     encoder = text_encoder_for(rec, options.encoder)
-    vector = get_encoder(encoder).encode([options.text or ""])[0]
+    version = read_version(encoder)
+    vector = version.encoder().encode([options.text or ""])[0]
     if not np.any(vector):
         raise QueryError(
             "The search text has no words the encoder knows.", code="empty_query", field="q"
         )
-    spec = index_spec(rec, encoder, vector.shape[0])
+    spec = index_spec(rec, encoder, vector.shape[0], version)
     return hydrate(rec, rank(scope, options, spec, vector), SOURCE_SEARCH, scope.visible)
 
 
@@ -185,16 +187,17 @@ def recommend(scope: Scope, options: QueryOptions) -> list[Result]:
     encoder = encoder_for(rec, options.encoder)
     if scope.user_id is None:
         return popular_results(scope, options.limit, encoder)
+    version = read_version(encoder)
     candidates: list[Candidate] = []
-    spec = known_spec(rec, encoder)
+    spec = known_spec(rec, encoder, version)
     if spec is not None:
         candidates = rank(scope, options, spec, stored_user_vector(spec, scope.user_id))
     if not candidates:
         # No fresh stored vector (or no neighbour): compute the vector, as it is stored.
-        vector = user_vector(scope.user_id, rec, encoder)
+        vector = user_vector(scope.user_id, rec, encoder, identity=version.identity)
         if vector is None:
             return popular_results(scope, options.limit, encoder)
-        spec = index_spec(rec, encoder, vector.shape[0])
+        spec = index_spec(rec, encoder, vector.shape[0], version)
         candidates = rank(scope, options, spec, vector)
     if options.explain:
         # Explanations may name items outside the filters, never items the request cannot see.
@@ -207,6 +210,7 @@ def recommend(scope: Scope, options: QueryOptions) -> list[Result]:
             encoder,
             scope.visible,
             scope.shown,
+            identity=version.identity,
         )
     else:
         results = hydrate(rec, candidates, SOURCE_PERSONAL, scope.visible)
@@ -229,13 +233,16 @@ def popular_results(scope: Scope, limit: int, encoder: str) -> list[Result]:
     if len(results) < limit:
         # Nothing (or too little) is popular yet: newest embedded items.
         taken = scope.exclusions.excluding(r.pk for r in results)
+        rows = Embedding.objects.filter(
+            content_type_id=scope.content_type_id,
+            encoder=encoder,
+            object_pk__in=visible_pks(visible),
+        )
+        identity = read_version(encoder).identity
+        if identity is not None:
+            rows = rows.filter(identity=identity)
         recent = list(
-            Embedding.objects.filter(
-                content_type_id=scope.content_type_id,
-                encoder=encoder,
-                object_pk__in=visible_pks(visible),
-            )
-            .exclude(taken.q())
+            rows.exclude(taken.q())
             .order_by("-created_at", "-id")
             .values_list("object_pk", flat=True)[: limit - len(results)]
         )

@@ -120,16 +120,19 @@ def explain_results(
     content_type_id: int,
     encoder: str,
     visible: models.QuerySet,
+    *,
+    identity: str | None = None,
 ) -> None:
     """Attach to each result the interacted items with the largest ``weight × cosine`` to it.
 
     The similarities are computed by PostgreSQL in one statement (results × positively weighted
     interacted items, top few per result); no item vector is loaded into Python. Only items in
-    ``visible`` are named.
+    ``visible`` are named. Only vectors of one encoder identity are compared: ``identity`` (the
+    version the results were ranked with); ``None`` before any version is registered.
     """
     if not results:
         return
-    found = _contributions(user_id, content_type_id, encoder, [r.pk for r in results])
+    found = _contributions(user_id, content_type_id, encoder, [r.pk for r in results], identity)
     items = sorted({item for _, item, _ in found.rows})
     found.attach(results, in_bulk(rec, visible, items) if items else {})
 
@@ -143,15 +146,17 @@ def explained_results(
     encoder: str,
     visible: models.QuerySet,
     shown: models.QuerySet,
+    *,
+    identity: str | None = None,
 ) -> list[Result]:
     """:func:`hydrate` then :func:`explain_results` (explanations name items of ``shown``), with
     the results and the items they name loaded in one query when ``visible`` is ``shown`` (a
     query without filters)."""
     if not candidates or visible is not shown:
         results = hydrate(rec, candidates, source, visible)
-        explain_results(rec, results, user_id, content_type_id, encoder, shown)
+        explain_results(rec, results, user_id, content_type_id, encoder, shown, identity=identity)
         return results
-    found = _contributions(user_id, content_type_id, encoder, [c.pk for c in candidates])
+    found = _contributions(user_id, content_type_id, encoder, [c.pk for c in candidates], identity)
     items = {item for _, item, _ in found.rows}
     objects = in_bulk(rec, visible, [*(c.pk for c in candidates), *sorted(items)])
     results = _results(candidates, objects, source)
@@ -190,10 +195,15 @@ class _Contributions:
 
 
 def _contributions(
-    user_id: Any, content_type_id: int, encoder: str, pks: Sequence[str]
+    user_id: Any,
+    content_type_id: int,
+    encoder: str,
+    pks: Sequence[str],
+    identity: str | None = None,
 ) -> _Contributions:
     """The user's positively weighted recent items and their contribution to each of ``pks``
-    (one statement for the events, one for the similarities; none without positive items)."""
+    (one statement for the events, one for the similarities; none without positive items), from
+    vectors of ``identity`` only (any, before versions are registered)."""
     weights, kinds, _ = interaction_weights(user_id, content_type_id)
     positive = {pk: w for pk, w in weights.items() if w > 0}
     if not positive:
@@ -210,9 +220,10 @@ def _contributions(
               FROM {table} r
               JOIN {table} i
                 ON i.content_type_id = r.content_type_id AND i.encoder = r.encoder
-               AND i.dimensions = r.dimensions
+               AND i.dimensions = r.dimensions AND i.identity = r.identity
               JOIN unnest(%s::text[], %s::float8[]) AS w(pk, weight) ON w.pk = i.object_pk
              WHERE r.content_type_id = %s AND r.encoder = %s AND r.object_pk = ANY(%s)
+               AND (%s::text IS NULL OR r.identity = %s::text)
         ) ranked
         WHERE rank <= %s AND contribution > 0
         ORDER BY pk, contribution DESC
@@ -223,6 +234,8 @@ def _contributions(
         content_type_id,
         encoder,
         list(pks),
+        identity,
+        identity,
         # A few spare rows per result for items the request may not see.
         EXPLANATION_SIZE * 3,
     ]

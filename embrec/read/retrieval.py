@@ -1,4 +1,4 @@
-"""Retrieval SQL: nearest neighbours over the HNSW index of one (model, encoder).
+"""Retrieval SQL: nearest neighbours over the HNSW index of one (model, encoder, version).
 
 Every vector query runs one ordered ANN search over the partial HNSW index of its
 :class:`~embrec.storage.IndexSpec`, restricted in the same statement to the scope's visible
@@ -14,7 +14,9 @@ database: it is selected inside the ANN statement (:class:`StoredVector`), and w
 nothing the caller falls back to loading it (to say why: not embedded, hidden, stale).
 
 Also here: the stored vector of an object (:func:`get_vector`), the distance of given objects
-to a vector (:func:`candidates_for`), and the plan of a query (:func:`explain`).
+to a vector (:func:`candidates_for`), and the plan of a query (:func:`explain`). Vectors are
+read from the live version of the encoder (:func:`embrec.versions.read_version`, looked up once
+per query), so a query never compares vectors of two models during a switch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
 from embrec.conf import embrec_settings
-from embrec.encoders import get_encoder
 from embrec.exceptions import NotEmbedded
 from embrec.items import Recommendable
 from embrec.models import Embedding, OutboxEntry, UserEmbedding, content_type_of
@@ -44,6 +45,7 @@ from embrec.storage import (
     scan_size,
     vector_literal,
 )
+from embrec.versions import ReadVersion, read_version
 
 
 @dataclass
@@ -408,23 +410,26 @@ def explain(
 _dimensions: dict[tuple[int, str], int] = {}
 
 
-def index_spec(rec: Recommendable, encoder: str, dimensions: int) -> IndexSpec:
-    """The :class:`IndexSpec` of a registration's vectors (no model is loaded)."""
+def index_spec(
+    rec: Recommendable, encoder: str, dimensions: int, version: ReadVersion | None = None
+) -> IndexSpec:
+    """The :class:`IndexSpec` of a registration's vectors of the live version of ``encoder``
+    (or of ``version``, looked up once by the caller); no model is loaded."""
     ct = content_type_of(rec.model)
     _dimensions[(ct.id, encoder)] = int(dimensions)
-    return IndexSpec.for_encoder(ct.id, encoder, dimensions, get_encoder(encoder).options)
+    return (version or read_version(encoder)).spec(ct.id, dimensions)
 
 
-def known_spec(rec: Recommendable, encoder: str) -> IndexSpec | None:
-    """The :class:`IndexSpec` of the dimensions this process last saw for ``rec`` and
-    ``encoder`` (``None`` before the first query, and for a ``bit`` index, which re-ranks with
-    a bound vector). A :class:`StoredVector` of other dimensions selects nothing, so a wrong
-    guess costs the slow path, never a wrong result."""
+def known_spec(rec: Recommendable, encoder: str, version: ReadVersion) -> IndexSpec | None:
+    """The :class:`IndexSpec` of ``version`` at the dimensions this process last saw for
+    ``rec`` and ``encoder`` (``None`` before the first query, and for a ``bit`` index, which
+    re-ranks with a bound vector). A :class:`StoredVector` of other dimensions selects nothing,
+    so a wrong guess costs the slow path, never a wrong result."""
     ct = content_type_of(rec.model)
     dimensions = _dimensions.get((ct.id, encoder))
     if dimensions is None:
         return None
-    spec = IndexSpec.for_encoder(ct.id, encoder, dimensions, get_encoder(encoder).options)
+    spec = version.spec(ct.id, dimensions)
     return None if spec.binary else spec
 
 
@@ -444,7 +449,8 @@ def stored_object_vector(
         where.append(restriction[0])
         params.extend(restriction[1])
     sql = f"SELECT s.vector::{spec.vector_type} AS v FROM {table} s WHERE {' AND '.join(where)}"
-    return StoredVector(sql, tuple(params))
+    # Before versions are registered an object may keep rows of several identities: one is used.
+    return StoredVector(sql + " LIMIT 1", tuple(params))
 
 
 def stored_user_vector(spec: IndexSpec, user_id: Any) -> StoredVector:
@@ -457,18 +463,27 @@ def stored_user_vector(spec: IndexSpec, user_id: Any) -> StoredVector:
         f"AND u.encoder = %s AND u.dimensions = {int(spec.dimensions)} AND NOT u.is_stale "
         f"AND vector_norm(u.vector) > 0"
     )
-    return StoredVector(sql, (user_id, spec.encoder))
+    params: tuple = (user_id, spec.encoder)
+    if spec.identity is not None:
+        sql += " AND u.identity = %s"
+        params += (spec.identity,)
+    # Before versions are registered a user may keep rows of several identities: one is used.
+    return StoredVector(sql + " LIMIT 1", params)
 
 
-def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
-    """The stored vector of ``obj`` and its index; :class:`NotEmbedded` when there is none."""
+def get_vector(
+    obj: models.Model, encoder: str, version: ReadVersion | None = None
+) -> tuple[np.ndarray, IndexSpec]:
+    """The stored vector of ``obj`` under the live version of ``encoder`` (or ``version``,
+    looked up once by the caller) and that version's index; :class:`NotEmbedded` when there is
+    none."""
     rec = registry.get(obj)
     ct = content_type_of(obj)
-    row = (
-        Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
-        .values_list("vector", "dimensions")
-        .first()
-    )
+    version = version or read_version(encoder)
+    rows = Embedding.objects.filter(content_type=ct, object_pk=str(obj.pk), encoder=encoder)
+    if version.identity is not None:
+        rows = rows.filter(identity=version.identity)
+    row = rows.values_list("vector", "dimensions").first()
     if row is None:
         outbox = OutboxEntry.objects.filter(content_type=ct, object_pk=str(obj.pk))
         if outbox.filter(state=OutboxEntry.PENDING).exists():
@@ -481,4 +496,4 @@ def get_vector(obj: models.Model, encoder: str) -> tuple[np.ndarray, IndexSpec]:
             f"{obj._meta.label_lower} {obj.pk} has no {encoder!r} embedding yet: {why}.",
             state=state,
         )
-    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]))
+    return parse_vector(row[0]), index_spec(rec, encoder, int(row[1]), version)

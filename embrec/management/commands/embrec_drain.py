@@ -1,7 +1,8 @@
 """``manage.py embrec_drain [--batch-size N] [--max-batches N] [--max-seconds S]``.
 
 Processes the outbox in the foreground, exactly as a Celery worker would (several can run at
-once, with workers or each other). Useful without Celery, in cron, or to debug an encoder.
+once, with workers or each other), including the backfill of a new encoder version and the switch
+to it once complete (:func:`embrec.switching.drain_and_switch`). Useful without Celery, in cron, or to debug an encoder.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec import indexing
+from embrec import indexing, switching
 from embrec.management.commands._common import ProgressBar, positive
 
 
@@ -30,7 +31,7 @@ class Command(BaseCommand):
         if options["verbosity"] > 0:
             bar = ProgressBar(self.stdout, indexing.pending_count(), "drain")
         try:
-            result = indexing.drain(
+            result = switching.drain_and_switch(
                 batch_size=options["batch_size"],
                 max_batches=options["max_batches"],
                 max_seconds=options["max_seconds"],

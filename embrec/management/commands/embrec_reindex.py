@@ -6,6 +6,11 @@ outbox is drained in this process instead of by Celery workers, and missing HNSW
 at the end. ``--rebuild-index`` drops the models' HNSW indexes before queueing, so that a full
 re-embed (a new model) loads without index maintenance; the index is built once, when the backlog
 is gone (by the worker that empties it, here with ``--sync``, or by the sweeper).
+
+When the settings name a new model for an alias (another identity), its vectors are backfilled
+beside the live ones as a pending version (:mod:`embrec.versions`) and the alias switches once
+the backfill is complete: at the end of ``--sync`` here, after the workers' drain otherwise
+(``EMBREC["VERSION_AUTO_SWITCH"]``; ``manage.py embrec_switch`` switches by hand).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec import indexing
+from embrec import indexing, switching
 from embrec.conf import embrec_settings
 from embrec.management.commands._common import (
     ProgressBar,
@@ -21,6 +26,7 @@ from embrec.management.commands._common import (
     resolve_encoder,
     resolve_labels,
 )
+from embrec.versions import sync_all
 
 
 class Command(BaseCommand):
@@ -69,6 +75,16 @@ class Command(BaseCommand):
                     raise CommandError(str(exc)) from None
                 for name in dropped:
                     self.stdout.write(f"{rec.label}: dropped index {name}; rebuilt after the load.")
+
+        aliases = {encoder} if encoder else {a for rec in recs for a in rec.get_encoders()}
+        sync = options["sync"]
+        for version in sync_all(aliases):
+            self.stdout.write(
+                f"Encoder {version.alias!r}: new version {version.identity} is backfilled beside "
+                f"the live one; queries keep reading the live version until the switch."
+            )
+        for version in switching.start_backfills(kick=not sync):
+            self.stdout.write(f"Encoder {version.alias!r}: every object queued for the backfill.")
 
         queued: dict[str, int] = {}
         for rec in recs:
@@ -129,3 +145,7 @@ class Command(BaseCommand):
         )
         if result.failed:
             self.stdout.write("See `manage.py embrec_status` and the Embedding admin for errors.")
+        for version in switching.after_drain():
+            self.stdout.write(
+                self.style.SUCCESS(f"Encoder {version.alias!r} switched to {version.identity}.")
+            )

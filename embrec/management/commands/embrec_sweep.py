@@ -2,15 +2,16 @@
 
 Re-queues a drain task for outbox rows that have been pending too long (the broker was down when
 they were saved, or the worker that held them died), and moves the popularity window forward.
-Celery beat runs the same sweep as the ``embrec.sweep`` task; this command is for cron or for an
-operator.
+Also starts the backfill of a new encoder version, switches one whose backfill is complete and
+prunes retired ones past their grace period (:func:`embrec.switching.sweep`). Celery beat runs
+the same sweep as the ``embrec.sweep`` task; this command is for cron or for an operator.
 """
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from embrec import indexing, popularity
+from embrec import indexing, popularity, switching
 from embrec.conf import embrec_settings
 
 
@@ -50,3 +51,9 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(f"No outbox row pending for more than {age:g}s.")
+        versions = switching.sweep()
+        if any(versions.values()):
+            self.stdout.write(
+                f"Encoder versions: {versions['backfills']} backfill(s) queued, "
+                f"{versions['switched']} switched, {versions['pruned']} pruned."
+            )
