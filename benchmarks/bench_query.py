@@ -8,9 +8,13 @@ For each query item (and each benchmark user) the same search runs as
   same ``ef_search``, query vector bound from the client, on a plain psycopg connection);
 * ``api`` — ``embrec.similar(obj)`` / ``embrec.recommend(user)`` in this process;
 * ``rest`` — ``GET .../similar/`` / ``GET recommendations/`` over HTTP on 127.0.0.1 to a
-  gunicorn worker (keep-alive connection).
+  gunicorn worker (keep-alive connection);
+* for similar items also the hand-written alternatives of :mod:`benchmarks.handwritten`:
+  ``pgvector`` (pgvector-python's ``CosineDistance`` through the ORM, in this process),
+  ``rest_pgvector`` and ``rest_raw_sql`` (the same view, and the one-statement SQL view, over
+  HTTP to the same gunicorn worker).
 
-The three are interleaved query by query. recall@10 compares result ids with the exact top 10
+All sides are interleaved query by query. recall@10 compares result ids with the exact top 10
 computed in numpy over all vectors (minus the query item, or minus the user's seen items).
 An ``ef_search`` curve of the raw query follows. Vectors are synthetic MiniLM-like
 (:mod:`benchmarks.dataset`); the database is ``embrec_bench``.
@@ -73,6 +77,7 @@ def main() -> None:
 
     import embrec
     from benchmarks.dataset import DIMS, ensure_catalog, vectors
+    from benchmarks.handwritten import pgvector_similar
     from embrec.conf import embrec_settings
     from embrec.interactions import user_vector
     from embrec.models import Interaction
@@ -140,6 +145,8 @@ def main() -> None:
         f"{kind}_{how}": [] for kind in ("similar", "personal") for how in ("raw", "api", "rest")
     }
     timings["personal_api_no_explain"] = []
+    for key in ("similar_pgvector", "similar_rest_pgvector", "similar_rest_raw_sql"):
+        timings[key] = []
     hits: dict[str, list[float]] = {key: [] for key in timings}
 
     with Server(port=args.port, workers=1) as server:
@@ -164,6 +171,9 @@ def main() -> None:
             raw_similar(pk)
             embrec.similar(movies[pk], limit=k)
             rest(f"/api/embrec/items/catalog.movie/{pk}/similar/?limit={k}")
+            pgvector_similar(pk, k)
+            rest(f"/bench/pgvector/{pk}/similar/?limit={k}")
+            rest(f"/bench/raw/{pk}/similar/?limit={k}")
 
         for pk in query_pks:
             truth = exact_top(all_vectors, all_vectors[pk - 1], {pk}, k)
@@ -177,6 +187,21 @@ def main() -> None:
             timed(
                 "similar_rest",
                 lambda pk=pk: rest(f"/api/embrec/items/catalog.movie/{pk}/similar/?limit={k}"),
+                truth,
+            )
+            timed(
+                "similar_pgvector",
+                lambda pk=pk: [m.pk for m, _ in pgvector_similar(pk, k)],
+                truth,
+            )
+            timed(
+                "similar_rest_pgvector",
+                lambda pk=pk: rest(f"/bench/pgvector/{pk}/similar/?limit={k}"),
+                truth,
+            )
+            timed(
+                "similar_rest_raw_sql",
+                lambda pk=pk: rest(f"/bench/raw/{pk}/similar/?limit={k}"),
                 truth,
             )
         rounds = max(1, args.queries // max(1, len(users)))
@@ -215,7 +240,10 @@ def main() -> None:
     }
     for kind in ("similar", "personal"):
         raw_p50 = results[f"{kind}_raw"]["p50_ms"]
-        for how in ("api", "rest"):
+        hows = ["api", "rest"]
+        if kind == "similar":
+            hows += ["pgvector", "rest_pgvector", "rest_raw_sql"]
+        for how in hows:
             entry = results[f"{kind}_{how}"]
             entry["p50_vs_raw"] = round(entry["p50_ms"] / raw_p50, 2)
             entry["target_p50_ms"] = round(1.5 * raw_p50 + 5, 3)

@@ -185,3 +185,65 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (0.0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields after the command: state is [0]; utime and stime are fields 14 and 15 of stat.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def process_group(pgid: int) -> list[int]:
+    """Pids of the processes in process group ``pgid`` (a gunicorn master and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def backend_pids(cursor, exclude_self: bool = True) -> list[int]:
+    """Pids of the PostgreSQL client backends connected to the current database."""
+    cursor.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend'"
+        + (" AND pid <> pg_backend_pid()" if exclude_self else "")
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+class CPUMeter:
+    """CPU seconds used by a set of processes between :meth:`start` and :meth:`stop`.
+
+    ``pids`` is called at both ends (processes may appear in between: a new database backend);
+    a process present at one end only counts from 0 or up to its last reading.
+    """
+
+    def __init__(self, pids) -> None:
+        self.pids = pids
+        self.before: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.before = {pid: process_cpu_seconds(pid) for pid in self.pids()}
+
+    def stop(self) -> float:
+        after = {pid: process_cpu_seconds(pid) for pid in self.pids()}
+        return sum(
+            after.get(pid, self.before.get(pid, 0.0)) - self.before.get(pid, 0.0)
+            for pid in set(after) | set(self.before)
+        )

@@ -35,6 +35,9 @@ EMBREC = {
     "BATCH_SIZE": int(os.environ.get("EMBREC_BENCH_BATCH_SIZE", "256")),
     # Room for the HNSW graph of a 1M-vector build (~2.2GB at 384-d); the machine has 24 GiB.
     "INDEX_BUILD_MAINTENANCE_WORK_MEM": os.environ.get("EMBREC_BENCH_INDEX_MEMORY", "3GB"),
+    # No throttles: a load test from one address would be throttled (429) within a second, and
+    # the hand-written views it is compared with have none either.
+    "API_THROTTLE_CLASSES": [],
 }
 
 # Basic auth on every request of the load test: a cheap hasher keeps password hashing
@@ -45,3 +48,13 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication"],
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# The scan settings of embrec's defaults on every connection, as a site serving hand-written
+# pgvector queries configures its server (benchmarks.handwritten relies on them; embrec sets its
+# own per query).
+DATABASES["default"].setdefault("OPTIONS", {})["options"] = (  # noqa: F405
+    "-c hnsw.ef_search=100 -c hnsw.iterative_scan=relaxed_order"
+)
+# Connections stay open (as behind a pooler): per-request figures never include a reconnect, and
+# the CPU meters of bench_rest follow the same database backends for the whole run.
+DATABASES["default"]["CONN_MAX_AGE"] = None  # noqa: F405

@@ -1,9 +1,11 @@
-"""The demo's URLs plus a bare DRF endpoint, the baseline of the REST benchmarks."""
+"""The demo's URLs plus the baselines of the REST benchmarks: a bare DRF endpoint and the
+hand-written similar-items views of :mod:`benchmarks.handwritten`."""
 
 from django.urls import path
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from benchmarks.handwritten import PgvectorSimilarView, RawSQLSimilarView
 from project.urls import urlpatterns as project_urlpatterns
 
 
@@ -38,5 +40,7 @@ class ConstantListView(APIView):
 
 urlpatterns = [
     path("bench/constant/", ConstantListView.as_view()),
+    path("bench/pgvector/<int:pk>/similar/", PgvectorSimilarView.as_view()),
+    path("bench/raw/<int:pk>/similar/", RawSQLSimilarView.as_view()),
     *project_urlpatterns,
 ]

@@ -195,16 +195,23 @@ def profile_weight(weight: float, mode: str) -> float:
     return float(weight)
 
 
-def recent_items(user_id: Any, content_type_id: int, limit: int) -> list[str]:
-    """The ``limit`` distinct items the user touched most recently (latest event first; items
-    whose latest events are simultaneous are ordered by key, as strings, descending)."""
-    return list(
+def recent_items_query(user_id: Any, content_type_id: int, limit: int) -> models.QuerySet:
+    """The keys of the ``limit`` distinct items the user touched most recently, as a query
+    (latest event first; items whose latest events are simultaneous are ordered by key, as
+    strings, descending)."""
+    return (
         Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
         .values("object_pk")
         .annotate(latest=Max("created_at"))
         .order_by("-latest", Collate("object_pk", "C").desc())
         .values_list("object_pk", flat=True)[: int(limit)]
     )
+
+
+def recent_items(user_id: Any, content_type_id: int, limit: int) -> list[str]:
+    """The ``limit`` distinct items the user touched most recently (see
+    :func:`recent_items_query`)."""
+    return list(recent_items_query(user_id, content_type_id, limit))
 
 
 def interaction_weights(
@@ -225,10 +232,11 @@ def interaction_weights(
     mode = embrec_settings.USER_VECTOR_WEIGHTING
     events_qs = Interaction.objects.filter(user_id=user_id, content_type_id=content_type_id)
     if not all_items:
-        pks = recent_items(user_id, content_type_id, embrec_settings.USER_VECTOR_MAX_INTERACTIONS)
-        if not pks:
-            return {}, {}, 0
-        events_qs = events_qs.filter(object_pk__in=pks)
+        # One statement: the recent items are a subquery of the events' query.
+        limit = embrec_settings.USER_VECTOR_MAX_INTERACTIONS
+        events_qs = events_qs.filter(
+            object_pk__in=recent_items_query(user_id, content_type_id, limit)
+        )
     events = list(events_qs.values_list("object_pk", "kind", "weight", "created_at"))
     if not events:
         return {}, {}, 0

@@ -387,30 +387,57 @@ def popularity_ranking(
 
     One SQL statement: a ``UNION ALL`` of the three over the counts table.
     """
-    using = _read_db()
-    skip = [str(pk) for pk in skip]
+    using = router.db_for_read(PopularityCount)
+    sql, params = popularity_ranking_sql(
+        content_type_id, visible, exclusions, count, [str(pk) for pk in skip]
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return ranking_from_rows(cursor.fetchall())
+
+
+def popularity_ranking_sql(
+    content_type_id: int,
+    visible: models.QuerySet,
+    exclusions: Excluded,
+    count: int,
+    skip: Sequence[str] | str,
+) -> tuple[str, list]:
+    """The statement of :func:`popularity_ranking`: ``(part, object_pk, users)`` rows (part 0:
+    the visible maximum, 1: the top, 2: the ``skip`` objects' popularity) and its parameters.
+
+    ``skip`` may be SQL (a string: a sub-select of keys): the read path then runs this statement
+    inside its ANN statement, skipping that statement's own nearest rows, and reads the rows
+    with :func:`ranking_from_rows`.
+    """
+    _keep_window_current()
+    skip_sql = isinstance(skip, str)
     shown, shown_params = _shown_sql(visible)
     base = f"FROM {_COUNTS} c WHERE c.content_type_id = %s AND c.users > 0"
     parts = [f"(SELECT 0, c.object_pk, c.users {base} AND {shown} {_ORDER} LIMIT 1)"]
     params: list = [content_type_id, *shown_params]
+    skipped = f"c.object_pk IN ({skip})" if skip_sql else "c.object_pk = ANY(%s)"
+    skip_params = [] if skip_sql else [list(skip)]
     if count > 0:
         where, where_params = [shown], list(shown_params)
         for sql, sql_params in exclusions.sql("c"):
             where.append(sql)
             where_params += sql_params
         if skip:
-            where.append("NOT (c.object_pk = ANY(%s))")
-            where_params.append(skip)
+            where.append(f"NOT ({skipped})")
+            where_params += skip_params
         parts.append(
             f"(SELECT 1, c.object_pk, c.users {base} AND {' AND '.join(where)} {_ORDER} LIMIT %s)"
         )
         params += [content_type_id, *where_params, int(count)]
     if skip:
-        parts.append(f"(SELECT 2, c.object_pk, c.users {base} AND c.object_pk = ANY(%s))")
-        params += [content_type_id, skip]
-    with connections[using].cursor() as cursor:
-        cursor.execute(" UNION ALL ".join(parts), params)
-        rows = cursor.fetchall()
+        parts.append(f"(SELECT 2, c.object_pk, c.users {base} AND {skipped})")
+        params += [content_type_id, *skip_params]
+    return " UNION ALL ".join(parts), params
+
+
+def ranking_from_rows(rows: Iterable[tuple[int, str, float]]) -> PopularityRanking:
+    """A :class:`PopularityRanking` from the rows of :func:`popularity_ranking_sql`."""
     maximum = 0.0
     top: list[tuple[str, float]] = []
     scores: dict[str, float] = {}

@@ -261,15 +261,37 @@ class SimilarItemsView(EmbrecAPIView):
     def get(self, request, type: str, object_pk: str):
         rec = registry.get(type)
         shown = rec.get_visible_queryset(request)
-        obj = self._get_object(rec, shown, type, object_pk)
-        options = self.options(request, rec)
+        pk = self._clean_pk(rec, type, object_pk)
+        try:
+            options = self.options(request, rec)
+        except EmbrecError:
+            self._get_object(rec, shown, type, object_pk, pk)  # a missing object's 404 first
+            raise
         scope = Scope.build(rec, options, user=request.user, shown=shown)
-        return self.respond(request, rec, pipeline.similar(obj, scope, options), options)
+        # The object is loaded only when the search finds nothing: the search itself checks that
+        # the request may see it (hidden objects get the same 404 as missing ones).
+        results = pipeline.similar_to_key(
+            pk,
+            scope,
+            options,
+            load=lambda: self._get_object(rec, shown, type, object_pk, pk),
+            source_shown=True,
+        )
+        return self.respond(request, rec, results, options)
 
     @staticmethod
-    def _get_object(rec, shown, type: str, pk: str):
+    def _clean_pk(rec, type: str, pk: str) -> Any:
         try:
-            return shown.get(pk=clean_value(rec.model._meta.pk, rec.pk_from_string(pk)))
+            return clean_value(rec.model._meta.pk, rec.pk_from_string(pk))
+        except (ValueError, TypeError, DjangoValidationError):
+            raise EmbrecAPIError(
+                f"No {type} with pk {pk!r}.", code="not_found", status_code=404
+            ) from None
+
+    @staticmethod
+    def _get_object(rec, shown, type: str, pk: str, value: Any):
+        try:
+            return shown.get(pk=value)
         except (rec.model.DoesNotExist, ValueError, TypeError, DjangoValidationError):
             # Hidden objects get the same answer as missing ones.
             raise EmbrecAPIError(

@@ -76,6 +76,15 @@ def hydrate(
     """
     qs = visible if visible is not None else rec.get_queryset()
     objects = in_bulk(rec, qs, [c.pk for c in candidates])
+    return _results(candidates, objects, source, with_similarity)
+
+
+def _results(
+    candidates: Sequence[Candidate],
+    objects: dict[str, Any],
+    source: str,
+    with_similarity: bool = True,
+) -> list[Result]:
     return [
         Result(
             object=objects[c.pk],
@@ -99,7 +108,9 @@ def in_bulk(rec: Recommendable, qs: models.QuerySet, pks: Sequence[str]) -> dict
             continue
     if not values:
         return {}
-    return {str(obj.pk): obj for obj in rec.get_results_queryset(qs.filter(pk__in=values))}
+    # The rank decides the order: no ORDER BY (the model's Meta.ordering would sort for nothing).
+    objects = rec.get_results_queryset(qs.filter(pk__in=values)).order_by()
+    return {str(obj.pk): obj for obj in objects}
 
 
 def explain_results(
@@ -121,12 +132,82 @@ def explain_results(
     """
     if not results:
         return
+    found = _contributions(user_id, content_type_id, encoder, [r.pk for r in results], identity)
+    items = sorted({item for _, item, _ in found.rows})
+    found.attach(results, in_bulk(rec, visible, items) if items else {})
+
+
+def explained_results(
+    rec: Recommendable,
+    candidates: Sequence[Candidate],
+    source: str,
+    user_id: Any,
+    content_type_id: int,
+    encoder: str,
+    visible: models.QuerySet,
+    shown: models.QuerySet,
+    *,
+    identity: str | None = None,
+) -> list[Result]:
+    """:func:`hydrate` then :func:`explain_results` (explanations name items of ``shown``), with
+    the results and the items they name loaded in one query when ``visible`` is ``shown`` (a
+    query without filters)."""
+    if not candidates or visible is not shown:
+        results = hydrate(rec, candidates, source, visible)
+        explain_results(rec, results, user_id, content_type_id, encoder, shown, identity=identity)
+        return results
+    found = _contributions(user_id, content_type_id, encoder, [c.pk for c in candidates], identity)
+    items = {item for _, item, _ in found.rows}
+    objects = in_bulk(rec, visible, [*(c.pk for c in candidates), *sorted(items)])
+    results = _results(candidates, objects, source)
+    found.attach(results, objects)
+    return results
+
+
+@dataclass
+class _Contributions:
+    """The rows of the explanations' statement: (result key, item key, contribution)."""
+
+    rows: list[tuple[str, str, float]]
+    weights: dict[str, float]
+    kinds: dict[str, str]
+
+    def attach(self, results: list[Result], objects: dict[str, Any]) -> None:
+        """Set each result's explanation: up to ``EXPLANATION_SIZE`` items found in
+        ``objects`` (the items the request may see), largest contribution first."""
+        by_result: dict[str, list[Explanation]] = {}
+        for pk, item, contribution in self.rows:
+            if item not in objects:
+                continue
+            items = by_result.setdefault(pk, [])
+            if len(items) < EXPLANATION_SIZE:
+                items.append(
+                    Explanation(
+                        object=objects[item],
+                        pk=item,
+                        kind=self.kinds.get(item, ""),
+                        weight=round(self.weights[item], 6),
+                        contribution=round(float(contribution), 6),
+                    )
+                )
+        for r in results:
+            r.explanation = by_result.get(r.pk, [])
+
+
+def _contributions(
+    user_id: Any,
+    content_type_id: int,
+    encoder: str,
+    pks: Sequence[str],
+    identity: str | None = None,
+) -> _Contributions:
+    """The user's positively weighted recent items and their contribution to each of ``pks``
+    (one statement for the events, one for the similarities; none without positive items), from
+    vectors of ``identity`` only (any, before versions are registered)."""
     weights, kinds, _ = interaction_weights(user_id, content_type_id)
     positive = {pk: w for pk, w in weights.items() if w > 0}
-    for r in results:
-        r.explanation = []
     if not positive:
-        return
+        return _Contributions([], positive, kinds)
     table = Embedding._meta.db_table
     sql = f"""
         SELECT pk, item_pk, contribution FROM (
@@ -152,7 +233,7 @@ def explain_results(
         list(positive.values()),
         content_type_id,
         encoder,
-        [r.pk for r in results],
+        list(pks),
         identity,
         identity,
         # A few spare rows per result for items the request may not see.
@@ -162,21 +243,4 @@ def explain_results(
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    objects = in_bulk(rec, visible, sorted({item for _, item, _ in rows}))
-    by_result: dict[str, list[Explanation]] = {}
-    for pk, item, contribution in rows:
-        if item not in objects:
-            continue
-        items = by_result.setdefault(pk, [])
-        if len(items) < EXPLANATION_SIZE:
-            items.append(
-                Explanation(
-                    object=objects[item],
-                    pk=item,
-                    kind=kinds.get(item, ""),
-                    weight=round(positive[item], 6),
-                    contribution=round(float(contribution), 6),
-                )
-            )
-    for r in results:
-        r.explanation = by_result.get(r.pk, [])
+    return _Contributions(rows, positive, kinds)

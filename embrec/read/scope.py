@@ -217,11 +217,29 @@ def visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str,
     """
     if visible is None or not visible.query.where:
         return None
+    # Compiled once per queryset object (a query checks the same one for its source object and
+    # its candidates); a filtered or otherwise cloned queryset is a new object and compiles again.
+    compiled = visible.__dict__.get("_embrec_visible_sql")
+    if compiled is None:
+        compiled = _compile_visible(visible)
+        visible._embrec_visible_sql = compiled
+    if compiled is _UNRESTRICTED:
+        return None
+    sql, params = compiled
+    return sql.replace(_ALIAS, alias), list(params)
+
+
+#: Stands for the outer table's alias in compiled visibility conditions.
+_ALIAS = "__embrec_outer__"
+_UNRESTRICTED = ("", ())
+
+
+def _compile_visible(visible: models.QuerySet) -> tuple[str, tuple]:
     pk = visible.model._meta.pk
     db_type = pk.rel_db_type(connections[visible.db])
     if not db_type:
-        return None
-    column = f"{alias}.object_pk"
+        return _UNRESTRICTED
+    column = f"{_ALIAS}.object_pk"
     if pk.get_internal_type() not in {"CharField", "TextField", "SlugField"}:
         column = f"CAST({column} AS {db_type})"
     try:
@@ -230,5 +248,5 @@ def visible_sql(visible: models.QuerySet | None, alias: str = "e") -> tuple[str,
         )
     except EmptyResultSet:
         # Django proved the queryset empty (e.g. ``pk__in=[]``): no object is visible.
-        return "FALSE", []
-    return f"(EXISTS ({sub_sql} OFFSET 0)) IS TRUE", list(sub_params)
+        return "FALSE", ()
+    return f"(EXISTS ({sub_sql} OFFSET 0)) IS TRUE", tuple(sub_params)
