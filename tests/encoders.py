@@ -19,6 +19,7 @@ class InstrumentedHashingEncoder(HashingEncoder):
     * ``record_dir`` — append every encoded text to ``<record_dir>/<pid>.log``, one per line;
     * ``sleep`` — seconds to sleep in every ``encode`` call, before encoding;
     * ``sleep_on`` — only sleep when a text contains this word;
+    * ``sleep_mark`` — a file created just before each sleep (tests wait for it);
     * ``poison`` — raise ``ValueError`` for any batch containing a text with this word;
     * ``nan_on`` — return NaN values for texts containing this word.
     """
@@ -27,6 +28,7 @@ class InstrumentedHashingEncoder(HashingEncoder):
         "record_dir",
         "sleep",
         "sleep_on",
+        "sleep_mark",
         "poison",
         "nan_on",
     }
@@ -37,6 +39,8 @@ class InstrumentedHashingEncoder(HashingEncoder):
             raise ValueError(f"cannot encode a text containing {poison!r}")
         sleep_on = self.options.get("sleep_on")
         if self.options.get("sleep") and (not sleep_on or any(sleep_on in t for t in texts)):
+            if self.options.get("sleep_mark"):
+                Path(self.options["sleep_mark"]).touch()
             time.sleep(float(self.options["sleep"]))
         vectors = super().encode_texts(texts)
         nan_on = self.options.get("nan_on")

@@ -387,7 +387,7 @@ def test_sweep_rekicks_old_rows_and_retry_failed(django_capture_on_commit_callba
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_drains_holding_rows_of_one_object_never_write_an_older_text_last():
+def test_two_drains_holding_rows_of_one_object_never_write_an_older_text_last(tmp_path):
     """Worker A holds the row of an old save and encodes slowly; the object is saved again and
     worker B takes the new row. B must wait for A, then write the new text's vector."""
     import threading
@@ -395,7 +395,8 @@ def test_two_drains_holding_rows_of_one_object_never_write_an_older_text_last():
 
     from django.db import connection
 
-    slow_old = instrumented(sleep=1.5, sleep_on="old")
+    mark = tmp_path / "encoding-old-text"
+    slow_old = instrumented(sleep=1.5, sleep_on="old", sleep_mark=str(mark))
     with override_settings(EMBREC={**slow_old, "AUTO_KICK": False}):
         Article.objects.create(title="warm up")
         indexing.drain()  # the HNSW index exists: creating it would serialise A and B anyway
@@ -416,19 +417,12 @@ def test_two_drains_holding_rows_of_one_object_never_write_an_older_text_last():
                 qs = OutboxEntry.objects.select_for_update(skip_locked=True)
                 return len(qs.values_list("id", flat=True))
 
-        def a_is_encoding() -> bool:
-            # Polling with a locking query could make A skip the row; watch A's session instead:
-            # while it encodes it sits idle inside its claim transaction.
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
-                )
-                return cursor.fetchone()[0] > 0
-
+        # Polling with a locking query could make A skip the row; the encoder marks the moment
+        # A, inside its claim transaction, starts encoding the old text.
         deadline = time.monotonic() + 30
-        while not a_is_encoding() and time.monotonic() < deadline:
+        while not mark.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert mark.exists(), "worker A encodes the old text"
         assert claimable() == 0, "worker A holds the first row"
 
         article.title = "new text"
