@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,3 +189,23 @@ def cached(kind: str, tgt: Target, params: dict[str, Any]) -> tuple[str, dict | 
 def store(key: str, result: dict) -> None:
     """Cache ``result`` under ``key`` (see :func:`cache_key`)."""
     cache.set(key, result, TIMEOUT)
+
+
+def build(
+    kind: str, find: Callable[..., Any], model: Any, encoder: str | None = None, **params: Any
+) -> dict[str, Any]:
+    """Run ``find(rec, encoder, **params)`` and cache its ``as_dict()`` under the key of the
+    vectors' state and ``params`` (:func:`cache_key`): what an admin analysis page shows.
+
+    An :class:`~embrec.exceptions.AnalysisError` of the computation (a bad parameter, a missing
+    index) is cached as ``{"error": message}`` for the page; one of the target (unknown model or
+    encoder, no vectors) is raised.
+    """
+    tgt = target(model, encoder)
+    key = cache_key(kind, tgt, dict(sorted(params.items())))
+    try:
+        result = find(tgt.rec, tgt.encoder, **params).as_dict()
+    except AnalysisError as exc:  # e.g. a bad parameter: the page shows the message
+        result = {"error": str(exc)}
+    store(key, result)
+    return result

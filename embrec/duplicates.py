@@ -299,18 +299,6 @@ def groups(pairs: list[Pair]) -> list[list[Item]]:
 
 
 def build(model: Any, encoder: str | None = None, **params: Any) -> dict[str, Any]:
-    """Run :func:`find` and cache its ``as_dict()`` under the key of the vectors' state and
-    ``params`` (:func:`embrec.analysis.cache_key`, kind ``"duplicates"``): what the admin's page shows.
-
-    An :class:`~embrec.exceptions.AnalysisError` of the computation (a bad parameter, a missing
-    index) is cached as ``{"error": message}`` for the page; one of the target (unknown model or
-    encoder, no vectors) is raised.
-    """
-    tgt = analysis.target(model, encoder)
-    key = analysis.cache_key("duplicates", tgt, dict(sorted(params.items())))
-    try:
-        result = find(tgt.rec, tgt.encoder, **params).as_dict()
-    except AnalysisError as exc:  # e.g. a bad parameter: the page shows the message
-        result = {"error": str(exc)}
-    analysis.store(key, result)
-    return result
+    """:func:`find`, cached for the admin's page (:func:`embrec.analysis.build`, kind
+    ``"duplicates"``)."""
+    return analysis.build("duplicates", find, model, encoder, **params)
