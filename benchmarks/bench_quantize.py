@@ -88,6 +88,8 @@ def minilm_vectors(n: int, seed: int, *, partial: bool = False) -> np.ndarray:
 
 
 _engine = None
+#: torch threads of the MiniLM encoding (``--threads``).
+_threads = 1
 
 
 def _encode(texts: list[str]) -> np.ndarray:
@@ -99,8 +101,8 @@ def _encode(texts: list[str]) -> np.ndarray:
         from embrec.encoders.engine import EncodingEngine
         from embrec.encoders.sentence_transformer import default_model_path
 
-        # One thread: on a shared, oversubscribed CPU a second one mostly spins.
-        torch.set_num_threads(1)
+        # One thread by default: on a shared, oversubscribed CPU a second one mostly spins.
+        torch.set_num_threads(_threads)
         model = SentenceTransformer(default_model_path(), device="cpu")
         _engine = EncodingEngine(model, device="cpu", dtype="float32", chunk_size=1024)
     return np.asarray(_engine.encode(texts), dtype=np.float32)
@@ -135,6 +137,16 @@ def fit_pca(x: np.ndarray, k: int, sample: int = 100_000) -> tuple[np.ndarray, n
     return mean.astype(np.float32), vectors[:, order].T.astype(np.float32)
 
 
+def fit_rotation(x: np.ndarray, sample: int = 100_000) -> np.ndarray:
+    """The orthonormal basis of the vectors' principal axes (eigenvectors of the uncentred second
+    moment, largest first): rotating by it keeps every cosine and puts the most information in
+    the leading dimensions (what ``embrec.encoders.reduced.ReducedEncoder`` ``"rotate"`` does)."""
+    rng = np.random.default_rng(0)
+    rows = x if len(x) <= sample else x[rng.choice(len(x), sample, replace=False)]
+    values, vectors = np.linalg.eigh(rows.T.astype(np.float64) @ rows.astype(np.float64))
+    return vectors[:, np.argsort(values)[::-1]].T.astype(np.float32)
+
+
 def exact_top(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Row numbers of the exact top ``k`` by cosine (items and queries are unit vectors)."""
     out = np.empty((len(queries), k), dtype=np.int64)
@@ -166,6 +178,7 @@ class Option:
         self.kind = name
         self.index = f"{table}_{name.replace('-', '_')}"
         self.rerank = name.startswith("bit")
+        self.rerank_column, self.rerank_query = "embedding", "q"
         self.candidates = candidates
         full = "%(q)s::vector(384)"
         if name == "vector":
@@ -179,6 +192,18 @@ class Option:
             self.expression_template = f"(binary_quantize({source})::bit(384))"
             self.opclass = "bit_hamming_ops"
             self.order = None  # set by with_mean()
+        elif name.startswith("prefix"):
+            # The leading dimensions of the rotated vectors (ReducedEncoder method "rotate"),
+            # re-ranked by the full rotated vectors: the index option "index_dimensions".
+            dims = int(name[6:].split("-")[0])
+            half = name.endswith("-halfvec")
+            kind = f"halfvec({dims})" if half else f"vector({dims})"
+            self.expression = f"(subvector(rot, 1, {dims})::{kind})"
+            self.opclass = "halfvec_cosine_ops" if half else "vector_cosine_ops"
+            self.order = f"{self.expression} <=> subvector(%(r)s::vector(384), 1, {dims})::{kind}"
+            self.rerank = True
+            self.rerank_column = "rot"
+            self.rerank_query = "r"
         elif name.startswith("pca"):
             dims = int(name[3:].split("-")[0])
             if dims != pca_dims:
@@ -198,7 +223,7 @@ class Option:
             raise SystemExit(f"unknown option {name!r}")
 
     def with_mean(self, mean_literal: str) -> None:
-        if not self.rerank:
+        if not self.kind.startswith("bit"):
             return
         self.expression = self.expression_template.replace("%(mean)s", f"'{mean_literal}'")
         query_source = (
@@ -218,9 +243,9 @@ class Option:
     def query_sql(self, k: int) -> str:
         if self.rerank:
             return (
-                f"SELECT id FROM (SELECT id, embedding FROM {self.table} ORDER BY {self.order} "
-                f"LIMIT {self.candidates}) c ORDER BY c.embedding <=> %(q)s::vector(384) "
-                f"LIMIT {k}"
+                f"SELECT id FROM (SELECT id, {self.rerank_column} AS v FROM {self.table} "
+                f"ORDER BY {self.order} LIMIT {self.candidates}) c "
+                f"ORDER BY c.v <=> %({self.rerank_query})s::vector(384) LIMIT {k}"
             )
         return f"SELECT id FROM {self.table} ORDER BY {self.order} LIMIT {k}"
 
@@ -266,7 +291,9 @@ def new_connection(db):
     )
 
 
-def load_table(conn, table: str, items: np.ndarray, pca_items: np.ndarray) -> float:
+def load_table(
+    conn, table: str, items: np.ndarray, pca_items: np.ndarray, rot_items: np.ndarray
+) -> float:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
@@ -274,13 +301,14 @@ def load_table(conn, table: str, items: np.ndarray, pca_items: np.ndarray) -> fl
     conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(
         f"CREATE TABLE {table} (id integer PRIMARY KEY, embedding vector({items.shape[1]}), "
-        f"pca vector({pca_items.shape[1]}))"
+        f"pca vector({pca_items.shape[1]}), rot vector({rot_items.shape[1]}))"
     )
+    copy = f"COPY {table} (id, embedding, pca, rot) FROM STDIN WITH (FORMAT BINARY)"
     with conn.cursor() as cur:
-        with cur.copy(f"COPY {table} (id, embedding, pca) FROM STDIN WITH (FORMAT BINARY)") as cp:
-            cp.set_types(["int4", "vector", "vector"])
+        with cur.copy(copy) as cp:
+            cp.set_types(["int4", "vector", "vector", "vector"])
             for i in range(len(items)):
-                cp.write_row((i, items[i], pca_items[i]))
+                cp.write_row((i, items[i], pca_items[i], rot_items[i]))
     conn.execute(f"VACUUM ANALYZE {table}")
     return time.perf_counter() - started
 
@@ -302,7 +330,10 @@ def main() -> None:
     parser.add_argument("--memory", default="3GB", help="maintenance_work_mem of the builds")
     parser.add_argument("--reuse", action="store_true", help="keep table and built indexes")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the encoding")
     args = parser.parse_args()
+    global _threads
+    _threads = args.threads
     k = args.k
 
     # Vectors: items, held-out queries, the exact answers.
@@ -335,6 +366,8 @@ def main() -> None:
     pca_items = normalise((items - mean) @ components.T)
     pca_queries = normalise((queries - mean) @ components.T)
     mean_literal = vector_text(mean)
+    rotation = fit_rotation(items)
+    rot_items, rot_queries = items @ rotation.T, queries @ rotation.T
 
     conn, db = connect()
     table = f"bq_{args.n}"
@@ -345,7 +378,8 @@ def main() -> None:
     state = json.loads(state_path.read_text()) if args.reuse and state_path.exists() else {}
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone()[0]
     if not (args.reuse and exists and state.get("rows") == args.n):
-        state = {"rows": args.n, "load_s": round(load_table(conn, table, items, pca_items), 1)}
+        load_s = load_table(conn, table, items, pca_items, rot_items)
+        state = {"rows": args.n, "load_s": round(load_s, 1)}
         state_path.write_text(json.dumps(state))
         print(f"table {table}: {args.n} rows loaded in {state['load_s']} s")
     conn.execute(f"SET maintenance_work_mem = '{args.memory}'")
@@ -369,6 +403,13 @@ def main() -> None:
     }
     table_bytes = conn.execute("SELECT pg_table_size(%s)", [table]).fetchone()[0]
 
+    def query_params(qi: int) -> dict[str, str]:
+        return {
+            "q": vector_text(queries[qi]),
+            "p": vector_text(pca_queries[qi]),
+            "r": vector_text(rot_queries[qi]),
+        }
+
     # One connection per option, its ef_search set once.
     conns = {}
     plans = {}
@@ -377,13 +418,13 @@ def main() -> None:
         ef = max(args.ef_search, option.candidates if option.rerank else 0)
         c.execute(f"SET hnsw.ef_search = {ef}")
         conns[option.name] = c
-        params = {"q": vector_text(queries[0]), "p": vector_text(pca_queries[0])}
+        params = query_params(0)
         plan = c.execute("EXPLAIN " + option.query_sql(k), params).fetchall()
         plans[option.name] = option.index in " ".join(r[0] for r in plan)
     print("plans use their index:", plans)
 
     def run(option: Option, qi: int) -> tuple[float, list[int]]:
-        params = {"q": vector_text(queries[qi]), "p": vector_text(pca_queries[qi])}
+        params = query_params(qi)
         sql = option.query_sql(k)
         started = time.perf_counter()
         rows = conns[option.name].execute(sql, params).fetchall()

@@ -131,8 +131,9 @@ def probe_sql(tgt: Target, neighbours: int, ids: list[int]) -> tuple[str, list]:
         f"ORDER BY {spec.search_sql('b', 'a.vector')} LIMIT %s"
     )
     k = int(neighbours) + 1
-    if spec.binary:
-        # A bit index: its Hamming search returns scan_size rows, re-ranked by the full vectors.
+    if spec.reranked:
+        # A bit or leading-dimensions index: its search returns scan_size rows, re-ranked by the
+        # full vectors.
         probe = f"SELECT * FROM ({probe}) c ORDER BY c.distance LIMIT {k}"
     sql = (
         "SELECT a.id, a.object_pk, n.object_pk, n.distance FROM ("

@@ -22,6 +22,13 @@ What the index stores is an encoder option (:func:`index_options`), ``"index"`` 
   the exact cosine distance of their full vectors, read from the table (see
   :func:`ann_sql`). The table keeps the full vectors either way; only the index shrinks.
 
+``"index_dimensions": k`` (with ``"vector"`` or ``"halfvec"``) indexes only the first ``k``
+dimensions, ``(subvector(vector::vector(384), 1, k)::halfvec(k)) halfvec_cosine_ops``, and
+re-ranks the ``"rerank"`` nearest rows by the full vectors like a ``bit`` index. It suits vectors
+whose leading dimensions carry most of the information: Matryoshka models, and any model's
+vectors rotated onto their principal axes (:class:`embrec.encoders.reduced.ReducedEncoder`,
+``"method": "rotate"``), which keeps every cosine.
+
 A spec may name an encoder identity (:class:`~embrec.models.EncoderVersion`): its predicate then
 adds ``AND identity = '…'``, so the live and a pending version of one alias, even with the same
 dimensions, have separate graphs and a query reads exactly one version. An index built before
@@ -64,10 +71,13 @@ INDEX_KINDS = ("vector", "halfvec", "bit")
 DEFAULT_RERANK = 200
 #: Most rows one re-ranked search may read (``hnsw.ef_search`` is capped at 1,000 too).
 MAX_RERANK = 1000
+#: Fewest leading dimensions an ``"index_dimensions"`` index may keep.
+MIN_INDEX_DIMENSIONS = 8
 
 
 def index_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"halfvec": bool, "binary": bool, "rerank": int}`` from an encoder's ``OPTIONS``.
+    """``{"halfvec": bool, "binary": bool, "prefix": int | None, "rerank": int}`` from an
+    encoder's ``OPTIONS``.
 
     Raises ``ImproperlyConfigured`` with one sentence for a bad value (checked by
     ``manage.py check`` too).
@@ -89,9 +99,26 @@ def index_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise ImproperlyConfigured(
             f"'rerank' must be a whole number of rows from 1 to {MAX_RERANK}, got {rerank!r}."
         )
-    if "rerank" in options and kind != "bit":
-        raise ImproperlyConfigured("'rerank' applies to 'index': 'bit' only.")
-    return {"halfvec": kind == "halfvec", "binary": kind == "bit", "rerank": int(rerank)}
+    prefix = options.get("index_dimensions")
+    if prefix is not None and (
+        isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < MIN_INDEX_DIMENSIONS
+    ):
+        raise ImproperlyConfigured(
+            f"'index_dimensions' must be a whole number of at least {MIN_INDEX_DIMENSIONS}, "
+            f"got {prefix!r}."
+        )
+    if prefix is not None and kind == "bit":
+        raise ImproperlyConfigured(
+            "'index_dimensions' applies to 'index': 'vector' or 'halfvec', not 'bit'."
+        )
+    if "rerank" in options and kind != "bit" and prefix is None:
+        raise ImproperlyConfigured("'rerank' applies to 'index': 'bit' or 'index_dimensions' only.")
+    return {
+        "halfvec": kind == "halfvec",
+        "binary": kind == "bit",
+        "prefix": prefix,
+        "rerank": int(rerank),
+    }
 
 
 @dataclass(frozen=True)
@@ -99,9 +126,10 @@ class IndexSpec:
     """One partial HNSW index: a model's vectors under one encoder alias, dimensions and,
     when ``identity`` is set, one encoder identity (version).
 
-    ``halfvec`` and ``binary`` say what the index stores (see the module docstring); ``rerank``
-    (``binary`` only, not part of the index's identity) is how many rows the Hamming search
-    returns for re-ranking by the full vectors.
+    ``halfvec``, ``binary`` and ``prefix`` (the leading dimensions indexed) say what the index
+    stores (see the module docstring); ``rerank`` (:attr:`reranked` indexes only, not part of the
+    index's identity) is how many rows the index search returns for re-ranking by the full
+    vectors. A ``prefix`` of at least ``dimensions`` indexes the whole vector.
     """
 
     content_type_id: int
@@ -111,6 +139,11 @@ class IndexSpec:
     binary: bool = False
     rerank: int = field(default=DEFAULT_RERANK, compare=False)
     identity: str | None = None
+    prefix: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefix is not None and self.prefix >= self.dimensions:
+            object.__setattr__(self, "prefix", None)
 
     @classmethod
     def for_encoder(
@@ -136,9 +169,22 @@ class IndexSpec:
         return "bit" if self.binary else "halfvec" if self.halfvec else "vector"
 
     @property
+    def reranked(self) -> bool:
+        """Whether the index holds less than the vectors (one bit per dimension, or the leading
+        dimensions): its search returns :attr:`rerank` rows, re-ranked by the full vectors."""
+        return self.binary or self.prefix is not None
+
+    @property
     def vector_type(self) -> str:
-        """The type distances are computed in (full vectors for a ``bit`` index)."""
-        return f"{'halfvec' if self.halfvec else 'vector'}({int(self.dimensions)})"
+        """The type distances are computed in (full vectors for a :attr:`reranked` index)."""
+        half = self.halfvec and not self.reranked
+        return f"{'halfvec' if half else 'vector'}({int(self.dimensions)})"
+
+    @property
+    def index_type(self) -> str:
+        """The type of the indexed vectors (``bit`` excepted)."""
+        dims = int(self.prefix or self.dimensions)
+        return f"{'halfvec' if self.halfvec else 'vector'}({dims})"
 
     @property
     def opclass(self) -> str:
@@ -148,22 +194,31 @@ class IndexSpec:
 
     def index_expression(self, alias: str = "") -> str:
         """The indexed expression (queries must repeat it exactly for the index to serve them)."""
-        prefix = f"{alias}." if alias else ""
+        return self._indexed(f"{alias}.vector" if alias else "vector")
+
+    def _indexed(self, vector: str) -> str:
+        """What the index stores of ``vector`` (an SQL expression of a stored or query vector)."""
         dims = int(self.dimensions)
         if self.binary:
-            return f"(binary_quantize({prefix}vector::vector({dims}))::bit({dims}))"
-        return f"({prefix}vector::{self.vector_type})"
+            return f"(binary_quantize(({vector})::vector({dims}))::bit({dims}))"
+        if self.prefix is not None:
+            return (
+                f"(subvector(({vector})::vector({dims}), 1, {int(self.prefix)})::{self.index_type})"
+            )
+        return f"(({vector})::{self.index_type})"
 
     @property
     def name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "_", self.encoder.lower())[:20]
         key = f"{self.encoder}/bit/dims" if self.binary else f"{self.encoder}/{self.halfvec}/dims"
+        if self.prefix is not None:
+            key += f"/prefix{int(self.prefix)}"
         if self.identity is not None:
             key += f"/{self.identity}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:6]
-        if self.binary:
-            return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}b_{digest}"
-        kind = "h" if self.halfvec else "v"
+        kind = "b" if self.binary else "h" if self.halfvec else "v"
+        if self.prefix is not None:
+            kind += f"p{int(self.prefix)}"
         return f"embrec_hnsw_{self.content_type_id}_{slug}_{self.dimensions}{kind}_{digest}"
 
     @property
@@ -186,8 +241,9 @@ class IndexSpec:
     def distance_sql(self, alias: str = "") -> str:
         """``vector::type <=> %s::type``: cosine distance to one bound query vector.
 
-        For a ``bit`` index this is the exact distance of the full vectors (the re-ranking
-        order), which the index does not serve; :meth:`search_sql` is the order it serves.
+        For a :attr:`reranked` index this is the exact distance of the full vectors (the
+        re-ranking order), which the index does not serve; :meth:`search_sql` is the order it
+        serves.
         """
         prefix = f"{alias}." if alias else ""
         return f"({prefix}vector::{self.vector_type}) <=> %s::{self.vector_type}"
@@ -195,14 +251,8 @@ class IndexSpec:
     def search_sql(self, alias: str = "", query: str = "%s") -> str:
         """The ``ORDER BY`` expression the HNSW index serves, to ``query`` (an SQL expression of
         the query vector; default one bound parameter)."""
-        dims = int(self.dimensions)
-        if not self.binary:
-            prefix = f"{alias}." if alias else ""
-            return f"({prefix}vector::{self.vector_type}) <=> ({query})::{self.vector_type}"
-        return (
-            f"{self.index_expression(alias)} <~> "
-            f"(binary_quantize(({query})::vector({dims}))::bit({dims}))"
-        )
+        operator = "<~>" if self.binary else "<=>"
+        return f"{self.index_expression(alias)} {operator} {self._indexed(query)}"
 
 
 def ann_sql(
@@ -218,15 +268,16 @@ def ann_sql(
     """An ANN query over ``embrec_embedding {alias}`` that the HNSW index of ``spec`` serves.
 
     ``columns`` may use ``{distance}`` (the cosine distance to ``vector``, selected as
-    ``distance``); rows come ordered by it, at most ``limit``. For a ``bit`` index the index
-    search returns ``max(spec.rerank, limit)`` rows by Hamming distance in a sub-select, and the
-    outer query re-ranks them by the full vectors' cosine distance. ``where`` (with
+    ``distance``); rows come ordered by it, at most ``limit``. For a :attr:`~IndexSpec.reranked`
+    index the index search returns ``max(spec.rerank, limit)`` rows (by Hamming distance, or by
+    the cosine of the leading dimensions) in a sub-select, and the outer query re-ranks them by
+    the full vectors' cosine distance. ``where`` (with
     ``where_params``) filters rows inside the index scan either way. Run it with
     ``hnsw.ef_search`` at least :func:`scan_size`.
     """
     literal = vector_literal(vector)
     select = columns.format(distance=spec.distance_sql(alias))
-    if not spec.binary:
+    if not spec.reranked:
         sql = (
             f"SELECT {select} FROM embrec_embedding {alias} WHERE {where} "
             f"ORDER BY distance LIMIT %s"
@@ -241,7 +292,7 @@ def ann_sql(
 
 def scan_size(spec: IndexSpec, limit: int) -> int:
     """Rows the index search of :func:`ann_sql` must return (``hnsw.ef_search`` at least)."""
-    return max(int(spec.rerank), int(limit)) if spec.binary else int(limit)
+    return max(int(spec.rerank), int(limit)) if spec.reranked else int(limit)
 
 
 def vector_literal(vector: Sequence[float] | np.ndarray) -> str:
@@ -409,7 +460,7 @@ def _warn_if_graph_exceeds_memory(cursor, spec: IndexSpec) -> None:
     available = cursor.fetchone()[0]
     needed = hnsw_build_memory(
         rows,
-        spec.dimensions,
+        int(spec.prefix or spec.dimensions),
         halfvec=spec.halfvec,
         binary=spec.binary,
         m=int(embrec_settings.HNSW_M),

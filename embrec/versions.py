@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from embrec.conf import embrec_settings
 from embrec.encoders import BaseEncoder, get_encoder, get_versioned_encoder
+from embrec.encoders.base import INDEX_OPTION_NAMES
 from embrec.encoders.loading import encoder_config
 from embrec.exceptions import VersionUnavailable
 from embrec.models import EncoderVersion
@@ -44,7 +45,7 @@ RETIRED = EncoderVersion.RETIRED
 
 #: Encoder options that choose how vectors are indexed, not what they are: not part of a
 #: version's identity, and taken from the current settings for every version.
-INDEX_OPTION_KEYS = ("index", "halfvec", "rerank")
+INDEX_OPTION_KEYS = tuple(sorted(INDEX_OPTION_NAMES))
 
 
 def serving_options(alias: str, config: dict | None) -> dict:

@@ -13,7 +13,7 @@ import embrec
 from embrec import duplicates, indexing
 from embrec.checks import check_settings
 from embrec.encoders import get_encoder, reset_encoders
-from embrec.encoders.reduced import ReducedEncoder, fit_pca
+from embrec.encoders.reduced import ReducedEncoder, fit_pca, fit_rotation
 from embrec.models import Embedding
 from embrec.read import retrieval as queries
 from embrec.registry import registry
@@ -88,20 +88,36 @@ def exact(vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:
 
 
 def test_index_options_parse_and_reject_bad_values():
-    assert index_options({}) == {"halfvec": False, "binary": False, "rerank": DEFAULT_RERANK}
+    assert index_options({}) == {
+        "halfvec": False,
+        "binary": False,
+        "prefix": None,
+        "rerank": DEFAULT_RERANK,
+    }
     assert index_options({"halfvec": True})["halfvec"] is True
     assert index_options({"index": "halfvec"})["halfvec"] is True
     assert index_options({"index": "bit", "rerank": 50}) == {
         "halfvec": False,
         "binary": True,
+        "prefix": None,
         "rerank": 50,
+    }
+    assert index_options({"index": "halfvec", "index_dimensions": 96, "rerank": 300}) == {
+        "halfvec": True,
+        "binary": False,
+        "prefix": 96,
+        "rerank": 300,
     }
     for bad, message in [
         ({"index": "int8"}, "'index' must be one of"),
         ({"index": "bit", "rerank": 0}, "'rerank' must be"),
         ({"index": "bit", "rerank": "100"}, "'rerank' must be"),
-        ({"rerank": 100}, "applies to 'index': 'bit' only"),
+        ({"rerank": 100}, "applies to 'index': 'bit' or 'index_dimensions' only"),
         ({"index": "bit", "halfvec": True}, "contradicts"),
+        ({"index_dimensions": 4}, "'index_dimensions' must be"),
+        ({"index_dimensions": True}, "'index_dimensions' must be"),
+        ({"index_dimensions": "96"}, "'index_dimensions' must be"),
+        ({"index": "bit", "index_dimensions": 96}, "not 'bit'"),
     ]:
         with pytest.raises(ImproperlyConfigured, match=message):
             index_options(bad)
@@ -134,11 +150,38 @@ def test_bit_index_names_expression_and_opclass():
     assert f"bit({DIMS})" in definition and "dimensions = 64" in definition
 
 
+def test_leading_dimensions_index_names_expression_and_opclass():
+    ct = ContentType.objects.get_for_model(Article)
+    half = IndexSpec.for_encoder(ct.id, "hashing", DIMS, {"index": "halfvec"})
+    prefix = IndexSpec.for_encoder(
+        ct.id, "hashing", DIMS, {"index": "halfvec", "index_dimensions": 16, "rerank": 40}
+    )
+    assert (prefix.prefix, prefix.rerank, prefix.reranked, prefix.kind) == (16, 40, True, "halfvec")
+    assert prefix.name != half.name and not half.reranked
+    # Distances are the full vectors' (re-ranking), in single precision.
+    assert prefix.vector_type == f"vector({DIMS})" and half.vector_type == f"halfvec({DIMS})"
+    # Indexing every dimension (or more) is the plain index.
+    whole = {"index": "halfvec", "index_dimensions": DIMS, "rerank": 40}
+    assert IndexSpec.for_encoder(ct.id, "hashing", DIMS, whole) == half
+    ensure_index(prefix)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [prefix.name])
+        (definition,) = cursor.fetchone()
+    assert "subvector(" in definition and "halfvec(16)" in definition, definition
+    assert "halfvec_cosine_ops" in definition and "dimensions = 64" in definition
+
+
 # -- the read path over quantised indexes ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "index_kind", [{"index": "bit", "rerank": 100}, {"index": "halfvec"}], indirect=True
+    "index_kind",
+    [
+        {"index": "bit", "rerank": 100},
+        {"index": "halfvec"},
+        {"index": "halfvec", "index_dimensions": 16, "rerank": 100},
+    ],
+    indirect=True,
 )
 def test_read_path_uses_the_quantised_index(index_kind):
     rec = registry.get(Article)
@@ -150,7 +193,7 @@ def test_read_path_uses_the_quantised_index(index_kind):
     plan = queries.explain(spec, vectors[0], 10)
     assert f"Index Scan using {spec.name}" in plan, plan
     assert "Seq Scan on embrec_embedding" not in plan, plan
-    if spec.binary:
+    if spec.reranked:
         # The index search returns `rerank` candidates, re-ranked by the full vectors.
         assert "Limit" in plan and plan.count("Sort") >= 1, plan
     assert _index_exists(spec.name)
@@ -204,6 +247,45 @@ def test_similar_and_search_answer_through_a_bit_index(index_kind):
     expected = brute_force(text_vector(text), articles)[:3]
     assert [str(r.object.pk) for r in found] == [pk for pk, _ in expected]
     np.testing.assert_allclose([r.similarity for r in found], [s for _, s in expected], atol=1e-5)
+
+
+def test_rotated_vectors_with_a_leading_dimensions_index_keep_recall(settings):
+    data = clustered(3040)
+    basis, leading = fit_rotation(data[:3000])
+    # Orthonormal: the rotation keeps every cosine; the leading quarter holds most energy.
+    np.testing.assert_allclose(basis @ basis.T, np.eye(DIMS), atol=1e-4)
+    assert leading > 0.4, leading  # an even share would be 0.25
+    rotated = data @ basis.T
+    vectors, queries_ = rotated[:3000], rotated[3000:]
+    options = {"index": "halfvec", "index_dimensions": 16, "rerank": 100}
+    settings.EMBREC = {
+        **TEST_EMBREC,
+        "ENCODERS": {**TEST_EMBREC["ENCODERS"], "hashing": hashing_with(**options)},
+    }
+    reset_encoders()
+    try:
+        spec = queries.index_spec(registry.get(Article), "hashing", DIMS)
+        assert spec.prefix == 16
+        pks = load_articles(vectors, spec)
+        hits, hits_no_rerank = [], []
+        no_rerank = IndexSpec(
+            spec.content_type_id, "hashing", DIMS, halfvec=True, rerank=10, prefix=16
+        )
+        for q in queries_:
+            truth = {pks[i] for i in exact(vectors, q, 10)}
+            found = queries.nearest(spec, q, 10)
+            assert len(found) == 10
+            for c in found:  # exact distances of the full vectors, in order
+                assert abs(c.distance - (1 - float(vectors[pks.index(c.pk)] @ q))) < 1e-5
+            assert [c.distance for c in found] == sorted(c.distance for c in found)
+            hits.append(len(truth & {c.pk for c in found}) / 10)
+            shortlist = queries.nearest(no_rerank, q, 10)
+            hits_no_rerank.append(len(truth & {c.pk for c in shortlist}) / 10)
+        recall, recall_leading_only = float(np.mean(hits)), float(np.mean(hits_no_rerank))
+        assert recall >= 0.95, (recall, recall_leading_only)
+        assert recall_leading_only < recall - 0.1, (recall, recall_leading_only)
+    finally:
+        reset_encoders()
 
 
 # -- PCA and truncation ------------------------------------------------------------------------------
@@ -324,10 +406,60 @@ def test_truncate_encoder_keeps_leading_dimensions_renormalised(settings, tmp_pa
     assert small.identity.name == "truncate32" and small.identity.dimensions == 32
 
 
+def test_rotate_encoder_keeps_every_cosine_and_serves_a_leading_dimensions_index(
+    settings, tmp_path
+):
+    index = {"index": "halfvec", "index_dimensions": 16, "rerank": 100}
+    reduced_settings(settings, tmp_path, method="rotate", **index)
+    # Stores the base alias's ("hashing") vectors: 160, a full-rank fit needs 2 × 64.
+    articles = make_catalog(per_category=40)
+    rotated, base = get_encoder("small"), get_encoder("hashing")
+    assert rotated.identity.dimensions == DIMS and rotated.identity.name == f"rotate{DIMS}"
+    rec = registry.get(Article)
+    texts = [rec.get_text(a) for a in articles]
+    before, after = base.encode(texts), rotated.encode(texts)
+    # Every cosine is the base's: a rotation changes the coordinates, not the answers.
+    np.testing.assert_allclose(after @ after.T, before @ before.T, atol=1e-5)
+    assert not np.allclose(after, before, atol=1e-3)
+    rec.encoders = ["hashing", "small"]
+    try:
+        indexing.enqueue(Article, [a.pk for a in articles], kick=False)
+        indexing.drain()
+        spec = queries.index_spec(rec, "small", DIMS)
+        assert spec.prefix == 16 and _index_exists(spec.name)
+        for i in (3, 17, 31):
+            found = embrec.search(texts[i], model=Article, limit=5, encoder="small")
+            expected = brute_force(text_vector(texts[i]), articles)[:5]
+            assert [str(r.object.pk) for r in found] == [pk for pk, _ in expected]
+            np.testing.assert_allclose(
+                [r.similarity for r in found], [s for _, s in expected], atol=1e-5
+            )
+        similar = embrec.similar(articles[5], limit=5, encoder="small")
+        plain = embrec.similar(articles[5], limit=5, encoder="hashing")
+        assert [r.object.pk for r in similar] == [r.object.pk for r in plain]
+        out = StringIO()
+        call_command("embrec_fit_reduction", "small", "--no-reindex", stdout=out)
+        assert "small: revision" in out.getvalue() and "leading quarter" in out.getvalue()
+    finally:
+        rec.encoders = ["hashing"]
+
+
+def test_a_fit_of_other_dimensions_is_not_reused(settings, tmp_path):
+    reduced_settings(settings, tmp_path, method="pca", dimensions=16)
+    make_catalog(per_category=40)
+    assert get_encoder("small").projection().components.shape == (16, DIMS)
+    reduced_settings(settings, tmp_path, method="pca", dimensions=8)
+    assert get_encoder("small").projection().components.shape == (8, DIMS)
+    assert get_encoder("small").identity.dimensions == 8
+    reduced_settings(settings, tmp_path, method="rotate")
+    assert get_encoder("small").projection().components.shape == (DIMS, DIMS)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
         ({"dimensions": 16, "method": "umap"}, "'method' must be one of"),
+        ({"dimensions": 16, "method": "rotate"}, "keeps every dimension"),
         ({"dimensions": 0}, "'dimensions' must be"),
         ({"dimensions": 16, "fit_sample": 10}, "'fit_sample'"),
     ],
@@ -364,8 +496,12 @@ def test_switching_an_encoder_to_a_bit_index_builds_it_without_reencoding(settin
         reset_encoders()
 
 
-@pytest.mark.parametrize("index_kind", [{"index": "bit", "rerank": 100}], indirect=True)
-def test_near_duplicate_probes_use_the_bit_index(index_kind):
+@pytest.mark.parametrize(
+    "index_kind",
+    [{"index": "bit", "rerank": 100}, {"index": "halfvec", "index_dimensions": 16, "rerank": 100}],
+    indirect=True,
+)
+def test_near_duplicate_probes_use_the_reduced_index(index_kind):
     spec = queries.index_spec(registry.get(Article), "hashing", DIMS)
     vectors = clustered(3000)
     twin = vectors[0] * 0.999 + 0.001

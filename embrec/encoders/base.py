@@ -11,9 +11,9 @@ import numpy as np
 from embrec.vectors import l2_normalize as l2_normalize  # re-exported for encoder modules
 
 #: ``OPTIONS`` every encoder accepts: what the HNSW index of its vectors stores (``"index"``:
-#: ``"vector"``, ``"halfvec"`` or ``"bit"``; ``"rerank"``; the older ``"halfvec": True``), read by
-#: :func:`embrec.storage.index_options`, never by the encoder itself.
-INDEX_OPTION_NAMES = frozenset({"index", "halfvec", "rerank"})
+#: ``"vector"``, ``"halfvec"`` or ``"bit"``; ``"index_dimensions"``; ``"rerank"``; the older
+#: ``"halfvec": True``), read by :func:`embrec.storage.index_options`, never by the encoder itself.
+INDEX_OPTION_NAMES = frozenset({"index", "halfvec", "index_dimensions", "rerank"})
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,22 @@ Options:
   keep the first ``dimensions`` coordinates and L2-normalise (Matryoshka truncation; only for
   models trained for it, such as ``nomic-embed-text-v1.5`` or ``mxbai-embed-large-v1`` —
   truncating a model that was not loses much more than PCA, see docs/BENCHMARKS.md).
-* ``dimensions`` — the dimensions kept (required, fewer than the base's).
+  ``"rotate"``: rotate onto the principal axes of the site's vectors (the eigenvectors of their
+  uncentred second moment, largest first) and keep every dimension. A rotation changes no cosine,
+  so every answer stays the base's, but the leading dimensions now carry most of the
+  information: pair it with the index option ``"index_dimensions"`` (an HNSW index over the
+  leading dimensions only, re-ranked by the full vectors; see :mod:`embrec.storage`)::
+
+      "rotated": {
+          "CLASS": "embrec.encoders.reduced.ReducedEncoder",
+          "OPTIONS": {"base": "default", "method": "rotate",
+                      "index": "halfvec", "index_dimensions": 96, "rerank": 200},
+      },
+
+  On MiniLM vectors this index is 4× smaller than the full one at recall@10 ≥ 0.95
+  (docs/BENCHMARKS.md (g)).
+* ``dimensions`` — the dimensions kept (required for ``"pca"`` and ``"truncate"``, fewer than the
+  base's; ``"rotate"`` keeps them all and takes none).
 * ``fit_sample`` — at most this many vectors for the PCA fit (default 20,000).
 * ``model_dir`` — where fits are kept (default ``<BASE_DIR>/.embrec/models/<database>``, then
   ``/<alias>``, as for encoders trained on interactions).
@@ -58,7 +73,7 @@ from embrec.vectors import l2_normalize
 
 logger = logging.getLogger("embrec")
 
-METHODS = ("pca", "truncate")
+METHODS = ("pca", "truncate", "rotate")
 DEFAULT_FIT_SAMPLE = 20_000
 
 
@@ -81,8 +96,25 @@ def fit_pca(vectors: np.ndarray, dimensions: int) -> tuple[np.ndarray, np.ndarra
     return mean.astype(np.float32), components.astype(np.float32), explained
 
 
+def fit_rotation(vectors: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(basis, leading)``: the orthonormal basis of the vectors' principal axes (eigenvectors
+    of the uncentred second moment ``XᵀX``, largest eigenvalue first; shape ``(d, d)``) and the
+    share of the vectors' energy in the leading quarter of the dimensions. Signs are fixed as in
+    :func:`fit_pca`."""
+    data = np.asarray(vectors, dtype=np.float64)
+    values, vecs = np.linalg.eigh(data.T @ data)
+    order = np.argsort(values)[::-1]
+    basis = vecs[:, order].T
+    flip = np.sign(basis[np.arange(len(basis)), np.abs(basis).argmax(axis=1)])
+    basis *= flip[:, None]
+    total = float(values.clip(min=0).sum()) or 1.0
+    leading = float(values[order[: max(1, len(order) // 4)]].clip(min=0).sum()) / total
+    return basis.astype(np.float32), leading
+
+
 class Projection:
-    """A fitted PCA: ``normalise((x - mean) @ components.T)``."""
+    """A fitted PCA or rotation: ``normalise((x - mean) @ components.T)`` (a rotation's mean is
+    zero and its components a whole orthonormal basis)."""
 
     def __init__(self, mean: np.ndarray, components: np.ndarray, revision: str) -> None:
         self.mean = mean.astype(np.float32)
@@ -114,12 +146,20 @@ class ReducedEncoder(BaseEncoder):
                 f"got {self.method!r}."
             )
         dims = options.get("dimensions")
-        if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        if self.method == "rotate":
+            if dims is not None:
+                raise ImproperlyConfigured(
+                    f"Reduced encoder {alias!r}: 'rotate' keeps every dimension of the base; "
+                    "remove 'dimensions' (index fewer with the 'index_dimensions' option)."
+                )
+            dims = 1
+        elif isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
             raise ImproperlyConfigured(
                 f"Reduced encoder {alias!r}: 'dimensions' must be a positive whole number, "
                 f"got {dims!r}."
             )
-        self.target_dims = dims
+        #: The dimensions kept (``None`` for ``"rotate"``: the base's).
+        self.target_dims: int | None = None if self.method == "rotate" else dims
         sample = options.get("fit_sample", DEFAULT_FIT_SAMPLE)
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 2 * dims:
             raise ImproperlyConfigured(
@@ -148,12 +188,16 @@ class ReducedEncoder(BaseEncoder):
     def profile_uses_all_items(self) -> bool:  # type: ignore[override]
         return self.base_encoder().profile_uses_all_items
 
-    def _check_dims(self, base_dims: int) -> None:
+    def _check_dims(self, base_dims: int) -> int:
+        """The dimensions of this encoder's vectors, given the base's."""
+        if self.target_dims is None:
+            return base_dims
         if self.target_dims >= base_dims:
             raise ImproperlyConfigured(
                 f"Reduced encoder {self.alias!r}: 'dimensions' ({self.target_dims}) must be "
                 f"fewer than those of {self.options['base']!r} ({base_dims})."
             )
+        return self.target_dims
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -164,12 +208,12 @@ class ReducedEncoder(BaseEncoder):
 
     def get_identity(self) -> EncoderIdentity:
         base = self.base_encoder().identity
-        self._check_dims(base.dimensions)
+        dims = self._check_dims(base.dimensions)
         if self.method == "truncate":
             revision = hashlib.sha1(base.as_string().encode()).hexdigest()[:12]
         else:
             revision = self.projection().revision
-        return EncoderIdentity(f"{self.method}{self.target_dims}", revision, self.target_dims, True)
+        return EncoderIdentity(f"{self.method}{dims}", revision, dims, True)
 
     # -- the fit --------------------------------------------------------------------------------
 
@@ -186,8 +230,13 @@ class ReducedEncoder(BaseEncoder):
             meta = json.loads(pointer.read_text())
             if meta.get("base_identity") != self._base_key():
                 return None
+            # A fit made under another method or dimensions is not this encoder's.
+            if meta.get("method", "pca") != self.method:
+                return None
             with np.load(self.model_dir / f"pca-{meta['revision']}.npz") as data:
-                return Projection(data["mean"], data["components"], meta["revision"])
+                projection = Projection(data["mean"], data["components"], meta["revision"])
+            wanted = self.target_dims or projection.components.shape[1]
+            return projection if projection.components.shape[0] == wanted else None
         except (OSError, ValueError, KeyError):
             return None
 
@@ -226,7 +275,7 @@ class ReducedEncoder(BaseEncoder):
         The new fit becomes the encoder's identity at once; re-embed the registrations using
         this alias afterwards (``embrec_fit_reduction`` queues that).
         """
-        if self.method != "pca":
+        if self.method == "truncate":
             raise ImproperlyConfigured(
                 f"Reduced encoder {self.alias!r} truncates ({self.method!r}): nothing to fit."
             )
@@ -244,15 +293,20 @@ class ReducedEncoder(BaseEncoder):
 
     def _fit_and_save(self) -> tuple[Projection, dict[str, Any]]:
         base = self.base_encoder()
-        self._check_dims(base.identity.dimensions)
+        dims = self._check_dims(base.identity.dimensions)
         vectors, source = self.fit_vectors()
-        if len(vectors) < 2 * self.target_dims:
+        if len(vectors) < 2 * dims:
             raise ValueError(
                 f"Reduced encoder {self.alias!r}: {len(vectors)} vectors to fit a "
-                f"{self.target_dims}-dimension PCA on; it needs at least {2 * self.target_dims} "
-                "(index more objects first, or lower 'dimensions')."
+                f"{dims}-dimension {self.method} on; it needs at least {2 * dims} "
+                "(index more objects first"
+                + (")." if self.method == "rotate" else ", or lower 'dimensions').")
             )
-        mean, components, explained = fit_pca(vectors, self.target_dims)
+        if self.method == "rotate":
+            components, explained = fit_rotation(vectors)
+            mean = np.zeros(components.shape[1], np.float32)
+        else:
+            mean, components, explained = fit_pca(vectors, dims)
         digest = hashlib.sha1(self._base_key().encode())
         digest.update(mean.tobytes())
         digest.update(components.tobytes())
@@ -264,12 +318,15 @@ class ReducedEncoder(BaseEncoder):
             "base_identity": self._base_key(),
             "vectors": len(vectors),
             "source": source,
+            "method": self.method,
+            # PCA: the variance its dimensions keep; rotate: the energy of the leading quarter.
             "explained_variance": round(explained, 4),
         }
         text = json.dumps(summary, indent=2).encode()
         atomic_write(self.model_dir / "current.json", lambda fh: fh.write(text))
         logger.info(
-            "Fitted PCA %s for encoder %r on %d %s vectors (%.1f%% of the variance).",
+            "Fitted %s %s for encoder %r on %d %s vectors (%.1f%% of the variance).",
+            self.method,
             revision,
             self.alias,
             len(vectors),
@@ -289,7 +346,7 @@ class ReducedEncoder(BaseEncoder):
                 [self.options["base"], base.identity.as_string(), self.fit_sample],
             )
             stored = [parse_vector(row[0]) for row in cursor.fetchall()]
-        if len(stored) >= 2 * self.target_dims:
+        if len(stored) >= 2 * (self.target_dims or base.identity.dimensions):
             return np.stack(stored), "stored"
         return self._encode_sample(base), "encoded"
 
@@ -309,7 +366,8 @@ class ReducedEncoder(BaseEncoder):
     # -- encoding -------------------------------------------------------------------------------
 
     def reduce(self, vectors: np.ndarray) -> np.ndarray:
-        """The base's vectors (rows) reduced: projected or truncated, then L2-normalised."""
+        """The base's vectors (rows) reduced: projected, rotated or truncated, then
+        L2-normalised."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if self.method == "truncate":
             return l2_normalize(vectors[:, : self.target_dims].copy())

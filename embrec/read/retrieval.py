@@ -222,11 +222,11 @@ def _nearest_parts(
     with_vectors: bool,
 ) -> tuple[list[str], str, list]:
     """``(CTEs, SELECT, parameters of both in order)`` of an ANN query."""
-    if spec.binary:
-        # A bit index: the index search returns spec.rerank rows, re-ranked by the full
-        # vectors (storage.ann_sql), to a bound vector.
+    if spec.reranked:
+        # A bit or leading-dimensions index: the index search returns spec.rerank rows,
+        # re-ranked by the full vectors (storage.ann_sql), to a bound vector.
         if isinstance(vector, StoredVector):
-            raise ValueError("A bit index searches with a bound query vector.")
+            raise ValueError("A re-ranked index searches with a bound query vector.")
         where_sql, where_params = _where(spec, exclusions, visible)
         columns = "e.object_pk, {distance} AS distance, e.created_at"
         if with_vectors:
@@ -422,7 +422,7 @@ def index_spec(
 
 def known_spec(rec: Recommendable, encoder: str, version: ReadVersion) -> IndexSpec | None:
     """The :class:`IndexSpec` of ``version`` at the dimensions this process last saw for
-    ``rec`` and ``encoder`` (``None`` before the first query, and for a ``bit`` index, which
+    ``rec`` and ``encoder`` (``None`` before the first query, and for a re-ranked index, which
     re-ranks with a bound vector). A :class:`StoredVector` of other dimensions selects nothing,
     so a wrong guess costs the slow path, never a wrong result."""
     ct = content_type_of(rec.model)
@@ -430,7 +430,7 @@ def known_spec(rec: Recommendable, encoder: str, version: ReadVersion) -> IndexS
     if dimensions is None:
         return None
     spec = version.spec(ct.id, dimensions)
-    return None if spec.binary else spec
+    return None if spec.reranked else spec
 
 
 def stored_object_vector(

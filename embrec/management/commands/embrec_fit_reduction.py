@@ -1,7 +1,7 @@
-"""``manage.py embrec_fit_reduction [ALIAS ...] [--no-reindex]``: refit PCA-reduced encoders.
+"""``manage.py embrec_fit_reduction [ALIAS ...] [--no-reindex]``: refit fitted reduced encoders.
 
-Fits each named :class:`~embrec.encoders.reduced.ReducedEncoder` with ``"method": "pca"``
-(default: every configured one) on the vectors stored now; when the fit changed (a new revision,
+Fits each named :class:`~embrec.encoders.reduced.ReducedEncoder` with ``"method": "pca"`` or
+``"rotate"`` (default: every configured one) on the vectors stored now; when the fit changed (a new revision,
 hence a new encoder identity), queues re-embedding of the registrations that use the alias (or an
 encoder built on it).
 """
@@ -18,9 +18,12 @@ from embrec.encoders import get_encoder
 from embrec.encoders.reduced import ReducedEncoder
 from embrec.encoders.trained import dependent_aliases, registrations_using
 
+#: The methods of a reduced encoder that are fitted on the site's vectors.
+FITTED = ("pca", "rotate")
+
 
 def pca_aliases() -> list[str]:
-    """Configured aliases of PCA-reduced encoders."""
+    """Configured aliases of fitted reduced encoders (PCA or rotation)."""
     names = []
     for name, config in embrec_settings.ENCODERS.items():
         try:
@@ -29,13 +32,13 @@ def pca_aliases() -> list[str]:
             continue
         options = config.get("OPTIONS") or {}
         if isinstance(cls, type) and issubclass(cls, ReducedEncoder):
-            if options.get("method", "pca") == "pca":
+            if options.get("method", "pca") in FITTED:
                 names.append(name)
     return names
 
 
 class Command(BaseCommand):
-    help = "Refit PCA-reduced encoders on the stored vectors and queue re-embedding."
+    help = "Refit PCA or rotation encoders on the stored vectors and queue re-embedding."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("aliases", nargs="*", metavar="ALIAS")
@@ -46,14 +49,19 @@ class Command(BaseCommand):
     def handle(self, *args: str, **options) -> None:
         names = list(options["aliases"] or args) or pca_aliases()
         if not names:
-            raise CommandError("No PCA-reduced encoder is configured in EMBREC['ENCODERS'].")
+            raise CommandError(
+                "No reduced encoder with method 'pca' or 'rotate' is configured in "
+                "EMBREC['ENCODERS']."
+            )
         for name in names:
             try:
                 encoder = get_encoder(name)
             except ImproperlyConfigured as exc:
                 raise CommandError(str(exc)) from None
-            if not isinstance(encoder, ReducedEncoder) or encoder.method != "pca":
-                raise CommandError(f"Encoder {name!r} is not a reduced encoder with method 'pca'.")
+            if not isinstance(encoder, ReducedEncoder) or encoder.method not in FITTED:
+                raise CommandError(
+                    f"Encoder {name!r} is not a reduced encoder with method 'pca' or 'rotate'."
+                )
             try:
                 summary = encoder.refit()
             except (ImproperlyConfigured, ValueError) as exc:
@@ -69,5 +77,6 @@ class Command(BaseCommand):
                 f"{name}: revision {summary['revision']} "
                 f"({'new' if summary['changed'] else 'unchanged'}; {summary['vectors']} "
                 f"{summary['source']} vectors, {100 * summary['explained_variance']:.1f}% of the "
-                f"variance kept); {queued} objects queued for re-embedding."
+                f"{'energy in the leading quarter' if encoder.method == 'rotate' else 'variance kept'}"
+                f"); {queued} objects queued for re-embedding."
             )
