@@ -14,6 +14,12 @@ items). Each option is one HNSW index over that table:
   (``bit:400``: the same index with 400 candidates);
 * ``bit-centred`` — the same over ``binary_quantize(embedding - mean)`` (signs around the
   catalog's mean vector, as the PCA option stores them), re-ranked likewise;
+* ``prefix<k>`` / ``prefix<k>-halfvec`` — the first ``k`` dimensions of the ``rot`` column (the
+  vectors rotated onto their principal axes, as ``ReducedEncoder`` ``"method": "rotate"`` stores
+  them; every cosine unchanged), ``(subvector(rot, 1, k)::halfvec(k)) halfvec_cosine_ops``: the
+  index option ``"index_dimensions": k``. Like ``bit``, the index search returns
+  ``--candidates`` rows, re-ranked by the exact cosine of the full rotated vectors
+  (``prefix96-halfvec:100``: the same index with 100 candidates);
 * ``pca<k>`` / ``pca<k>-halfvec`` — the ``pca`` column (the encoder's reduced vectors);
 * ``truncate<k>`` — the first ``k`` dimensions (Matryoshka truncation; all-MiniLM-L6-v2 was not
   trained for it, so this row shows what truncation costs a model that was not).
@@ -51,7 +57,10 @@ from benchmarks.texts import item_texts
 
 DIMS = 384
 CACHE = ROOT / ".embrec" / "cache"
-DEFAULT_OPTIONS = "vector,halfvec,bit,bit:100,bit:400,bit-centred,pca128,pca128-halfvec,truncate192"
+DEFAULT_OPTIONS = (
+    "vector,halfvec,bit,bit:400,prefix96-halfvec,prefix96-halfvec:100,prefix64-halfvec,"
+    "pca128-halfvec"
+)
 
 
 # -- vectors ------------------------------------------------------------------------------------

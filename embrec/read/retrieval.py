@@ -228,27 +228,18 @@ def _nearest_parts(
         if isinstance(vector, StoredVector):
             raise ValueError("A re-ranked index searches with a bound query vector.")
         where_sql, where_params = _where(spec, exclusions, visible)
-        columns = "e.object_pk, {distance} AS distance, e.created_at"
-        if with_vectors:
-            columns += ", e.vector"
+        columns = _columns("{distance}", with_vectors)
         sql, params = ann_sql(spec, columns, where_sql, where_params, vector, limit, alias="e")
         return [], sql, params
     ctes, distance, params, condition = _query_vector_sql(spec, vector)
-    where = [spec.predicate_sql("e")]
-    for sql, sql_params in (exclusions or Exclusions()).sql("e"):
-        where.append(sql)
-        params.extend(sql_params)
-    restriction = visible_sql(visible, "e")
-    if restriction is not None:
-        where.append(restriction[0])
-        params.extend(restriction[1])
+    where_sql, where_params = _where(spec, exclusions, visible)
     if condition:
-        where.append(condition)
+        where_sql += f" AND {condition}"
     sql = (
         f"SELECT {_columns(distance, with_vectors)} FROM {Embedding._meta.db_table} e "
-        f"WHERE {' AND '.join(where)} ORDER BY distance LIMIT %s"
+        f"WHERE {where_sql} ORDER BY distance LIMIT %s"
     )
-    return ctes, sql, [*params, int(limit)]
+    return ctes, sql, [*params, *where_params, int(limit)]
 
 
 def nearest(
