@@ -359,6 +359,14 @@ class EmbeddingAdmin(admin.ModelAdmin):
             or request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
         )
 
+    def _page(self, request: HttpRequest, template: str, context: dict) -> TemplateResponse:
+        """One of embrec's admin pages: ``template`` with the admin site's context."""
+        return TemplateResponse(
+            request,
+            template,
+            {**self.admin_site.each_context(request), "opts": self.model._meta, **context},
+        )
+
     def _map_target(self, request: HttpRequest, label: str):
         """The registration and encoder of an embedding map request.
 
@@ -413,39 +421,32 @@ class EmbeddingAdmin(admin.ModelAdmin):
     def embedding_map_view(self, request: HttpRequest, label: str) -> HttpResponse:
         """A 2-D map (PCA) of the model's vectors: hover names an object, click opens it."""
         rec, encoder, encoders = self._map_target(request, label)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Embedding map of {rec.model._meta.verbose_name_plural} ({encoder})",
-            "opts": self.model._meta,
-            "label": rec.label,
-            "encoder": encoder,
-            "encoders": encoders,
-            "json_url": (
-                reverse("admin:embrec_embedding_map_json", args=[rec.label])
-                + "?"
-                + urlencode({"encoder": encoder})
-            ),
-        }
-        return TemplateResponse(request, "admin/embrec/embedding_map.html", context)
+        return self._page(
+            request,
+            "admin/embrec/embedding_map.html",
+            {
+                "title": f"Embedding map of {rec.model._meta.verbose_name_plural} ({encoder})",
+                "label": rec.label,
+                "encoder": encoder,
+                "encoders": encoders,
+                "json_url": (
+                    reverse("admin:embrec_embedding_map_json", args=[rec.label])
+                    + "?"
+                    + urlencode({"encoder": encoder})
+                ),
+            },
+        )
 
     def clusters_view(self, request: HttpRequest, label: str) -> HttpResponse:
         """Clusters of a model's vectors with typical items, terms and outliers
         (:mod:`embrec.analysis_pages`)."""
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            **analysis_pages.clusters_context(request, label),
-        }
-        return TemplateResponse(request, "admin/embrec/clusters.html", context)
+        context = analysis_pages.clusters_context(request, label)
+        return self._page(request, "admin/embrec/clusters.html", context)
 
     def duplicates_view(self, request: HttpRequest, label: str) -> HttpResponse:
         """Near-duplicate pairs and isolated items of a model (:mod:`embrec.analysis_pages`)."""
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.model._meta,
-            **analysis_pages.duplicates_context(request, label),
-        }
-        return TemplateResponse(request, "admin/embrec/duplicates.html", context)
+        context = analysis_pages.duplicates_context(request, label)
+        return self._page(request, "admin/embrec/duplicates.html", context)
 
     def preview_similar_view(self, request: HttpRequest, label: str, object_pk: str):
         """The similar items of one registered object, as the read path returns them."""
@@ -465,14 +466,15 @@ class EmbeddingAdmin(admin.ModelAdmin):
             results = queries.similar(obj, request=request, limit=20)
         except (NotEmbedded, QueryError) as exc:
             error = str(exc)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Similar to {obj}",
-            "opts": self.model._meta,
-            "results": results,
-            "error": error,
-        }
-        return TemplateResponse(request, "admin/embrec/preview_similar.html", context)
+        return self._page(
+            request,
+            "admin/embrec/preview_similar.html",
+            {
+                "title": f"Similar to {obj}",
+                "results": results,
+                "error": error,
+            },
+        )
 
     def preview_user_view(self, request: HttpRequest) -> HttpResponse:
         """Recommendations for any user; needs ``embrec.view_user_recommendations``."""
@@ -497,18 +499,19 @@ class EmbeddingAdmin(admin.ModelAdmin):
                     results = queries.recommend(target, model=rec.model, limit=20)
                 except QueryError as exc:
                     error = str(exc)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Recommendations for a user",
-            "opts": self.model._meta,
-            "labels": [r.label for r in recs],
-            "label": label,
-            "user_value": raw_user,
-            "target": target,
-            "results": results,
-            "error": error,
-        }
-        return TemplateResponse(request, "admin/embrec/preview_user.html", context)
+        return self._page(
+            request,
+            "admin/embrec/preview_user.html",
+            {
+                "title": "Recommendations for a user",
+                "labels": [r.label for r in recs],
+                "label": label,
+                "user_value": raw_user,
+                "target": target,
+                "results": results,
+                "error": error,
+            },
+        )
 
     def _reindex_job(self, request: HttpRequest) -> dict:
         """The job a "Recompute embeddings" action queued, from the query string.
@@ -569,16 +572,17 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
     def reindex_progress_view(self, request: HttpRequest) -> HttpResponse:
         job = self._reindex_job(request)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Recomputing embeddings of {job['model']._meta.verbose_name_plural}",
-            "opts": self.model._meta,
-            "progress": self.reindex_progress(job),
-            "json_url": (
-                f"{reverse('admin:embrec_reindex_progress_json')}?{request.GET.urlencode()}"
-            ),
-        }
-        return TemplateResponse(request, "admin/embrec/reindex_progress.html", context)
+        return self._page(
+            request,
+            "admin/embrec/reindex_progress.html",
+            {
+                "title": f"Recomputing embeddings of {job['model']._meta.verbose_name_plural}",
+                "progress": self.reindex_progress(job),
+                "json_url": (
+                    f"{reverse('admin:embrec_reindex_progress_json')}?{request.GET.urlencode()}"
+                ),
+            },
+        )
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         """Per model and encoder: the counts of ``embrec_status`` and the last error.
@@ -599,31 +603,27 @@ class EmbeddingAdmin(admin.ModelAdmin):
                 .first()
             )
             rows.append({**row, "last_error": last or "", "config_error": error})
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Embeddings dashboard",
-            "opts": self.model._meta,
-            "rows": rows,
-        }
-        return TemplateResponse(request, "admin/embrec/dashboard.html", context)
+        return self._page(
+            request,
+            "admin/embrec/dashboard.html",
+            {
+                "title": "Embeddings dashboard",
+                "rows": rows,
+            },
+        )
 
     def evaluation_report_view(self, request: HttpRequest) -> HttpResponse:
         """The latest ``embrec_tune`` report: per protocol a table and an SVG bar chart of test
         NDCG@K, and the tuned settings. Staff with the view permission on embeddings."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Evaluation report",
-            "opts": self.model._meta,
-            "how_to": report_page.HOW_TO,
-        }
+        context: dict = {"title": "Evaluation report", "how_to": report_page.HOW_TO}
         try:
             context["report"] = report_page.load_report()
         except report_page.ReportError as exc:
             context["error"] = str(exc)
             context["missing"] = exc.missing
-        return TemplateResponse(request, "admin/embrec/evaluation_report.html", context)
+        return self._page(request, "admin/embrec/evaluation_report.html", context)
 
     def get_changelist(self, request: HttpRequest, **kwargs):
         return EmbeddingChangeList
