@@ -5,13 +5,14 @@ from io import StringIO
 
 import numpy as np
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from embrec import clusters
 from embrec.exceptions import AnalysisError
 from tests import planted
+from tests.adminpages import login
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db
@@ -189,16 +190,6 @@ def test_command_errors(catalogue, args, message):
 
 
 URL = "/admin/embrec/embedding/clusters/testapp.article/"
-
-
-def login(client, *codenames, superuser=False):
-    if superuser:
-        user = User.objects.create_superuser("admin", "a@example.com", "pw")
-    else:
-        user = User.objects.create_user("staff", "s@example.com", "pw", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client.force_login(user)
-    return client
 
 
 def test_admin_page_shows_named_clusters_and_outliers(client, catalogue):

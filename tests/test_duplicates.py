@@ -5,7 +5,7 @@ from io import StringIO
 
 import numpy as np
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
 from django.core.management import call_command
@@ -18,6 +18,7 @@ from embrec.read.retrieval import index_spec
 from embrec.registry import registry
 from embrec.storage import VectorRow, ensure_index, write_vectors
 from tests import planted
+from tests.adminpages import login
 from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db
@@ -187,16 +188,6 @@ def test_command_errors(catalogue, args, message):
 
 
 URL = "/admin/embrec/embedding/duplicates/testapp.article/"
-
-
-def login(client, *codenames, superuser=False):
-    if superuser:
-        user = User.objects.create_superuser("admin", "a@example.com", "pw")
-    else:
-        user = User.objects.create_user("staff", "s@example.com", "pw", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client.force_login(user)
-    return client
 
 
 def test_admin_page_lists_pairs_with_links_to_both_objects(client, catalogue):

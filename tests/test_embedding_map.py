@@ -15,6 +15,7 @@ from embrec import embedding_map, indexing, tasks
 from embrec.registry import registry
 from embrec.storage import VectorRow, write_vectors
 from project.catalog.models import Movie
+from tests.adminpages import login
 from tests.settings import EMBREC
 from tests.testapp.models import Article
 from tests.worker import REDIS_URL, flush_broker, redis_available, use_broker
@@ -140,16 +141,6 @@ def test_task_ignores_unknown_models():
 
 URL = "/admin/embrec/embedding/map/testapp.article/"
 JSON_URL = "/admin/embrec/embedding/map/testapp.article.json"
-
-
-def login(client, *codenames, superuser=False):
-    if superuser:
-        user = User.objects.create_superuser("admin", "a@example.com", "pw")
-    else:
-        user = User.objects.create_user("staff", "s@example.com", "pw", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client.force_login(user)
-    return client
 
 
 def test_json_endpoint_computes_and_returns_the_map(client, two_groups):
