@@ -19,7 +19,8 @@ items). Each option is one HNSW index over that table:
   them; every cosine unchanged), ``(subvector(rot, 1, k)::halfvec(k)) halfvec_cosine_ops``: the
   index option ``"index_dimensions": k``. Like ``bit``, the index search returns
   ``--candidates`` rows, re-ranked by the exact cosine of the full rotated vectors
-  (``prefix96-halfvec:100``: the same index with 100 candidates);
+  (``prefix96-halfvec:100``: the same index with 100 candidates); ``prefix96-halfvec-plain``:
+  the same over the vectors as the model gives them (not rotated);
 * ``pca<k>`` / ``pca<k>-halfvec`` — the ``pca`` column (the encoder's reduced vectors);
 * ``truncate<k>`` — the first ``k`` dimensions (Matryoshka truncation; all-MiniLM-L6-v2 was not
   trained for it, so this row shows what truncation costs a model that was not).
@@ -59,7 +60,7 @@ DIMS = 384
 CACHE = ROOT / ".embrec" / "cache"
 DEFAULT_OPTIONS = (
     "vector,halfvec,bit,bit:400,prefix96-halfvec,prefix96-halfvec:100,prefix64-halfvec,"
-    "pca128-halfvec"
+    "prefix96-halfvec-plain,pca128-halfvec"
 )
 
 
@@ -205,14 +206,18 @@ class Option:
             # The leading dimensions of the rotated vectors (ReducedEncoder method "rotate"),
             # re-ranked by the full rotated vectors: the index option "index_dimensions".
             dims = int(name[6:].split("-")[0])
-            half = name.endswith("-halfvec")
+            half = "-halfvec" in name
+            # "-plain": the leading dimensions of the vectors as the model gives them.
+            column, query = ("embedding", "q") if name.endswith("-plain") else ("rot", "r")
             kind = f"halfvec({dims})" if half else f"vector({dims})"
-            self.expression = f"(subvector(rot, 1, {dims})::{kind})"
+            self.expression = f"(subvector({column}, 1, {dims})::{kind})"
             self.opclass = "halfvec_cosine_ops" if half else "vector_cosine_ops"
-            self.order = f"{self.expression} <=> subvector(%(r)s::vector(384), 1, {dims})::{kind}"
+            self.order = (
+                f"{self.expression} <=> subvector(%({query})s::vector(384), 1, {dims})::{kind}"
+            )
             self.rerank = True
-            self.rerank_column = "rot"
-            self.rerank_query = "r"
+            self.rerank_column = column
+            self.rerank_query = query
         elif name.startswith("pca"):
             dims = int(name[3:].split("-")[0])
             if dims != pca_dims:
