@@ -26,7 +26,8 @@ items). Each option is one HNSW index over that table:
   trained for it, so this row shows what truncation costs a model that was not).
 
 For each option the run reports the index size (``pg_relation_size``), its build time
-(``maintenance_work_mem`` 3GB, one parallel maintenance worker) and, over the same query vectors
+(``maintenance_work_mem`` 3GB, one parallel maintenance worker, ``--m`` 16 and
+``--ef-construction`` 64 unless given) and, over the same query vectors
 taken in a shuffled round-robin (so that load on the shared machine hits every option alike),
 p50/p99 latency of the SQL query measured at the client and recall@10 against the exact top 10
 of the full 384-d vectors (numpy, float32).
@@ -178,9 +179,12 @@ def kth_neighbour_cosine(items: np.ndarray, queries: np.ndarray, k: int = 10) ->
 class Option:
     """One index and the query that uses it."""
 
-    def __init__(self, name: str, table: str, pca_dims: int, candidates: int) -> None:
+    def __init__(
+        self, name: str, table: str, pca_dims: int, candidates: int, graph: dict[str, int]
+    ) -> None:
         self.name = name
         self.table = table
+        self.graph = graph
         # "bit:400": the bit index queried with 400 candidates (same index as "bit").
         name, _, override = name.partition(":")
         if override:
@@ -251,7 +255,8 @@ class Option:
     def create_sql(self) -> str:
         return (
             f"CREATE INDEX {self.index} ON {self.table} USING hnsw ({self.expression} "
-            f"{self.opclass}) WITH (m = 16, ef_construction = 64)"
+            f"{self.opclass}) WITH (m = {self.graph['m']}, "
+            f"ef_construction = {self.graph['ef_construction']})"
         )
 
     def query_sql(self, k: int) -> str:
@@ -342,10 +347,16 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=200, help="bit: rows re-ranked")
     parser.add_argument("--memory", default="3GB", help="maintenance_work_mem of the builds")
+    parser.add_argument("--m", type=int, default=16, help="HNSW m of every index")
+    parser.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction")
     parser.add_argument("--reuse", action="store_true", help="keep table and built indexes")
     parser.add_argument("--name", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the encoding")
     args = parser.parse_args()
+    if not 1 <= args.ef_search <= 1000 or not 1 <= args.candidates <= 1000:
+        parser.error(
+            "--ef-search and --candidates must be 1 to 1000 (pgvector's hnsw.ef_search range)"
+        )
     global _threads
     _threads = args.threads
     k = args.k
@@ -384,11 +395,16 @@ def main() -> None:
     rot_items, rot_queries = items @ rotation.T, queries @ rotation.T
 
     conn, db = connect()
-    table = f"bq_{args.n}"
-    options = [Option(o, table, args.pca_dims, args.candidates) for o in args.options.split(",")]
+    graph = {"m": args.m, "ef_construction": args.ef_construction}
+    # Another graph is another table, so that --reuse never mixes indexes of two graphs.
+    default_graph = graph == {"m": 16, "ef_construction": 64}
+    table = f"bq_{args.n}" if default_graph else f"bq_{args.n}_m{args.m}_efc{args.ef_construction}"
+    options = [
+        Option(o, table, args.pca_dims, args.candidates, graph) for o in args.options.split(",")
+    ]
     for option in options:
         option.with_mean(mean_literal)
-    state_path = CACHE / f"quantize-state-{args.n}.json"
+    state_path = CACHE / f"quantize-state-{table.removeprefix('bq_')}.json"
     state = json.loads(state_path.read_text()) if args.reuse and state_path.exists() else {}
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone()[0]
     if not (args.reuse and exists and state.get("rows") == args.n):
@@ -502,7 +518,7 @@ def main() -> None:
             "n_items": args.n,
             "n_queries": len(queries),
             "ef_search": args.ef_search,
-            "hnsw": {"m": 16, "ef_construction": 64},
+            "hnsw": graph,
             "maintenance_work_mem": args.memory,
             "table_mb": round(table_bytes / 2**20, 1),
             "load_s": state.get("load_s"),
