@@ -32,7 +32,8 @@ Options:
 
   On 100k all-MiniLM-L6-v2 vectors this index was 4.08× smaller than the full ``vector`` index
   at the same recall@10 (0.960 against 0.958 with ``"rerank": 800`` and ``ef_search`` 800) and
-  0.79× its latency (docs/BENCHMARKS.md (g)).
+  0.79× its latency; at 1M items it kept the recall but was slower (p50 1.16× at 1,000
+  candidates; docs/BENCHMARKS.md (g)).
 * ``dimensions`` — the dimensions kept (required for ``"pca"`` and ``"truncate"``, fewer than the
   base's; ``"rotate"`` keeps them all and takes none).
 * ``fit_sample`` — at most this many vectors for the PCA fit (default 20,000).
