@@ -370,6 +370,10 @@ def validate(user: Any = _MISSING) -> list[SettingProblem]:
     for key, choices in _CHOICES.items():
         if values[key] not in choices:
             wrong(key, " or ".join(repr(c) for c in choices))
+    m, ef_construction = values["HNSW_M"], values["HNSW_EF_CONSTRUCTION"]
+    if _is_int(m) and _is_int(ef_construction) and ef_construction < 2 * m:
+        # pgvector refuses such an index when it is built, long after the setting was read.
+        wrong("HNSW_EF_CONSTRUCTION", f"at least 2 × EMBREC['HNSW_M'] ({2 * m}, pgvector's rule)")
     if _is_int(values["DEFAULT_LIMIT"]) and _is_int(values["MAX_LIMIT"]):
         if values["DEFAULT_LIMIT"] > values["MAX_LIMIT"]:
             wrong("DEFAULT_LIMIT", f"at most MAX_LIMIT ({values['MAX_LIMIT']})")

@@ -33,6 +33,7 @@ def encoders(**extra):
         ("ITERATIVE_SCAN", None, "embrec.E011"),
         ("USER_VECTOR_WEIGHTING", "linear", "embrec.E011"),
         ("HNSW_M", 1, "embrec.E011"),
+        ("HNSW_M", 40, "embrec.E011"),  # pgvector needs ef_construction (64) >= 2 * m
         ("EF_SEARCH", 5000, "embrec.E011"),
         ("EF_SEARCH", "100", "embrec.E011"),
         ("MAX_SCAN_TUPLES", 0, "embrec.E011"),
@@ -68,6 +69,15 @@ def test_a_bad_value_of_any_key_is_a_check_error_with_a_hint(key, value, expecte
     assert ids(errors) == [expected], errors
     assert all(error.hint for error in errors)
     assert key in errors[0].msg or key == "THROTTLE_RATES"
+
+
+def test_a_denser_hnsw_graph_with_a_wide_enough_construction_passes():
+    with override_settings(EMBREC={**encoders(), "HNSW_M": 32, "HNSW_EF_CONSTRUCTION": 128}):
+        assert check_settings() == []
+    with override_settings(EMBREC={**encoders(), "HNSW_M": 32, "HNSW_EF_CONSTRUCTION": 63}):
+        errors = check_settings()
+    assert ids(errors) == ["embrec.E011"]
+    assert "at least 2 × EMBREC['HNSW_M'] (64" in errors[0].msg
 
 
 @pytest.mark.parametrize("key", sorted(DEFAULTS))
