@@ -26,8 +26,8 @@ items). Each option is one HNSW index over that table:
   trained for it, so this row shows what truncation costs a model that was not).
 
 For each option the run reports the index size (``pg_relation_size``), its build time
-(``maintenance_work_mem`` 3GB, one parallel maintenance worker, ``--m`` 16 and
-``--ef-construction`` 64 unless given) and, over the same query vectors
+(``maintenance_work_mem`` 3GB, one parallel maintenance worker, ``--m`` and
+``--ef-construction`` embrec's defaults unless given) and, over the same query vectors
 taken in a shuffled round-robin (so that load on the shared machine hits every option alike),
 p50/p99 latency of the SQL query measured at the client and recall@10 against the exact top 10
 of the full 384-d vectors (numpy, float32).
@@ -56,6 +56,7 @@ import numpy as np
 
 from benchmarks.common import ROOT, latency_summary, percentile, save
 from benchmarks.texts import item_texts
+from embrec.conf import DEFAULTS
 
 DIMS = 384
 CACHE = ROOT / ".embrec" / "cache"
@@ -347,8 +348,10 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=200, help="bit: rows re-ranked")
     parser.add_argument("--memory", default="3GB", help="maintenance_work_mem of the builds")
-    parser.add_argument("--m", type=int, default=16, help="HNSW m of every index")
-    parser.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction")
+    parser.add_argument("--m", type=int, default=DEFAULTS["HNSW_M"], help="HNSW m")
+    parser.add_argument(
+        "--ef-construction", type=int, default=DEFAULTS["HNSW_EF_CONSTRUCTION"], help="HNSW build"
+    )
     parser.add_argument("--reuse", action="store_true", help="keep table and built indexes")
     parser.add_argument("--name", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the encoding")
@@ -357,6 +360,8 @@ def main() -> None:
         parser.error(
             "--ef-search and --candidates must be 1 to 1000 (pgvector's hnsw.ef_search range)"
         )
+    if not 2 <= args.m <= 100 or not max(4, 2 * args.m) <= args.ef_construction <= 1000:
+        parser.error("pgvector needs --m 2 to 100 and --ef-construction 2 × m to 1000")
     global _threads
     _threads = args.threads
     k = args.k
@@ -397,7 +402,10 @@ def main() -> None:
     conn, db = connect()
     graph = {"m": args.m, "ef_construction": args.ef_construction}
     # Another graph is another table, so that --reuse never mixes indexes of two graphs.
-    default_graph = graph == {"m": 16, "ef_construction": 64}
+    default_graph = graph == {
+        "m": DEFAULTS["HNSW_M"],
+        "ef_construction": DEFAULTS["HNSW_EF_CONSTRUCTION"],
+    }
     table = f"bq_{args.n}" if default_graph else f"bq_{args.n}_m{args.m}_efc{args.ef_construction}"
     options = [
         Option(o, table, args.pca_dims, args.candidates, graph) for o in args.options.split(",")
